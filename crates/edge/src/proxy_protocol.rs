@@ -1,0 +1,1 @@
+//! PROXY protocol v2 (placeholder).
