@@ -1,1 +1,409 @@
-//! placeholder
+//! stg's configuration: one TOML file plus `STG_*` environment overrides, parsed once, at
+//! startup, into typed structs.
+//!
+//! The binary calls [`Config::load`] (or [`Config::from_env`] when there is no file) before it
+//! binds anything, then hands each section to the part of the runtime that owns it: `sip` to
+//! the edge and the proxy core, `tls` to the listeners, `dns` to the resolver, `admin` to the
+//! metrics endpoint, `log` to the subscriber. `stg config check` runs exactly this step.
+//!
+//! Parsing is the only validation: a value that does not parse, an unknown key (a typo must
+//! not be ignored silently) or contradictory settings give one [`ConfigError`] that names the
+//! key path, e.g. `sip.listen[1].address: invalid socket address "0.0.0.0:99999": ...`, or the
+//! line and column of a TOML syntax error. After that the runtime handles no strings it would
+//! have to check again. This crate binds no socket and reads no certificate.
+//!
+//! [`EXAMPLE`] is a complete, commented file with every key at its default, and
+//! `docs/configuration.md` the reference. Defaults need nothing external and expose nothing:
+//! every listener is on loopback, no network is trusted, no PROXY header is accepted.
+
+mod env;
+mod raw;
+mod text;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use std::{fmt, io};
+
+pub use ipnet::IpNet;
+
+pub use crate::values::{Host, HostPort, LogFormat, Side, Transport, Upstream};
+
+/// Where the binary looks for the file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/stg/stg.toml";
+
+/// A complete configuration file: every key at its default, with what it means. Printed by
+/// `stg config example`; a test keeps it equal to [`Config::default`].
+pub const EXAMPLE: &str = include_str!("../stg.example.toml");
+
+/// The whole configuration, one field per `[section]` of the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub sip: SipConfig,
+    pub tls: TlsConfig,
+    pub dns: DnsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id in Via and Record-Route parameters and in shared state. None (`""`):
+    /// the binary uses the hostname. Always an RFC 3261 `token`, since it lands in parameters.
+    pub id: Option<String>,
+    /// Where the node keeps its own files: the self-signed certificate, the embedded store.
+    /// Default `/var/lib/stg`.
+    pub data_dir: PathBuf,
+    /// Host names and addresses that also designate this node in a Request-URI (e.g. OPTIONS
+    /// health checks), besides the listen and advertise addresses. Default none.
+    pub aliases: Vec<Host>,
+}
+
+impl NodeConfig {
+    /// Where the self-signed certificate is created when `[tls]` names no files.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            data_dir: PathBuf::from("/var/lib/stg"),
+            aliases: Vec::new(),
+        }
+    }
+}
+
+/// `[sip]`: listeners, the upstream PBX, trust, limits and timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// The PBX: every new request from the outside goes here. Default `sip:127.0.0.1:5070`.
+    pub upstream: Upstream,
+    /// Sockets to listen on; never empty, no two on one socket. Default: UDP and TCP on
+    /// 127.0.0.1:5060, TLS on :5061, WS on :5062, WSS on :5063, all outside.
+    pub listen: Vec<ListenerConfig>,
+    /// Sources treated as inside (the PBX side). Default none: loopback is not trusted
+    /// unless listed.
+    pub trusted_networks: Vec<IpNet>,
+    /// The only sources whose PROXY protocol v2 header is accepted. Default none.
+    pub load_balancers: Vec<IpNet>,
+    /// Answer to the packet's source port even without `;rport` (RFC 3581), since NATed
+    /// devices rarely ask for it. Default true.
+    pub force_rport: bool,
+    /// Largest message accepted, in bytes. Default 65535.
+    pub max_message_size: usize,
+    /// Most header fields in one message. Default 256.
+    pub max_headers: usize,
+    /// Largest body accepted, in bytes; at most `max_message_size`. Default 60000.
+    pub max_body_size: usize,
+    /// Most simultaneous connections from one source address. Default 64.
+    pub max_connections_per_source: usize,
+    /// A connection with no traffic for this long is closed. Default 10 minutes.
+    pub idle_timeout: Duration,
+    /// Give up connecting to a TCP/TLS/WS peer after this long. Default 5 s.
+    pub tcp_connect_timeout: Duration,
+    /// Give up a TLS handshake after this long. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// On shutdown, how long transactions get to finish before connections are closed.
+    /// Default 30 s; zero closes at once.
+    pub drain_timeout: Duration,
+    pub timers: TimersConfig,
+}
+
+impl SipConfig {
+    /// Whether `ip` is inside, i.e. in [`trusted_networks`](Self::trusted_networks).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        contains(&self.trusted_networks, ip)
+    }
+
+    /// Whether `ip` may send a PROXY protocol v2 header, i.e. is in
+    /// [`load_balancers`](Self::load_balancers).
+    pub fn is_load_balancer(&self, ip: IpAddr) -> bool {
+        contains(&self.load_balancers, ip)
+    }
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, which no IPv4 network
+    // would contain.
+    let ip = ip.to_canonical();
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let listener = |transport, port| ListenerConfig {
+            transport,
+            address: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            side: Side::Outside,
+            proxy_protocol: false,
+            advertise: None,
+        };
+        Self {
+            upstream: Upstream {
+                scheme_sips: false,
+                host: Host::Ip(Ipv4Addr::LOCALHOST.into()),
+                port: Some(5070),
+                transport: None,
+            },
+            listen: vec![
+                listener(Transport::Udp, 5060),
+                listener(Transport::Tcp, 5060),
+                listener(Transport::Tls, 5061),
+                listener(Transport::Ws, 5062),
+                listener(Transport::Wss, 5063),
+            ],
+            trusted_networks: Vec::new(),
+            load_balancers: Vec::new(),
+            force_rport: true,
+            max_message_size: 65535,
+            max_headers: 256,
+            max_body_size: 60000,
+            max_connections_per_source: 64,
+            idle_timeout: Duration::from_secs(600),
+            tcp_connect_timeout: Duration::from_secs(5),
+            tls_handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            timers: TimersConfig::default(),
+        }
+    }
+}
+
+/// `[sip.timers]`: the RFC 3261 timer bases (§17.1.1.1, table 4) and timer C (§16.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimersConfig {
+    /// RTT estimate, the base of the retransmission timers. Default 500 ms; above zero.
+    pub t1: Duration,
+    /// Longest retransmit interval for non-INVITE requests and INVITE responses. Default 4 s;
+    /// at least `t1`.
+    pub t2: Duration,
+    /// Longest time a message stays in the network. Default 5 s; above zero.
+    pub t4: Duration,
+    /// How long a proxied INVITE may wait for a final response. Default 3 minutes; at least
+    /// 3 minutes (RFC 3261 §16.6 step 11 says "larger than"; 3 minutes is accepted as the
+    /// conventional reading).
+    pub timer_c: Duration,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            timer_c: Duration::from_secs(180),
+        }
+    }
+}
+
+/// One `[[sip.listen]]` entry: a socket to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub transport: Transport,
+    pub address: SocketAddr,
+    /// Default outside.
+    pub side: Side,
+    /// Expect a PROXY protocol v2 header before anything else. Only on stream transports,
+    /// and only with `sip.load_balancers` set. Default false.
+    pub proxy_protocol: bool,
+    /// Written in Via and Record-Route instead of the bound address (behind NAT, or to
+    /// publish a DNS name). Default none.
+    pub advertise: Option<HostPort>,
+}
+
+/// `[tls]`: the certificate of the TLS and WSS listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// None: a self-signed certificate created in [`NodeConfig::tls_dir`].
+    pub files: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, both PEM; the file gives both or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// `[dns]`: the resolver used for the upstream and other host names (RFC 3263).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Servers to ask; empty means those of /etc/resolv.conf. Default empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// Most answers kept. Default 1024.
+    pub cache_size: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            cache_size: 1024,
+        }
+    }
+}
+
+/// `[admin]`: the operator's HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where Prometheus `/metrics` is served; None (`""`) disables it. Default 127.0.0.1:9090.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 9090)),
+        }
+    }
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Default auto.
+    pub format: LogFormat,
+    /// A `tracing` EnvFilter directive such as `info` or `info,stg_edge=debug`; only checked
+    /// to be non-empty here. Default `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text, applies the `STG_*` overrides among `vars`, and converts the result.
+    ///
+    /// `vars` is usually the process environment. `std::env::vars()` panics on a variable
+    /// that is not Unicode, anywhere in the environment; `std::env::vars_os()` filtered
+    /// through `into_string` does not.
+    pub fn from_toml_str(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::parse(text, None, vars)
+    }
+
+    /// Reads the file at `path`, then as [`from_toml_str`](Self::from_toml_str).
+    pub fn load(
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, Some(path), vars)
+    }
+
+    /// No file at all: the defaults plus the `STG_*` overrides among `vars`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::parse("", None, vars)
+    }
+
+    fn parse(
+        text: &str,
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::syntax(text, file, &e))?;
+        let overrides = env::apply(&mut tree, vars)?;
+        raw::convert(tree).map_err(|invalid| ConfigError::Invalid {
+            env_var: overrides.var_for(&invalid.key).map(str::to_owned),
+            key: invalid.key,
+            message: invalid.message,
+        })
+    }
+}
+
+/// Why the configuration could not be loaded. Every variant names where to look: the file,
+/// the line and column, the environment variable or the key path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// The text is not TOML. `line` and `column` count from 1, columns in characters.
+    #[error("{}line {line}, column {column}: {message}", FilePrefix(path.as_deref()))]
+    Syntax {
+        path: Option<PathBuf>,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// An `STG_*__*` variable that cannot be applied: its value is not valid TOML, or its
+    /// name does not lead to a key.
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    /// A key is unknown, its value does not parse, or it contradicts another key.
+    /// `env_var` names the variable that set it, if one did.
+    #[error("{key}{}: {message}", FromEnv(env_var.as_deref()))]
+    Invalid {
+        /// e.g. `sip.listen[1].address`.
+        key: String,
+        env_var: Option<String>,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn syntax(text: &str, file: Option<&Path>, error: &toml::de::Error) -> Self {
+        let offset = error.span().map_or(0, |span| span.start).min(text.len());
+        // A span can end inside a multi-byte character; back off to its start.
+        let offset = (0..=offset)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Self::Syntax {
+            path: file.map(Path::to_owned),
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            message: one_line(error.message()),
+        }
+    }
+}
+
+/// toml's messages span lines ("invalid string\nexpected ..."); an error is one line.
+fn one_line(message: &str) -> String {
+    message.trim().replace('\n', "; ")
+}
+
+struct FilePrefix<'a>(Option<&'a Path>);
+
+impl fmt::Display for FilePrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, "{}: ", path.display()),
+            None => Ok(()),
+        }
+    }
+}
+
+struct FromEnv<'a>(Option<&'a str>);
+
+impl fmt::Display for FromEnv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(var) => write!(f, " (set by {var})"),
+            None => Ok(()),
+        }
+    }
+}

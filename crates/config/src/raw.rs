@@ -1,0 +1,393 @@
+//! The file as serde sees it, and its one conversion into the public typed structs.
+//!
+//! Every raw field is optional so the defaults live in one place, the public `Default`
+//! impls; a present field replaces its default. Single values parse while serde walks the
+//! tree (see `text`), so their errors carry the key path; checks across keys follow here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::text::{Nameserver, Parse};
+use crate::{
+    AdminConfig, Config, DnsConfig, Host, HostPort, ListenerConfig, LogConfig, LogFormat,
+    NodeConfig, Side, SipConfig, TimersConfig, TlsConfig, TlsFiles, Transport, Upstream,
+};
+
+/// A key whose value cannot be used, before the environment variable behind it is known.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    pub(crate) key: String,
+    pub(crate) message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Converts the tree (file plus overrides) into the typed configuration.
+pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let message = crate::one_line(e.inner().message());
+            // serde says "field"; the file and the docs say "key".
+            let message = match message.strip_prefix("unknown field") {
+                Some(rest) => format!("unknown key{rest}"),
+                None => message,
+            };
+            invalid(e.path().to_string(), message)
+        })?;
+    Ok(Config {
+        node: raw.node.convert()?,
+        sip: raw.sip.convert()?,
+        tls: raw.tls.convert()?,
+        dns: raw.dns.convert(),
+        admin: raw.admin.convert(),
+        log: raw.log.convert()?,
+    })
+}
+
+/// Replaces `slot` with the value the file gave, if it gave one.
+fn set<T>(slot: &mut T, value: Option<Parse<T>>) {
+    if let Some(Parse(value)) = value {
+        *slot = value;
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of sections")]
+struct RawConfig {
+    node: RawNode,
+    sip: RawSip,
+    tls: RawTls,
+    dns: RawDns,
+    admin: RawAdmin,
+    log: RawLog,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [node] table")]
+struct RawNode {
+    id: Option<Parse<Option<String>>>,
+    data_dir: Option<Parse<PathBuf>>,
+    aliases: Option<Vec<Parse<Host>>>,
+}
+
+impl RawNode {
+    fn convert(self) -> Result<NodeConfig, Invalid> {
+        let mut node = NodeConfig::default();
+        set(&mut node.id, self.id);
+        set(&mut node.data_dir, self.data_dir);
+        if let Some(aliases) = self.aliases {
+            node.aliases = aliases.into_iter().map(|Parse(a)| a).collect();
+        }
+        if let Some(id) = &node.id {
+            if let Some(c) = id.chars().find(|&c| !is_token_char(c)) {
+                return Err(invalid(
+                    "node.id",
+                    format!(
+                        "{id:?} contains {c:?}; the id goes into SIP parameters, so it is \
+                         limited to letters, digits and -.!%*_+`'~"
+                    ),
+                ));
+            }
+        }
+        if node.data_dir.as_os_str().is_empty() {
+            return Err(invalid("node.data_dir", "must not be empty"));
+        }
+        Ok(node)
+    }
+}
+
+/// RFC 3261 §25.1 `token`.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [sip] table")]
+struct RawSip {
+    upstream: Option<Parse<Upstream>>,
+    listen: Option<Vec<RawListener>>,
+    trusted_networks: Option<Vec<Parse<IpNet>>>,
+    load_balancers: Option<Vec<Parse<IpNet>>>,
+    force_rport: Option<bool>,
+    max_message_size: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_size: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    idle_timeout: Option<Parse<Duration>>,
+    tcp_connect_timeout: Option<Parse<Duration>>,
+    tls_handshake_timeout: Option<Parse<Duration>>,
+    drain_timeout: Option<Parse<Duration>>,
+    timers: RawTimers,
+}
+
+impl RawSip {
+    fn convert(self) -> Result<SipConfig, Invalid> {
+        let nets = |v: Vec<Parse<IpNet>>| v.into_iter().map(|Parse(n)| n).collect();
+        let mut sip = SipConfig::default();
+        set(&mut sip.upstream, self.upstream);
+        if let Some(v) = self.trusted_networks {
+            sip.trusted_networks = nets(v);
+        }
+        if let Some(v) = self.load_balancers {
+            sip.load_balancers = nets(v);
+        }
+        sip.force_rport = self.force_rport.unwrap_or(sip.force_rport);
+        sip.max_message_size = self.max_message_size.unwrap_or(sip.max_message_size);
+        sip.max_headers = self.max_headers.unwrap_or(sip.max_headers);
+        sip.max_body_size = self.max_body_size.unwrap_or(sip.max_body_size);
+        sip.max_connections_per_source = self
+            .max_connections_per_source
+            .unwrap_or(sip.max_connections_per_source);
+        set(&mut sip.idle_timeout, self.idle_timeout);
+        set(&mut sip.tcp_connect_timeout, self.tcp_connect_timeout);
+        set(&mut sip.tls_handshake_timeout, self.tls_handshake_timeout);
+        set(&mut sip.drain_timeout, self.drain_timeout);
+        sip.timers = self.timers.convert()?;
+        if let Some(listen) = self.listen {
+            sip.listen = listen.into_iter().map(RawListener::convert).collect();
+        }
+
+        for (key, value) in [
+            ("sip.max_message_size", sip.max_message_size),
+            ("sip.max_headers", sip.max_headers),
+            (
+                "sip.max_connections_per_source",
+                sip.max_connections_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if sip.max_body_size > sip.max_message_size {
+            return Err(invalid(
+                "sip.max_body_size",
+                format!(
+                    "{} exceeds sip.max_message_size ({}), which includes the body",
+                    sip.max_body_size, sip.max_message_size
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("sip.idle_timeout", sip.idle_timeout),
+            ("sip.tcp_connect_timeout", sip.tcp_connect_timeout),
+            ("sip.tls_handshake_timeout", sip.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        check_listeners(&sip)?;
+        Ok(sip)
+    }
+}
+
+fn check_listeners(sip: &SipConfig) -> Result<(), Invalid> {
+    if sip.listen.is_empty() {
+        return Err(invalid("sip.listen", "at least one listener is needed"));
+    }
+    // UDP has its own port space; TCP, TLS, WS and WSS all bind TCP sockets, so two of them
+    // on one address collide just as two TCP listeners would.
+    let mut bound: HashMap<(bool, SocketAddr), usize> = HashMap::new();
+    for (i, l) in sip.listen.iter().enumerate() {
+        let key = |field| format!("sip.listen[{i}].{field}");
+        if l.proxy_protocol {
+            if !l.transport.is_reliable() {
+                return Err(invalid(
+                    key("proxy_protocol"),
+                    "a PROXY protocol header needs a stream transport, not udp",
+                ));
+            }
+            if sip.load_balancers.is_empty() {
+                return Err(invalid(
+                    key("proxy_protocol"),
+                    "sip.load_balancers is empty, so no PROXY header would ever be accepted: \
+                     list the balancers' addresses there",
+                ));
+            }
+        }
+        if let Some(first) = bound.insert((l.transport.is_reliable(), l.address), i) {
+            let other = sip.listen[first].transport;
+            let message = if other == l.transport {
+                format!(
+                    "{} {} is already sip.listen[{first}]",
+                    l.transport, l.address
+                )
+            } else {
+                format!(
+                    "{} is already bound by sip.listen[{first}] ({other}); tcp, tls, ws and \
+                     wss listeners share the TCP port space",
+                    l.address
+                )
+            };
+            return Err(invalid(key("address"), message));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[sip.listen]] table")]
+struct RawListener {
+    transport: Parse<Transport>,
+    address: Parse<SocketAddr>,
+    side: Option<Parse<Side>>,
+    proxy_protocol: Option<bool>,
+    advertise: Option<Parse<Option<HostPort>>>,
+}
+
+impl RawListener {
+    fn convert(self) -> ListenerConfig {
+        ListenerConfig {
+            transport: self.transport.0,
+            address: self.address.0,
+            side: self.side.map_or(Side::Outside, |Parse(s)| s),
+            proxy_protocol: self.proxy_protocol.unwrap_or(false),
+            advertise: self.advertise.and_then(|Parse(a)| a),
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [sip.timers] table")]
+struct RawTimers {
+    t1: Option<Parse<Duration>>,
+    t2: Option<Parse<Duration>>,
+    t4: Option<Parse<Duration>>,
+    timer_c: Option<Parse<Duration>>,
+}
+
+impl RawTimers {
+    fn convert(self) -> Result<TimersConfig, Invalid> {
+        let mut timers = TimersConfig::default();
+        set(&mut timers.t1, self.t1);
+        set(&mut timers.t2, self.t2);
+        set(&mut timers.t4, self.t4);
+        set(&mut timers.timer_c, self.timer_c);
+        let show = |d| humantime::format_duration(d).to_string();
+        if timers.t1.is_zero() {
+            return Err(invalid("sip.timers.t1", "must be longer than zero"));
+        }
+        if timers.t2 < timers.t1 {
+            return Err(invalid(
+                "sip.timers.t2",
+                format!(
+                    "{} is shorter than sip.timers.t1 ({})",
+                    show(timers.t2),
+                    show(timers.t1)
+                ),
+            ));
+        }
+        if timers.t4.is_zero() {
+            return Err(invalid("sip.timers.t4", "must be longer than zero"));
+        }
+        if timers.timer_c < Duration::from_secs(180) {
+            return Err(invalid(
+                "sip.timers.timer_c",
+                format!(
+                    "{} is shorter than the 3 minutes RFC 3261 §16.6 requires",
+                    show(timers.timer_c)
+                ),
+            ));
+        }
+        Ok(timers)
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [tls] table")]
+struct RawTls {
+    certificate: Option<Parse<Option<PathBuf>>>,
+    private_key: Option<Parse<Option<PathBuf>>>,
+}
+
+impl RawTls {
+    fn convert(self) -> Result<TlsConfig, Invalid> {
+        let certificate = self.certificate.and_then(|Parse(p)| p);
+        let private_key = self.private_key.and_then(|Parse(p)| p);
+        let files = match (certificate, private_key) {
+            (Some(certificate), Some(private_key)) => Some(TlsFiles {
+                certificate,
+                private_key,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.private_key",
+                    "missing: tls.certificate is set, so its private key must be too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.certificate",
+                    "missing: tls.private_key is set, so its certificate must be too",
+                ))
+            }
+        };
+        Ok(TlsConfig { files })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [dns] table")]
+struct RawDns {
+    nameservers: Option<Vec<Parse<Nameserver>>>,
+    cache_size: Option<usize>,
+}
+
+impl RawDns {
+    fn convert(self) -> DnsConfig {
+        let mut dns = DnsConfig::default();
+        if let Some(servers) = self.nameservers {
+            dns.nameservers = servers.into_iter().map(|Parse(n)| n.0).collect();
+        }
+        dns.cache_size = self.cache_size.unwrap_or(dns.cache_size);
+        dns
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [admin] table")]
+struct RawAdmin {
+    listen: Option<Parse<Option<SocketAddr>>>,
+}
+
+impl RawAdmin {
+    fn convert(self) -> AdminConfig {
+        let mut admin = AdminConfig::default();
+        set(&mut admin.listen, self.listen);
+        admin
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [log] table")]
+struct RawLog {
+    format: Option<Parse<LogFormat>>,
+    level: Option<Parse<String>>,
+}
+
+impl RawLog {
+    fn convert(self) -> Result<LogConfig, Invalid> {
+        let mut log = LogConfig::default();
+        set(&mut log.format, self.format);
+        set(&mut log.level, self.level);
+        if log.level.is_empty() {
+            return Err(invalid(
+                "log.level",
+                "must not be empty; write e.g. info or info,stg_edge=debug",
+            ));
+        }
+        Ok(log)
+    }
+}

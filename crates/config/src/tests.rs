@@ -1,0 +1,652 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::text::FromText;
+use crate::*;
+
+type Vars = Vec<(String, String)>;
+
+fn vars(pairs: &[(&str, &str)]) -> Vars {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn parse(text: &str) -> Config {
+    Config::from_toml_str(text, []).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(text: &str, env: &[(&str, &str)]) -> ConfigError {
+    match Config::from_toml_str(text, vars(env)) {
+        Ok(config) => panic!("accepted: {config:?}"),
+        Err(e) => e,
+    }
+}
+
+/// The key an `Invalid` error names, and its whole Display, which must start with the key.
+fn invalid_key(text: &str, env: &[(&str, &str)]) -> (String, String) {
+    let e = error(text, env);
+    let shown = e.to_string();
+    match e {
+        ConfigError::Invalid { key, .. } => {
+            assert!(shown.starts_with(&key), "{shown}");
+            (key, shown)
+        }
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}
+
+fn assert_invalid(text: &str, key: &str, fragment: &str) {
+    let (got, shown) = invalid_key(text, &[]);
+    assert_eq!(got, key, "{shown}");
+    assert!(shown.contains(fragment), "{shown:?} lacks {fragment:?}");
+}
+
+const ONE_UDP: &str = "[[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n";
+
+// === defaults and the example ===
+
+#[test]
+fn example_is_the_default() {
+    assert_eq!(parse(EXAMPLE), Config::default());
+    assert_eq!(parse(""), Config::default());
+    assert_eq!(Config::from_env([]).unwrap(), Config::default());
+}
+
+/// The example must list every key: each table's keys are compared with the keys serde
+/// expects there, which it lists when it meets an unknown one.
+#[test]
+fn example_lists_every_key() {
+    fn walk(tree: &toml::Table, root: &toml::Table, path: &mut Vec<String>, seen: &mut usize) {
+        let mut probe = root.clone();
+        let mut table = &mut probe;
+        for level in path.iter() {
+            table = match table.get_mut(level).unwrap() {
+                toml::Value::Table(t) => t,
+                toml::Value::Array(a) => a[0].as_table_mut().unwrap(),
+                _ => unreachable!(),
+            };
+        }
+        table.insert("zz_probe".into(), 1.into());
+        let e = Config::from_toml_str(&toml::to_string(&probe).unwrap(), []).unwrap_err();
+        let shown = e.to_string();
+        let expected = shown.split_once("expected").unwrap().1;
+        let mut expected: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let mut have: Vec<&str> = tree.keys().map(String::as_str).collect();
+        expected.sort_unstable();
+        have.sort_unstable();
+        assert_eq!(have, expected, "keys of [{}]", path.join("."));
+        *seen += have.len();
+        for (key, value) in tree {
+            let sub = match value {
+                toml::Value::Table(t) => t,
+                toml::Value::Array(a) => match a.first().and_then(toml::Value::as_table) {
+                    Some(t) => t,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            path.push(key.clone());
+            walk(sub, root, path, seen);
+            path.pop();
+        }
+    }
+    let root: toml::Table = toml::from_str(EXAMPLE).unwrap();
+    let mut seen = 0;
+    walk(&root, &root, &mut Vec::new(), &mut seen);
+    assert!(seen > 30, "only {seen} keys");
+}
+
+// === errors name the key ===
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert_invalid(
+        "[sip]\nupstreem = \"sip:pbx\"\n",
+        "sip.upstreem",
+        "unknown key `upstreem`",
+    );
+    assert_invalid(
+        "[sip.timers]\nt3 = \"1s\"\n",
+        "sip.timers.t3",
+        "unknown key",
+    );
+    assert_invalid("[sipp]\n", "sipp", "unknown key");
+    assert_invalid(
+        &format!("{ONE_UDP}port = 5060\n"),
+        "sip.listen[0].port",
+        "unknown key",
+    );
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_invalid(
+        "[sip.timers]\nt1 = \"5 parsecs\"\n",
+        "sip.timers.t1",
+        "sip.timers.t1: invalid duration \"5 parsecs\": ",
+    );
+    assert_invalid(
+        "[sip.timers]\nt1 = 500\n",
+        "sip.timers.t1",
+        "invalid duration \"500\"",
+    );
+    assert_invalid(
+        "[sip]\ntrusted_networks = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+        "sip.trusted_networks[1]",
+        "invalid network \"10.0.0.0/33\"",
+    );
+    assert_invalid(
+        "[sip]\nload_balancers = [\"lb1\"]\n",
+        "sip.load_balancers[0]",
+        "invalid network",
+    );
+    assert_invalid(
+        &format!("{ONE_UDP}[[sip.listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:99999\"\n"),
+        "sip.listen[1].address",
+        "sip.listen[1].address: invalid socket address \"0.0.0.0:99999\"",
+    );
+    assert_invalid(
+        "[[sip.listen]]\ntransport = \"sctp\"\naddress = \"127.0.0.1:5060\"\n",
+        "sip.listen[0].transport",
+        "invalid transport \"sctp\"",
+    );
+    assert_invalid(
+        "[[sip.listen]]\ntransport = \"udp\"\n",
+        "sip.listen[0]",
+        "missing field `address`",
+    );
+    assert_invalid(
+        &format!("{ONE_UDP}side = \"dmz\"\n"),
+        "sip.listen[0].side",
+        "invalid side",
+    );
+    assert_invalid(
+        &format!("{ONE_UDP}advertise = \"2001:db8::1\"\n"),
+        "sip.listen[0].advertise",
+        "brackets",
+    );
+    assert_invalid(
+        "[sip]\nforce_rport = \"yes\"\n",
+        "sip.force_rport",
+        "boolean",
+    );
+    assert_invalid("[sip]\nmax_headers = -1\n", "sip.max_headers", "-1");
+    assert_invalid("sip = 5\n", "sip", "the [sip] table");
+    assert_invalid(
+        "[dns]\nnameservers = [\"ns1\"]\n",
+        "dns.nameservers[0]",
+        "ns1",
+    );
+    assert_invalid(
+        "[admin]\nlisten = \"9090\"\n",
+        "admin.listen",
+        "socket address",
+    );
+    assert_invalid(
+        "[log]\nformat = \"xml\"\n",
+        "log.format",
+        "invalid log format",
+    );
+    assert_invalid("[log]\nlevel = \" \"\n", "log.level", "must not be empty");
+    assert_invalid("[node]\nid = \"edge 1\"\n", "node.id", "' '");
+    assert_invalid("[node]\ndata_dir = \"\"\n", "node.data_dir", "empty");
+    assert_invalid(
+        "[node]\naliases = [\"a..b\"]\n",
+        "node.aliases[0]",
+        "invalid host",
+    );
+}
+
+#[test]
+fn upstream_parses_or_says_why() {
+    for (text, fragment) in [
+        ("10.0.0.5", "expected sip:host"),
+        ("http://pbx", "expected sip:host"),
+        ("sip:alice@pbx", "user part"),
+        ("sip:::1", "brackets"),
+        ("sip:[::1", "']'"),
+        ("sip:pbx:0", "invalid port"),
+        ("sip:pbx:70000", "invalid port"),
+        ("sip:pbx;transport=sctp", "invalid transport"),
+        ("sip:pbx;lr", "only transport"),
+        ("sip:pbx;transport=tcp;transport=udp", "twice"),
+        ("sips:pbx;transport=udp", "TLS"),
+        ("sip:pbx?x=y", "headers"),
+        ("sip:10.0.0.999", "neither an IP address nor a host name"),
+        ("sip:", "neither"),
+    ] {
+        assert_invalid(
+            &format!("[sip]\nupstream = {text:?}\n"),
+            "sip.upstream",
+            fragment,
+        );
+    }
+    let cases = [
+        (
+            "sip:10.0.0.5:5060;transport=tcp",
+            Upstream {
+                scheme_sips: false,
+                host: Host::Ip(Ipv4Addr::new(10, 0, 0, 5).into()),
+                port: Some(5060),
+                transport: Some(Transport::Tcp),
+            },
+        ),
+        (
+            "SIPS:PBX.Example.COM",
+            Upstream {
+                scheme_sips: true,
+                host: Host::Domain("pbx.example.com".into()),
+                port: None,
+                transport: None,
+            },
+        ),
+        (
+            "sip:[2001:db8::5]:5070;TRANSPORT=WSS",
+            Upstream {
+                scheme_sips: false,
+                host: Host::Ip(IpAddr::V6("2001:db8::5".parse().unwrap())),
+                port: Some(5070),
+                transport: Some(Transport::Wss),
+            },
+        ),
+    ];
+    for (text, want) in cases {
+        let got = parse(&format!("[sip]\nupstream = {text:?}\n")).sip.upstream;
+        assert_eq!(got, want, "{text}");
+        // Display writes it back in canonical form, which parses to the same value.
+        assert_eq!(Upstream::from_text(&got.to_string()).unwrap(), want);
+    }
+    assert_eq!(
+        Config::default().sip.upstream.to_string(),
+        "sip:127.0.0.1:5070"
+    );
+}
+
+#[test]
+fn proxy_protocol_needs_a_stream_and_balancers() {
+    assert_invalid(
+        &format!("{ONE_UDP}proxy_protocol = true\n"),
+        "sip.listen[0].proxy_protocol",
+        "not udp",
+    );
+    let tcp = "[[sip.listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:5554\"\n\
+               proxy_protocol = true\n";
+    assert_invalid(tcp, "sip.listen[0].proxy_protocol", "sip.load_balancers");
+    let config = parse(&format!("[sip]\nload_balancers = [\"10.1.0.0/24\"]\n{tcp}"));
+    assert!(config.sip.listen[0].proxy_protocol);
+}
+
+#[test]
+fn tls_files_come_in_pairs() {
+    assert_invalid(
+        "[tls]\ncertificate = \"/etc/stg/cert.pem\"\n",
+        "tls.private_key",
+        "missing",
+    );
+    assert_invalid(
+        "[tls]\ncertificate = \"\"\nprivate_key = \"/etc/stg/key.pem\"\n",
+        "tls.certificate",
+        "missing",
+    );
+    let config = parse("[tls]\ncertificate = \"/c.pem\"\nprivate_key = \"/k.pem\"\n");
+    assert_eq!(
+        config.tls.files,
+        Some(TlsFiles {
+            certificate: "/c.pem".into(),
+            private_key: "/k.pem".into(),
+        })
+    );
+    assert_eq!(
+        Config::default().node.tls_dir(),
+        PathBuf::from("/var/lib/stg/tls")
+    );
+}
+
+#[test]
+fn listeners_cannot_share_a_socket() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "[[sip.listen]]\ntransport = \"{a}\"\naddress = \"0.0.0.0:5060\"\n\
+             [[sip.listen]]\ntransport = \"{b}\"\naddress = \"0.0.0.0:5060\"\n"
+        )
+    };
+    assert_invalid(
+        &two("tcp", "tcp"),
+        "sip.listen[1].address",
+        "already sip.listen[0]",
+    );
+    assert_invalid(&two("tcp", "ws"), "sip.listen[1].address", "TCP port space");
+    assert_eq!(parse(&two("udp", "tcp")).sip.listen.len(), 2);
+    assert_invalid("[sip]\nlisten = []\n", "sip.listen", "at least one");
+}
+
+#[test]
+fn cross_key_limits() {
+    assert_invalid(
+        "[sip.timers]\nt1 = \"5s\"\n",
+        "sip.timers.t2",
+        "shorter than sip.timers.t1",
+    );
+    assert_invalid("[sip.timers]\nt1 = \"0s\"\n", "sip.timers.t1", "zero");
+    assert_invalid(
+        "[sip.timers]\ntimer_c = \"2m\"\n",
+        "sip.timers.timer_c",
+        "3 minutes",
+    );
+    assert_invalid(
+        "[sip]\nmax_body_size = 70000\n",
+        "sip.max_body_size",
+        "sip.max_message_size",
+    );
+    assert_invalid("[sip]\nmax_headers = 0\n", "sip.max_headers", "at least 1");
+    assert_invalid("[sip]\nidle_timeout = \"0s\"\n", "sip.idle_timeout", "zero");
+    assert_eq!(
+        parse("[sip]\ndrain_timeout = \"0s\"\n").sip.drain_timeout,
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn values_parse_to_their_types() {
+    let config = parse(
+        r#"
+        [node]
+        id = "edge-1"
+        aliases = ["SIP.example.com", "192.0.2.7", "[2001:db8::7]"]
+        [sip]
+        trusted_networks = ["10.0.0.0/8", "192.168.1.9"]
+        [[sip.listen]]
+        transport = "TLS"
+        address = "[::]:5554"
+        side = "inside"
+        advertise = "sip.example.com:5554"
+        [dns]
+        nameservers = ["10.0.0.2", "[2001:db8::53]:5353"]
+        [admin]
+        listen = ""
+        [log]
+        format = "json"
+        level = "info,stg_edge=debug"
+        "#,
+    );
+    assert_eq!(config.node.id.as_deref(), Some("edge-1"));
+    assert_eq!(
+        config.node.aliases,
+        [
+            Host::Domain("sip.example.com".into()),
+            Host::Ip(Ipv4Addr::new(192, 0, 2, 7).into()),
+            Host::Ip("2001:db8::7".parse().unwrap()),
+        ]
+    );
+    let listener = &config.sip.listen[0];
+    assert_eq!(listener.transport, Transport::Tls);
+    assert_eq!(listener.address, "[::]:5554".parse().unwrap());
+    assert_eq!(listener.side, Side::Inside);
+    assert_eq!(
+        listener
+            .advertise
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("sip.example.com:5554")
+    );
+    assert_eq!(config.sip.trusted_networks[1].to_string(), "192.168.1.9/32");
+    assert_eq!(
+        config.dns.nameservers,
+        [
+            "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::53]:5353".parse().unwrap(),
+        ]
+    );
+    assert_eq!(config.admin.listen, None);
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(parse("[node]\nid = \"\"\n").node.id, None);
+}
+
+#[test]
+fn trust_checks() {
+    let config = parse("[sip]\ntrusted_networks = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
+    let sip = &config.sip;
+    assert!(sip.is_trusted(Ipv4Addr::new(10, 1, 2, 3).into()));
+    // An IPv4 peer as a dual-stack socket reports it.
+    assert!(sip.is_trusted(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().into()));
+    assert!(sip.is_trusted("2001:db8::1".parse().unwrap()));
+    assert!(!sip.is_trusted(Ipv4Addr::LOCALHOST.into()));
+    assert!(!sip.is_trusted(Ipv6Addr::LOCALHOST.into()));
+    assert!(!sip.is_load_balancer(Ipv4Addr::new(10, 1, 2, 3).into()));
+    assert!(!Config::default().sip.is_trusted(Ipv4Addr::LOCALHOST.into()));
+}
+
+#[test]
+fn transport_names() {
+    let all = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+    ];
+    let names: Vec<_> = all.iter().map(|t| (t.as_str(), t.via_token())).collect();
+    assert_eq!(
+        names,
+        [
+            ("udp", "UDP"),
+            ("tcp", "TCP"),
+            ("tls", "TLS"),
+            ("ws", "WS"),
+            ("wss", "WSS")
+        ]
+    );
+    let reliable: Vec<_> = all.iter().map(|t| t.is_reliable()).collect();
+    assert_eq!(reliable, [false, true, true, true, true]);
+    let secure: Vec<_> = all.iter().map(|t| t.is_secure()).collect();
+    assert_eq!(secure, [false, false, true, false, true]);
+}
+
+// === environment overrides ===
+
+#[test]
+fn env_overrides_scalars() {
+    let env = vars(&[
+        ("STG_SIP__UPSTREAM", "sip:10.0.0.5:5060;transport=tcp"),
+        ("STG_SIP__TIMERS__T1", "250ms"),
+        ("STG_LOG__LEVEL", "debug"),
+        ("STG_SIP__MAX_HEADERS", "100"),
+        ("STG_SIP__FORCE_RPORT", "false"),
+        ("STG_NODE__ID", "007"),
+        ("STG_ADMIN__LISTEN", ""),
+    ]);
+    let config = Config::from_toml_str(EXAMPLE, env).unwrap();
+    assert_eq!(
+        config.sip.upstream.to_string(),
+        "sip:10.0.0.5:5060;transport=tcp"
+    );
+    assert_eq!(config.sip.timers.t1, Duration::from_millis(250));
+    assert_eq!(config.log.level, "debug");
+    assert_eq!(config.sip.max_headers, 100);
+    assert!(!config.sip.force_rport);
+    assert_eq!(config.node.id.as_deref(), Some("007"));
+    assert_eq!(config.admin.listen, None);
+
+    // An integer-looking value still reaches a string key as written.
+    let config = Config::from_env(vars(&[("STG_NODE__ID", "42")])).unwrap();
+    assert_eq!(config.node.id.as_deref(), Some("42"));
+    let config = Config::from_env(vars(&[("STG_LOG__LEVEL", "\"warn\"")])).unwrap();
+    assert_eq!(config.log.level, "warn");
+}
+
+#[test]
+fn env_overrides_arrays_and_tables() {
+    let env = vars(&[
+        ("STG_SIP__TRUSTED_NETWORKS", "[\"10.0.0.0/8\"]"),
+        (
+            "STG_SIP__LISTEN",
+            "[{transport=\"udp\", address=\"0.0.0.0:5060\"}]",
+        ),
+    ]);
+    let config = Config::from_env(env).unwrap();
+    assert_eq!(config.sip.trusted_networks, ["10.0.0.0/8".parse().unwrap()]);
+    assert_eq!(
+        config.sip.listen,
+        [ListenerConfig {
+            transport: Transport::Udp,
+            address: "0.0.0.0:5060".parse().unwrap(),
+            side: Side::Outside,
+            proxy_protocol: false,
+            advertise: None,
+        }]
+    );
+
+    // A deeper variable refines a table one, whichever the environment lists first.
+    let env = vars(&[
+        ("STG_SIP__TIMERS__T2", "9s"),
+        ("STG_SIP__TIMERS", "{t1 = \"1s\", t2 = \"8s\"}"),
+    ]);
+    let timers = Config::from_toml_str(EXAMPLE, env).unwrap().sip.timers;
+    assert_eq!(timers.t1, Duration::from_secs(1));
+    assert_eq!(timers.t2, Duration::from_secs(9));
+}
+
+#[test]
+fn env_ignores_what_is_not_an_override() {
+    let env = vars(&[
+        ("STG_CONFORMANCE_DIR", "/work/shared/conformance"),
+        ("STG_SHARED_DIR", "/work/shared"),
+        ("STG_FOO", "bar"),
+        ("PATH", "/usr/bin"),
+        ("stg_sip__upstream", "nonsense"),
+    ]);
+    assert_eq!(Config::from_env(env).unwrap(), Config::default());
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let check = |env: &[(&str, &str)], key: &str, var: &str, fragment: &str| {
+        let e = error("", env);
+        let shown = e.to_string();
+        assert!(shown.contains(var) && shown.contains(fragment), "{shown}");
+        match e {
+            ConfigError::Invalid {
+                key: got, env_var, ..
+            } => {
+                assert_eq!(got, key, "{shown}");
+                assert_eq!(env_var.as_deref(), Some(var), "{shown}");
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    check(
+        &[("STG_SIP__UPSTREEM", "sip:pbx")],
+        "sip.upstreem",
+        "STG_SIP__UPSTREEM",
+        "unknown key",
+    );
+    check(
+        &[("STG_FOO__BAR", "1")],
+        "foo",
+        "STG_FOO__BAR",
+        "unknown key",
+    );
+    check(
+        &[("STG_SIP__TIMERZ__T1", "1s")],
+        "sip.timerz",
+        "STG_SIP__TIMERZ__T1",
+        "unknown key",
+    );
+    check(
+        &[("STG_SIP__TIMERS__T1", "fast")],
+        "sip.timers.t1",
+        "STG_SIP__TIMERS__T1",
+        "invalid duration \"fast\"",
+    );
+    check(
+        &[(
+            "STG_SIP__LISTEN",
+            "[{transport=\"udp\", address=\"0.0.0.0:1\", proxy_protocol=true}]",
+        )],
+        "sip.listen[0].proxy_protocol",
+        "STG_SIP__LISTEN",
+        "udp",
+    );
+
+    for (var, value, fragment) in [
+        ("STG_SIP__UPSTREAM__HOST", "pbx", "is a string, not a table"),
+        (
+            "STG_SIP__LISTEN__0__ADDRESS",
+            "0.0.0.0:5060",
+            "overridden whole",
+        ),
+        (
+            "STG_SIP__TRUSTED_NETWORKS",
+            "[\"10.0.0.0/8\"",
+            "invalid TOML",
+        ),
+        (
+            "STG_SIP__LISTEN",
+            "[{transport=\"udp\"}]\nx = 1",
+            "invalid TOML",
+        ),
+        ("STG_SIP____T1", "1s", "empty level"),
+    ] {
+        let e = Config::from_toml_str(EXAMPLE, vars(&[(var, value)])).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(var) && shown.contains(fragment),
+            "{shown}"
+        );
+        assert!(matches!(e, ConfigError::Env { .. }), "{e:?}");
+    }
+}
+
+// === syntax and files ===
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let e = error("[sip]\nupstream = \"sip:pbx\"\nforce_rport = = true\n", &[]);
+    let shown = e.to_string();
+    match e {
+        ConfigError::Syntax { line, column, .. } => {
+            assert_eq!((line, column), (3, 15), "{shown}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(shown.starts_with("line 3, column 15: "), "{shown}");
+    assert!(!shown.contains('\n'), "{shown}");
+
+    let e = error("[sip.timers]\nt1 = \"1s\"\nt1 = \"2s\"\n", &[]);
+    assert!(
+        matches!(e, ConfigError::Syntax { line: 3, .. }),
+        "duplicate key: {e}"
+    );
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("stg-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[log]\nlevel = \"warn\"\n").unwrap();
+    let env = vars(&[("STG_LOG__FORMAT", "json")]);
+    let config = Config::load(&good, env).unwrap();
+    assert_eq!(
+        (config.log.level.as_str(), config.log.format),
+        ("warn", LogFormat::Json)
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[log\n").unwrap();
+    let shown = Config::load(&bad, []).unwrap_err().to_string();
+    assert!(
+        shown.starts_with(&format!("{}: line 1", bad.display())),
+        "{shown}"
+    );
+
+    let missing = dir.join("missing.toml");
+    let e = Config::load(&missing, []).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    assert!(e.to_string().starts_with(&missing.display().to_string()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
