@@ -1,1 +1,233 @@
-fn main() {}
+//! `stg`: the one binary of the edge node. CLI, configuration loading, logging, signals
+//! and drain; no protocol logic (that lives in the crates it wires together).
+#![forbid(unsafe_code)]
+
+mod lint;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stg_config::{Config, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// sysexits(3) codes, so init systems and scripts can tell failures apart.
+mod exit {
+    pub(crate) const NOINPUT: u8 = 66;
+    pub(crate) const SOFTWARE: u8 = 70;
+    pub(crate) const OSERR: u8 = 71;
+    pub(crate) const CONFIG: u8 = 78;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "stg",
+    version,
+    about = "Internet edge node: SIP edge proxy, push, guard, web front"
+)]
+struct Cli {
+    /// Configuration file (default: /etc/stg/stg.toml when it exists, else embedded defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role of the node.
+    Run,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// SIP tools.
+    Sip {
+        #[command(subcommand)]
+        command: SipCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file + environment) exactly as `stg run` would.
+    Check,
+    /// Print a complete, commented configuration with every default.
+    Example,
+}
+
+#[derive(Subcommand)]
+enum SipCommand {
+    /// Parse one SIP message (a file, or `-` for stdin) and say what it is or why it is
+    /// malformed. Exit 0 when well-formed, 1 when malformed.
+    Lint {
+        /// The message file, or `-`.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
+            print!("{}", stg_config::EXAMPLE);
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => match load_config(cli.config.as_deref()) {
+            Ok((config, source)) => {
+                println!("{source}: OK");
+                for l in &config.sip.listen {
+                    println!("  sip {} {} ({})", l.transport, l.address, l.side);
+                }
+                println!("  upstream {}", config.sip.upstream);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stg: {e}");
+                ExitCode::from(exit::CONFIG)
+            }
+        },
+        Command::Sip {
+            command: SipCommand::Lint { file },
+        } => lint::run(&file),
+        Command::Run => run(cli.config.as_deref()),
+    }
+}
+
+/// Reads the configuration the way every subcommand does; returns it and where it came from.
+fn load_config(path: Option<&Path>) -> Result<(Config, String), stg_config::ConfigError> {
+    // Non-Unicode variables cannot be config overrides; skip them instead of panicking.
+    let vars = || {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+    };
+    match path {
+        Some(p) => Ok((Config::load(p, vars())?, p.display().to_string())),
+        None if Path::new(stg_config::DEFAULT_PATH).exists() => Ok((
+            Config::load(Path::new(stg_config::DEFAULT_PATH), vars())?,
+            stg_config::DEFAULT_PATH.to_string(),
+        )),
+        None => Ok((Config::from_env(vars())?, "embedded defaults".to_string())),
+    }
+}
+
+fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match config.log.format {
+        LogFormat::Human => false,
+        LogFormat::Json => true,
+        // journald reads structured stderr well enough until a native writer is added.
+        LogFormat::Journald => true,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let (config, source) = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stg: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stg: cannot start the runtime: {e}");
+            return ExitCode::from(exit::OSERR);
+        }
+    };
+    runtime.block_on(async move {
+        let node = match stg_edge::Node::bind(config).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("stg: {e}");
+                return ExitCode::from(match e {
+                    stg_edge::EdgeError::Bind { .. } => exit::OSERR,
+                    _ => exit::CONFIG,
+                });
+            }
+        };
+        for l in node.listeners() {
+            tracing::info!(transport = %l.transport, address = %l.local, side = ?l.side, "listening");
+        }
+        if let Some(a) = node.admin_addr() {
+            tracing::info!(address = %a, "admin listening (GET /metrics, /health)");
+        }
+        tracing::info!(config = %source, "stg started");
+        let drain = CancellationToken::new();
+        spawn_signal_handlers(drain.clone(), node.tls());
+        match node.run(drain).await {
+            Ok(()) => {
+                tracing::info!("stg stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stopped on error");
+                ExitCode::from(exit::SOFTWARE)
+            }
+        }
+    })
+}
+
+fn spawn_signal_handlers(
+    drain: CancellationToken,
+    tls: Option<std::sync::Arc<stg_edge::tls::TlsStore>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stops = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    match &tls {
+                        Some(store) => match store.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed, keeping the current certificate"),
+                        },
+                        None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                    }
+                    continue;
+                }
+            }
+            stops += 1;
+            if stops == 1 {
+                tracing::info!("stop requested: draining (signal again to exit at once)");
+                drain.cancel();
+            } else {
+                tracing::warn!("second stop signal: exiting now");
+                std::process::exit(i32::from(exit::SOFTWARE));
+            }
+        }
+    });
+}

@@ -1,2 +1,50 @@
-//! placeholder
+//! The tokio shell around the sans-IO SIP core: transports (UDP, TCP, TLS, WS, WSS), the
+//! connection table, PROXY protocol v2, RFC 3263 resolution, metrics, and graceful drain.
+//!
+//! # How it fits
+//! `stg run` builds a [`Node`] from the typed configuration ([`Node::bind`] binds every
+//! socket first, so errors surface before anything runs), then [`Node::run`] drives one
+//! [`stg_sip_core::proxy::Proxy`] in a single task: transport tasks hand it messages through
+//! a bounded queue, it answers with outputs (send, resolve, log) that this crate carries out.
+//! Protocol decisions live in the core; this crate only moves bytes and keeps time.
+//!
+//! # Invariants
+//! - A message for a device goes only over the connection the device opened when a flow
+//!   token names it; a connection id is never reused within a process.
+//! - PROXY protocol headers are read only on listeners marked for it, and only from the
+//!   configured balancer addresses; anyone else is refused before a byte is read.
+//! - Nothing here blocks the core task: UDP sends use `try_send_to`, stream sends go through
+//!   bounded per-connection queues.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod conn;
+mod node;
 pub mod proxy_protocol;
+pub mod resolver;
+mod stream;
+pub mod tls;
+mod udp;
+mod ws;
+
+pub use node::{BoundListener, Node};
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EdgeError {
+    /// A socket could not be bound.
+    #[error("{what}: cannot bind: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded or created.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The DNS resolver could not be set up.
+    #[error("dns: {0}")]
+    Dns(String),
+}

@@ -1,2 +1,4 @@
 //! placeholder
+pub mod net;
+pub mod proxy;
 pub mod transaction;

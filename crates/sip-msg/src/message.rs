@@ -569,10 +569,8 @@ impl Message {
                     let n = scan::parse_u64(v, u32::MAX.into()).ok_or(bad(ValueError::Number))?;
                     content_length = Some(n as usize);
                 }
-                HeaderName::Contact => {
-                    if v != b"*" {
-                        values::for_each_name_addr(v, |_| ()).map_err(bad)?;
-                    }
+                HeaderName::Contact if v != b"*" => {
+                    values::for_each_name_addr(v, |_| ()).map_err(bad)?;
                 }
                 HeaderName::Route | HeaderName::RecordRoute | HeaderName::Path => {
                     values::for_each_name_addr(v, |_| ()).map_err(bad)?;

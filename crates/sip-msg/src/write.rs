@@ -272,7 +272,7 @@ impl Message {
 
     /// The ACK a proxy's client transaction sends for a non-2xx final `response` to this
     /// INVITE (RFC 3261 §17.1.1.3): To taken from the response.
-    pub fn ack_for(&self, response: &Message) -> Bytes {
+    pub fn ack_for(&self, response: &Self) -> Bytes {
         let to = response.header_values(HeaderName::To).next();
         self.derived_request(b"ACK", to)
     }

@@ -1,0 +1,464 @@
+//! The node: binds every listener, runs the proxy core in one task and the transports
+//! around it, exports metrics, and drains on request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stg_config::{Config, Host, Side as CfgSide, Transport as CfgTransport};
+use stg_sip_core::net::{Flow, Listener, ListenerId, Side, Transport};
+use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, Upstream};
+use stg_sip_core::transaction::TransactionConfig;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{CoreInput, Shared};
+use crate::stream::{self, StreamListener};
+use crate::{admin, udp, EdgeError};
+
+/// Depth of the queue into the core task: deep enough to ride out a burst, bounded so a
+/// flood turns into backpressure on the sockets instead of memory.
+const CORE_QUEUE: usize = 16 * 1024;
+
+/// One bound listener, as reported to the operator.
+#[derive(Clone, Debug)]
+pub struct BoundListener {
+    /// Transport.
+    pub transport: Transport,
+    /// The address actually bound (port 0 resolved).
+    pub local: SocketAddr,
+    /// Side it faces.
+    pub side: Side,
+}
+
+enum Socket {
+    Udp(Arc<UdpSocket>),
+    Tcp(TcpListener, StreamListener),
+}
+
+/// A node with every socket bound, ready to [`Node::run`].
+pub struct Node {
+    config: Arc<Config>,
+    sockets: Vec<(Socket, Side)>,
+    listeners: Vec<Listener>,
+    admin: Option<TcpListener>,
+    tls: Option<Arc<crate::tls::TlsStore>>,
+}
+
+fn transport(t: CfgTransport) -> Transport {
+    match t {
+        CfgTransport::Udp => Transport::Udp,
+        CfgTransport::Tcp => Transport::Tcp,
+        CfgTransport::Tls => Transport::Tls,
+        CfgTransport::Ws => Transport::Ws,
+        CfgTransport::Wss => Transport::Wss,
+    }
+}
+
+fn side(s: CfgSide) -> Side {
+    match s {
+        CfgSide::Outside => Side::Outside,
+        CfgSide::Inside => Side::Inside,
+    }
+}
+
+impl Node {
+    /// Binds every listener and the admin endpoint. Errors name the listener.
+    pub async fn bind(config: Config) -> Result<Self, EdgeError> {
+        let needs_tls = config
+            .sip
+            .listen
+            .iter()
+            .any(|l| matches!(l.transport, CfgTransport::Tls | CfgTransport::Wss));
+        let tls = if needs_tls {
+            Some(Arc::new(
+                crate::tls::TlsStore::load(&config).map_err(|e| EdgeError::Tls(e.to_string()))?,
+            ))
+        } else {
+            None
+        };
+        let mut sockets = Vec::new();
+        let mut listeners = Vec::new();
+        for (i, l) in config.sip.listen.iter().enumerate() {
+            let id = ListenerId(i as u16);
+            let t = transport(l.transport);
+            let bind_err = |e: std::io::Error| EdgeError::Bind {
+                what: format!("sip.listen[{i}] ({} {})", l.transport, l.address),
+                source: e,
+            };
+            let (socket, local) = if t == Transport::Udp {
+                let s = udp::bind(l.address).map_err(bind_err)?;
+                let local = s.local_addr().map_err(bind_err)?;
+                (Socket::Udp(Arc::new(s)), local)
+            } else {
+                let s = TcpListener::bind(l.address).await.map_err(bind_err)?;
+                let local = s.local_addr().map_err(bind_err)?;
+                let sl = StreamListener {
+                    id,
+                    transport: t,
+                    side: side(l.side),
+                    proxy_protocol: l.proxy_protocol,
+                };
+                (Socket::Tcp(s, sl), local)
+            };
+            let (host, port) = match &l.advertise {
+                Some(hp) => (
+                    match &hp.host {
+                        Host::Ip(ip) => ip.to_string(),
+                        Host::Domain(d) => d.clone(),
+                    },
+                    hp.port.unwrap_or(local.port()),
+                ),
+                None => (local.ip().to_string(), local.port()),
+            };
+            if local.ip().is_unspecified() && l.advertise.is_none() {
+                tracing::warn!(listener = i, "listening on a wildcard address without sip.listen.advertise: Via and Record-Route will carry {host}");
+            }
+            listeners.push(Listener {
+                id,
+                transport: t,
+                side: side(l.side),
+                local,
+                host,
+                port,
+            });
+            sockets.push((socket, side(l.side)));
+        }
+        let admin = match config.admin.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| EdgeError::Bind {
+                what: format!("admin.listen ({addr})"),
+                source: e,
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            sockets,
+            listeners,
+            admin,
+            tls,
+        })
+    }
+
+    /// The listeners as bound.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners
+            .iter()
+            .map(|l| BoundListener {
+                transport: l.transport,
+                local: l.local,
+                side: l.side,
+            })
+            .collect()
+    }
+
+    /// The admin (metrics) address as bound.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// A handle to reload the TLS certificate (SIGHUP), if the node has TLS listeners.
+    pub fn tls(&self) -> Option<Arc<crate::tls::TlsStore>> {
+        self.tls.clone()
+    }
+
+    fn proxy_config(&self) -> ProxyConfig {
+        let up = &self.config.sip.upstream;
+        let mut key = [0u8; 16];
+        let mut seed = [0u8; 8];
+        // Without OS randomness flow tokens would be forgeable: refuse to run rather than
+        // fall back to a fixed key.
+        getrandom::fill(&mut key).expect("OS random source unavailable");
+        getrandom::fill(&mut seed).expect("OS random source unavailable");
+        ProxyConfig {
+            listeners: self.listeners.clone(),
+            upstream: Upstream {
+                host: match &up.host {
+                    Host::Ip(ip) => ip.to_string(),
+                    Host::Domain(d) => d.clone(),
+                },
+                port: up.port,
+                transport: up.transport.map(transport),
+                sips: up.scheme_sips,
+            },
+            aliases: self
+                .config
+                .node
+                .aliases
+                .iter()
+                .map(|h| match h {
+                    Host::Ip(ip) => ip.to_string(),
+                    Host::Domain(d) => d.clone(),
+                })
+                .collect(),
+            force_rport: self.config.sip.force_rport,
+            timer_c: self.config.sip.timers.timer_c,
+            transactions: TransactionConfig {
+                t1: self.config.sip.timers.t1,
+                t2: self.config.sip.timers.t2,
+                t4: self.config.sip.timers.t4,
+            },
+            flow_key: key,
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    /// Runs until `drain` is cancelled and the drain completes (live transactions finished
+    /// or `sip.drain_timeout` passed).
+    pub async fn run(self, drain: CancellationToken) -> Result<(), EdgeError> {
+        let proxy = Proxy::new(self.proxy_config());
+        let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
+        let accept_stop = CancellationToken::new();
+        let shared = Arc::new(Shared::new(
+            core_tx,
+            self.config.clone(),
+            accept_stop.clone(),
+            self.tls.clone(),
+        ));
+        let resolver = crate::resolver::Resolver::new(
+            &self.config.dns.nameservers,
+            self.config.dns.cache_size,
+        )
+        .map_err(|e| EdgeError::Dns(e.to_string()))?;
+        let handle = admin::install_recorder();
+        if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
+            tokio::spawn(admin::serve(listener, handle));
+        }
+        let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
+        for (socket, s) in self.sockets {
+            match socket {
+                Socket::Udp(sock) => {
+                    let id = ListenerId(udp_sockets.len() as u16);
+                    udp_sockets.push(Some(sock.clone()));
+                    // UDP keeps receiving while draining: responses finish transactions.
+                    tokio::spawn(udp::recv_loop(sock, id, s, shared.clone()));
+                }
+                Socket::Tcp(listener, sl) => {
+                    udp_sockets.push(None);
+                    tokio::spawn(stream::accept_loop(listener, sl, shared.clone()));
+                }
+            }
+        }
+        let core = Core {
+            proxy,
+            shared,
+            udp: udp_sockets,
+            resolver,
+            listener_sides: self.listeners.iter().map(|l| l.side).collect(),
+        };
+        core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
+            .await;
+        Ok(())
+    }
+}
+
+struct Core {
+    proxy: Proxy,
+    shared: Arc<Shared>,
+    udp: Vec<Option<Arc<UdpSocket>>>,
+    resolver: crate::resolver::Resolver,
+    listener_sides: Vec<Side>,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<CoreInput>,
+        drain: CancellationToken,
+        accept_stop: CancellationToken,
+        drain_timeout: Duration,
+    ) {
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = self
+                .proxy
+                .poll_timeout()
+                .map_or_else(far, tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                input = rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    // Take what is already queued without going back through select!.
+                    for _ in 0..64 {
+                        match rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(next) => {
+                    self.proxy.handle_timeout(std::time::Instant::now());
+                    self.flush();
+                }
+                _ = drain.cancelled(), if drain_deadline.is_none() => {
+                    tracing::info!(timeout = ?drain_timeout, "draining: new requests refused, live transactions finishing");
+                    self.proxy.start_drain();
+                    accept_stop.cancel();
+                    drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
+                }
+                _ = stats_tick.tick() => self.export_stats(),
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.proxy.is_idle() {
+                    tracing::info!("drained");
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let (c, s) = self.proxy.transactions_alive();
+                    tracing::warn!(
+                        client = c,
+                        server = s,
+                        "drain timeout: exiting with transactions alive"
+                    );
+                    break;
+                }
+            }
+        }
+        self.export_stats();
+    }
+
+    fn handle(&mut self, input: CoreInput) {
+        let now = std::time::Instant::now();
+        match input {
+            CoreInput::Message { inbound, bytes } => self.proxy.handle_input(inbound, bytes, now),
+            CoreInput::SendFailed(r) => self.proxy.handle_send_failed(r, now),
+            CoreInput::Resolved { id, result } => self.proxy.handle_resolved(id, &result, now),
+        }
+        self.flush();
+    }
+
+    /// Carries out everything the core asked for; failed sends go back in as inputs.
+    fn flush(&mut self) {
+        loop {
+            let mut failed = Vec::new();
+            while let Some(o) = self.proxy.poll_output() {
+                match o {
+                    Output::Transmit {
+                        flow,
+                        bytes,
+                        on_fail,
+                    } => {
+                        let sent = self.send(flow, bytes, on_fail);
+                        failed.extend(on_fail.filter(|_| !sent));
+                    }
+                    Output::Resolve { id, target } => {
+                        let resolver = self.resolver.clone();
+                        let tx = self.shared.core_tx.clone();
+                        tokio::spawn(async move {
+                            let result = match resolver.resolve(&target).await {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::info!(host = %target.host, error = %e, "resolution failed");
+                                    Vec::new()
+                                }
+                            };
+                            let _ = tx.send(CoreInput::Resolved { id, result }).await;
+                        });
+                    }
+                    Output::Event(e) => log_event(&e),
+                    _ => {}
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            let now = std::time::Instant::now();
+            for r in failed {
+                self.proxy.handle_send_failed(r, now);
+            }
+        }
+    }
+
+    /// Sends now (UDP) or hands to a connection task (streams); false when it surely failed.
+    fn send(
+        &mut self,
+        flow: Flow,
+        bytes: bytes::Bytes,
+        on_fail: Option<stg_sip_core::proxy::SendRef>,
+    ) -> bool {
+        if flow.transport == Transport::Udp {
+            let Some(Some(sock)) = self.udp.get(usize::from(flow.listener.0)) else {
+                return false;
+            };
+            return match sock.try_send_to(&bytes, flow.remote) {
+                Ok(_) => true,
+                Err(e) => {
+                    metrics::counter!("stg_sip_send_errors_total", "transport" => "udp")
+                        .increment(1);
+                    tracing::debug!(remote = %flow.remote, error = %e, "UDP send failed");
+                    false
+                }
+            };
+        }
+        match self.shared.send_stream(&flow, bytes) {
+            Ok(()) => true,
+            Err(bytes) => {
+                if flow.conn.is_some() {
+                    // The device's own flow is gone: nothing else may carry it.
+                    return false;
+                }
+                let side = self
+                    .listener_sides
+                    .get(usize::from(flow.listener.0))
+                    .copied()
+                    .unwrap_or(Side::Outside);
+                tokio::spawn(stream::connect_and_send(
+                    flow,
+                    bytes,
+                    on_fail,
+                    self.shared.clone(),
+                    side,
+                ));
+                true
+            }
+        }
+    }
+
+    fn export_stats(&self) {
+        let s = self.proxy.stats();
+        for (k, v) in &s.requests_in {
+            metrics::counter!("stg_sip_messages_in_total", "kind" => "request", "method" => *k)
+                .absolute(*v);
+        }
+        for (k, v) in &s.responses_in {
+            metrics::counter!("stg_sip_messages_in_total", "kind" => "response", "status" => *k)
+                .absolute(*v);
+        }
+        for (k, v) in &s.requests_out {
+            metrics::counter!("stg_sip_messages_out_total", "kind" => "request", "method" => *k)
+                .absolute(*v);
+        }
+        for (k, v) in &s.responses_out {
+            metrics::counter!("stg_sip_messages_out_total", "kind" => "response", "status" => *k)
+                .absolute(*v);
+        }
+        for (k, v) in &s.parse_failures {
+            metrics::counter!("stg_sip_parse_failures_total", "reason" => *k).absolute(*v);
+        }
+        for (k, v) in &s.dropped {
+            metrics::counter!("stg_sip_dropped_total", "reason" => *k).absolute(*v);
+        }
+        let (c, sv) = self.proxy.transactions_alive();
+        metrics::gauge!("stg_sip_transactions", "role" => "client").set(c as f64);
+        metrics::gauge!("stg_sip_transactions", "role" => "server").set(sv as f64);
+        metrics::gauge!("stg_connections_total_open").set(self.shared.connection_count() as f64);
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Malformed {
+            remote,
+            reason,
+            detail,
+            answered,
+        } => tracing::info!(%remote, reason, detail, answered, "malformed SIP message"),
+        Event::Dropped { remote, reason } => tracing::debug!(%remote, reason, "message dropped"),
+        _ => {}
+    }
+}

@@ -1,0 +1,1606 @@
+//! The stateful edge proxy (RFC 3261 §16), sans-IO.
+//!
+//! [`Proxy`] takes bytes from the network and time as inputs and returns what to send,
+//! what to resolve, and what happened. It owns a [`Transactions`] layer; each request it
+//! forwards gets a *response context* (one server transaction, one or more branches, each
+//! a client transaction), so forking plugs in later as more branches.
+//!
+//! # The edge policy
+//! - **Outside** (the internet) never chooses a destination: every request from outside goes
+//!   to the configured upstream (the PBX), whatever its Request-URI or Route say; stg's own
+//!   Route entries are removed, foreign ones are passed on for the PBX. stg is never an open
+//!   relay into the inside network.
+//! - **Inside** (the PBX side) routes by Route and Request-URI (loose routing, strict-router
+//!   compatibility); a Route entry stg recorded carries a *flow token* naming the device's
+//!   connection, so in-dialog requests reach a device only over the flow it opened.
+//! - Record-Route is added to dialog-creating requests, doubled when the two sides are
+//!   different listeners (devices on TLS outside, the PBX on TCP/UDP inside).
+//!
+//! # Inputs and outputs
+//! [`Proxy::handle_input`] (one datagram or framed message), [`Proxy::handle_resolved`]
+//! (an RFC 3263 answer the shell looked up), [`Proxy::handle_send_failed`] (the shell could
+//! not send), [`Proxy::handle_timeout`]. After each, drain [`Proxy::poll_output`] until
+//! `None` and re-arm the shell's timer at [`Proxy::poll_timeout`] (the str0m/quinn rule).
+//!
+//! # Where later parts plug in
+//! The target of a request is chosen in one place ([`Proxy`]'s `route_request`); the
+//! registrar and push issues replace it with a target set from a location service, each
+//! target one more branch of the same response context. Branch outcomes (timeout,
+//! transport failure, response) are already inputs of that context.
+
+mod flow_token;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::Hasher;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use siphasher::sip::SipHasher24;
+use stg_sip_msg::{
+    error_response_for_unparsed, HeaderName, Message, Method, RequestEdit, SipUri, StatusCode, Uri,
+    Via,
+};
+
+use crate::net::{Flow, Listener, ListenerId, Side, Transport};
+use crate::transaction::{
+    ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerTxId,
+    TransactionConfig, Transactions, TxEvent, TxKey,
+};
+use flow_token::FlowTokens;
+
+/// The upstream every request from outside is sent to (the PBX).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host: IP literal or DNS name (resolved per RFC 3263 by the shell).
+    pub host: String,
+    /// Port, if configured.
+    pub port: Option<u16>,
+    /// Transport, if configured; otherwise the inbound one (WS→TCP, WSS→TLS).
+    pub transport: Option<Transport>,
+    /// `sips:` upstream.
+    pub sips: bool,
+}
+
+/// Everything the proxy core needs; built once by the shell from the configuration.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// The node's listeners, indexed by [`ListenerId`].
+    pub listeners: Vec<Listener>,
+    /// Where requests from outside go.
+    pub upstream: Upstream,
+    /// Other names of this node (a Request-URI with one of them targets the node itself).
+    pub aliases: Vec<String>,
+    /// Answer to the source port even without `rport` (RFC 3581 for NATed devices).
+    pub force_rport: bool,
+    /// Timer C (RFC 3261 §16.6 step 11): how long an INVITE branch may stay proceeding.
+    pub timer_c: Duration,
+    /// T1, T2, T4.
+    pub transactions: TransactionConfig,
+    /// Key of the flow-token MAC: random per process (the shell draws it).
+    pub flow_key: [u8; 16],
+    /// Seed that makes branches and tags unique across restarts (the shell draws it).
+    pub seed: u64,
+}
+
+/// A request for the shell to resolve a SIP URI's host (RFC 3263).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolveTarget {
+    /// Host name.
+    pub host: String,
+    /// Port, if the URI had one (then no SRV lookup, RFC 3263 §4.2).
+    pub port: Option<u16>,
+    /// Transport, if the URI had one (then no NAPTR lookup).
+    pub transport: Option<Transport>,
+    /// `sips:` URI: TLS only.
+    pub sips: bool,
+}
+
+/// Id of a pending resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResolveId(u64);
+
+/// Handed back by the shell when a [`Output::Transmit`] could not be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SendRef {
+    ctx: u64,
+    branch: u32,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send `bytes` on `flow` (for streams with `conn: None`: any connection to the remote,
+    /// opened if needed). On failure, call [`Proxy::handle_send_failed`] with `on_fail`.
+    Transmit {
+        /// Where.
+        flow: Flow,
+        /// What.
+        bytes: Bytes,
+        /// Set when the proxy wants to know about a failure.
+        on_fail: Option<SendRef>,
+    },
+    /// Resolve a host and answer with [`Proxy::handle_resolved`].
+    Resolve {
+        /// The id to answer with.
+        id: ResolveId,
+        /// What to resolve.
+        target: ResolveTarget,
+    },
+    /// Something worth a log line.
+    Event(Event),
+}
+
+/// Noteworthy things, for logs (the counters are in [`Stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message did not parse.
+    Malformed {
+        /// Who sent it.
+        remote: SocketAddr,
+        /// Metrics label.
+        reason: &'static str,
+        /// Human explanation.
+        detail: String,
+        /// Whether an error response was sent.
+        answered: bool,
+    },
+    /// A message was dropped on purpose.
+    Dropped {
+        /// Who sent it.
+        remote: SocketAddr,
+        /// Metrics label.
+        reason: &'static str,
+    },
+}
+
+/// Message counters kept by the core; the shell exports them.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Requests received, by method label.
+    pub requests_in: HashMap<&'static str, u64>,
+    /// Responses received, by status class label (`1xx`..`6xx`).
+    pub responses_in: HashMap<&'static str, u64>,
+    /// Requests sent (first copies), by method label.
+    pub requests_out: HashMap<&'static str, u64>,
+    /// Responses sent (first copies), by status class label.
+    pub responses_out: HashMap<&'static str, u64>,
+    /// Parse failures by reason.
+    pub parse_failures: HashMap<&'static str, u64>,
+    /// Messages dropped on purpose, by reason.
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+fn method_label(m: Option<Method>) -> &'static str {
+    match m {
+        Some(Method::Ack) => "ACK",
+        Some(Method::Bye) => "BYE",
+        Some(Method::Cancel) => "CANCEL",
+        Some(Method::Info) => "INFO",
+        Some(Method::Invite) => "INVITE",
+        Some(Method::Message) => "MESSAGE",
+        Some(Method::Notify) => "NOTIFY",
+        Some(Method::Options) => "OPTIONS",
+        Some(Method::Prack) => "PRACK",
+        Some(Method::Publish) => "PUBLISH",
+        Some(Method::Refer) => "REFER",
+        Some(Method::Register) => "REGISTER",
+        Some(Method::Subscribe) => "SUBSCRIBE",
+        Some(Method::Update) => "UPDATE",
+        _ => "other",
+    }
+}
+
+fn class_label(s: StatusCode) -> &'static str {
+    match s.class() {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "6xx",
+    }
+}
+
+fn bump(map: &mut HashMap<&'static str, u64>, k: &'static str) {
+    *map.entry(k).or_default() += 1;
+}
+
+/// Where a message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    /// The flow it arrived on (after PROXY protocol: the real client address).
+    pub flow: Flow,
+    /// Its side: the listener's, or Inside for a trusted source.
+    pub side: Side,
+}
+
+/// The destination type inside the transaction layer.
+#[derive(Clone, Copy, Debug)]
+struct Dest {
+    flow: Flow,
+    on_fail: Option<SendRef>,
+}
+
+#[derive(Debug)]
+enum BranchState {
+    Resolving,
+    Sent(ClientTxId),
+    Done,
+}
+
+#[derive(Debug)]
+struct Branch {
+    state: BranchState,
+    /// The request as sent, parsed lazily for CANCEL/ACK.
+    sent: Option<Message>,
+    /// Where it went.
+    flow: Option<Flow>,
+    provisional: bool,
+    cancel_pending: bool,
+    /// Side of the target (decides the flow token in Record-Route).
+    target_side: Side,
+}
+
+#[derive(Debug)]
+enum Best {
+    Received(Message),
+    Local(StatusCode),
+}
+
+impl Best {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Received(m) => m.status().unwrap_or(StatusCode::SERVER_INTERNAL_ERROR),
+            Self::Local(s) => *s,
+        }
+    }
+}
+
+/// How the request is rewritten, fixed before the destination is known.
+#[derive(Debug, Clone)]
+struct Plan {
+    pop_routes: usize,
+    record_route: bool,
+    request_uri: Option<Bytes>,
+    append_route: Option<Bytes>,
+    max_forwards: u32,
+    loop_hash: u64,
+}
+
+/// A response context (RFC 3261 §16.7).
+#[derive(Debug)]
+struct Ctx {
+    server: ServerTxId,
+    request: Message,
+    inbound: Inbound,
+    top_via: Bytes,
+    to_tag: Bytes,
+    plan: Plan,
+    branches: Vec<Branch>,
+    best: Option<Best>,
+    final_sent: bool,
+    cancelled: bool,
+    timer_c: Option<Instant>,
+}
+
+/// What a pending resolution is for.
+#[derive(Debug)]
+enum Pending {
+    Branch {
+        ctx: u64,
+        branch: u32,
+    },
+    Stateless {
+        request: Box<Message>,
+        plan: Plan,
+        inbound: Inbound,
+        target_side: Side,
+    },
+}
+
+/// The stateful proxy core. See the [module docs](self).
+#[derive(Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    tokens: FlowTokens,
+    tx: Transactions<Dest>,
+    ctxs: HashMap<u64, Ctx>,
+    by_server: HashMap<ServerTxId, u64>,
+    by_client: HashMap<ClientTxId, (u64, u32)>,
+    pending: HashMap<ResolveId, Pending>,
+    timer_c: BTreeSet<(Instant, u64)>,
+    out: VecDeque<Output>,
+    next_id: u64,
+    counter: u64,
+    stats: Stats,
+    draining: bool,
+}
+
+const BRANCH_PREFIX: &[u8] = b"z9hG4bK-";
+
+impl Proxy {
+    /// A proxy with no state.
+    pub fn new(config: ProxyConfig) -> Self {
+        Self {
+            tokens: FlowTokens::new(config.flow_key),
+            tx: Transactions::new(config.transactions),
+            counter: config.seed,
+            config,
+            ctxs: HashMap::new(),
+            by_server: HashMap::new(),
+            by_client: HashMap::new(),
+            pending: HashMap::new(),
+            timer_c: BTreeSet::new(),
+            out: VecDeque::new(),
+            next_id: 1,
+            stats: Stats::default(),
+            draining: false,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Message counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Live transactions `(client, server)`.
+    pub fn transactions_alive(&self) -> (usize, usize) {
+        self.tx.alive()
+    }
+
+    /// Whether nothing is in flight (drain can finish).
+    pub fn is_idle(&self) -> bool {
+        self.tx.alive() == (0, 0) && self.ctxs.is_empty() && self.pending.is_empty()
+    }
+
+    /// Stop accepting new requests: they get 503 with Retry-After while live transactions
+    /// finish (graceful drain on SIGTERM).
+    pub fn start_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// The next output; drain until `None` after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let c = self.timer_c.first().map(|(t, _)| *t);
+        match (self.tx.poll_timeout(), c) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.pump(now);
+        while let Some(&(at, ctx)) = self.timer_c.first() {
+            if at > now {
+                break;
+            }
+            self.timer_c.remove(&(at, ctx));
+            self.on_timer_c(ctx, now);
+            self.pump(now);
+        }
+    }
+
+    /// One datagram or one framed stream message arrived.
+    pub fn handle_input(&mut self, inbound: Inbound, bytes: Bytes, now: Instant) {
+        match Message::parse(bytes.clone()) {
+            Ok(m) if m.is_request() => {
+                bump(&mut self.stats.requests_in, method_label(m.method()));
+                self.on_request(inbound, m, now);
+            }
+            Ok(m) => {
+                if let Some(s) = m.status() {
+                    bump(&mut self.stats.responses_in, class_label(s));
+                }
+                self.on_response(inbound, m, now);
+            }
+            Err(e) => {
+                bump(&mut self.stats.parse_failures, e.reason());
+                let reason = StatusCode::canonical_reason(e.status());
+                let answer = error_response_for_unparsed(&bytes, e.status(), reason);
+                let answered = answer.is_some();
+                if let Some(bytes) = answer {
+                    bump(&mut self.stats.responses_out, class_label(e.status()));
+                    self.transmit(inbound.flow, bytes);
+                }
+                self.out.push_back(Output::Event(Event::Malformed {
+                    remote: inbound.flow.remote,
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                    answered,
+                }));
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The shell's answer to an [`Output::Resolve`]: addresses in preference order, or none.
+    pub fn handle_resolved(
+        &mut self,
+        id: ResolveId,
+        result: &[(Transport, SocketAddr)],
+        now: Instant,
+    ) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        match p {
+            Pending::Branch { ctx, branch } => {
+                let side = self
+                    .ctxs
+                    .get(&ctx)
+                    .and_then(|c| c.branches.get(branch as usize))
+                    .map(|b| b.target_side);
+                let flow = side.and_then(|s| self.pick_flow(result, s));
+                match flow {
+                    Some(flow) => self.send_branch(ctx, branch, flow, now),
+                    None => self.branch_failed(ctx, branch, StatusCode::SERVICE_UNAVAILABLE, now),
+                }
+            }
+            Pending::Stateless {
+                request,
+                plan,
+                inbound,
+                target_side,
+            } => {
+                if let Some(flow) = self.pick_flow(result, target_side) {
+                    self.send_stateless(&request, &plan, inbound, flow);
+                } else {
+                    bump(&mut self.stats.dropped, "unresolvable");
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The shell could not deliver a [`Output::Transmit`] that carried `on_fail`.
+    pub fn handle_send_failed(&mut self, r: SendRef, now: Instant) {
+        let state = self
+            .ctxs
+            .get(&r.ctx)
+            .and_then(|c| c.branches.get(r.branch as usize))
+            .map(|b| match b.state {
+                BranchState::Sent(id) => Some(id),
+                _ => None,
+            });
+        if let Some(Some(id)) = state {
+            self.tx.transport_error(id, now);
+        }
+        self.pump(now);
+    }
+
+    // === requests ===
+
+    fn on_request(&mut self, inbound: Inbound, m: Message, now: Instant) {
+        let Some(top) = m.top_via() else {
+            return;
+        };
+        let branch = top.branch().unwrap_or(b"");
+        if branch == b"z9hG4bK" {
+            // RFC 4475 §3.2.1: the magic cookie alone identifies nothing.
+            self.stateless_reply(
+                &m,
+                inbound,
+                StatusCode::BAD_REQUEST,
+                Some("Missing Transaction Identifier"),
+                &[],
+            );
+            return;
+        }
+        let top_via = self.fixed_top_via(&top, inbound.flow.remote);
+        let key = self.server_key(&m, &top, inbound.flow.remote);
+        let method = m.method().unwrap_or(Method::Extension);
+        let reliable = inbound.flow.transport.is_reliable();
+        let reply = Dest {
+            flow: self.reply_flow(&top, inbound),
+            on_fail: None,
+        };
+        match method {
+            Method::Ack => {
+                let invite_key = key.with_method(Bytes::from_static(b"INVITE"));
+                if let ServerMatch::PassToTu(_) =
+                    self.tx
+                        .handle_request(invite_key, RequestKind::Ack, reliable, reply, now)
+                {
+                    self.forward_stateless(inbound, m, now);
+                }
+            }
+            Method::Cancel => {
+                let ServerMatch::New(id) =
+                    self.tx
+                        .handle_request(key.clone(), RequestKind::Cancel, reliable, reply, now)
+                else {
+                    return;
+                };
+                let invite = self
+                    .tx
+                    .find_server(&key.with_method(Bytes::from_static(b"INVITE")))
+                    .and_then(|s| self.by_server.get(&s).copied());
+                let tag = self.new_tag();
+                match invite {
+                    Some(ctx) => {
+                        let resp =
+                            m.response(StatusCode::OK, None, Some(&tag), Some(&top_via), &[]);
+                        self.respond(id, StatusCode::OK, resp, now);
+                        self.cancel_ctx(ctx, now);
+                    }
+                    None => {
+                        // RFC 3261 §16.10 would forward it statelessly; with no INVITE
+                        // context here there is nothing it could cancel downstream of us.
+                        let resp = m.response(
+                            StatusCode::CALL_DOES_NOT_EXIST,
+                            None,
+                            Some(&tag),
+                            Some(&top_via),
+                            &[],
+                        );
+                        self.respond(id, StatusCode::CALL_DOES_NOT_EXIST, resp, now);
+                    }
+                }
+            }
+            _ => {
+                let kind = if method == Method::Invite {
+                    RequestKind::Invite
+                } else {
+                    RequestKind::Other
+                };
+                let ServerMatch::New(id) = self.tx.handle_request(key, kind, reliable, reply, now)
+                else {
+                    return;
+                };
+                self.new_request(id, inbound, m, top_via, now);
+            }
+        }
+    }
+
+    /// RFC 3261 §16.3 checks, then routing, for a request with a fresh server transaction.
+    fn new_request(
+        &mut self,
+        id: ServerTxId,
+        inbound: Inbound,
+        m: Message,
+        top_via: Bytes,
+        now: Instant,
+    ) {
+        let tag = self.new_tag();
+        let reject =
+            |this: &mut Self, status: StatusCode, reason: Option<&str>, extra: &[(&str, &[u8])]| {
+                let resp = m.response(status, reason, Some(&tag), Some(&top_via), extra);
+                this.respond(id, status, resp, now);
+            };
+        let (pop_routes, route_flow) = self.own_routes(&m);
+        let foreign_route = m.routes().nth(pop_routes).is_some();
+        let uri = m.request_uri();
+        // A request for the node itself: HAProxy and monitoring health checks.
+        if m.method() == Some(Method::Options) && !foreign_route {
+            if let Some(Uri::Sip(u)) = &uri {
+                if u.user.is_none() && self.is_local(u) {
+                    reject(self, StatusCode::OK, None, &[
+                        ("Allow", b"INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"),
+                        ("Accept", b"application/sdp"),
+                    ]);
+                    return;
+                }
+            }
+        }
+        if self.draining {
+            reject(
+                self,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("Draining"),
+                &[("Retry-After", b"5")],
+            );
+            return;
+        }
+        let scheme_ok = match &uri {
+            Some(Uri::Sip(_)) => true,
+            Some(Uri::Other { scheme, .. }) => scheme.eq_ignore_ascii_case(b"tel"),
+            _ => false,
+        };
+        if !scheme_ok {
+            reject(self, StatusCode::UNSUPPORTED_URI_SCHEME, None, &[]);
+            return;
+        }
+        if m.max_forwards() == Some(0) {
+            reject(self, StatusCode::TOO_MANY_HOPS, None, &[]);
+            return;
+        }
+        let loop_hash = loop_hash(&m);
+        if self.is_loop(&m, loop_hash) {
+            reject(self, StatusCode::LOOP_DETECTED, None, &[]);
+            return;
+        }
+        let unsupported: Vec<&[u8]> = m.option_tags(HeaderName::ProxyRequire).collect();
+        if !unsupported.is_empty() {
+            let list = unsupported.join(&b", "[..]);
+            reject(
+                self,
+                StatusCode::BAD_EXTENSION,
+                None,
+                &[("Unsupported", &list)],
+            );
+            return;
+        }
+        if m.method() == Some(Method::Invite) {
+            let trying = m.response(StatusCode::TRYING, None, None, Some(&top_via), &[]);
+            self.respond(id, StatusCode::TRYING, trying, now);
+        }
+        let mut plan = Plan {
+            pop_routes,
+            record_route: m.to_tag().is_none()
+                && matches!(
+                    m.method(),
+                    Some(Method::Invite | Method::Subscribe | Method::Refer | Method::Notify)
+                ),
+            request_uri: None,
+            append_route: None,
+            max_forwards: m.max_forwards().map_or(70, |n| n - 1),
+            loop_hash,
+        };
+        let target = self.route_request(&m, inbound, &mut plan, route_flow);
+        let ctx_id = self.next_id;
+        self.next_id += 1;
+        let target_side = match &target {
+            Target::Flow(_) => Side::Outside,
+            Target::Resolve(_, side) => *side,
+        };
+        let ctx = Ctx {
+            server: id,
+            inbound,
+            top_via,
+            to_tag: Bytes::from(tag),
+            plan,
+            branches: vec![Branch {
+                state: BranchState::Resolving,
+                sent: None,
+                flow: None,
+                provisional: false,
+                cancel_pending: false,
+                target_side,
+            }],
+            best: None,
+            final_sent: false,
+            cancelled: false,
+            timer_c: None,
+            request: m,
+        };
+        self.ctxs.insert(ctx_id, ctx);
+        self.by_server.insert(id, ctx_id);
+        match target {
+            Target::Flow(flow) => self.send_branch(ctx_id, 0, flow, now),
+            Target::Resolve(t, _) => {
+                if let Some(flow) = self.literal_flow(&t, target_side) {
+                    self.send_branch(ctx_id, 0, flow, now);
+                } else {
+                    let rid = ResolveId(self.next_id);
+                    self.next_id += 1;
+                    self.pending.insert(
+                        rid,
+                        Pending::Branch {
+                            ctx: ctx_id,
+                            branch: 0,
+                        },
+                    );
+                    self.out.push_back(Output::Resolve { id: rid, target: t });
+                }
+            }
+        }
+    }
+
+    /// The one place a request's next hop is chosen.
+    fn route_request(
+        &self,
+        m: &Message,
+        inbound: Inbound,
+        plan: &mut Plan,
+        route_flow: Option<Flow>,
+    ) -> Target {
+        if inbound.side == Side::Outside {
+            return Target::Resolve(self.upstream_target(inbound.flow.transport), Side::Inside);
+        }
+        if let Some(flow) = route_flow {
+            return Target::Flow(flow);
+        }
+        // Strict-router compatibility (RFC 3261 §16.4): our own URI as Request-URI means the
+        // previous hop replaced it with our Record-Route; the real one is the last Route.
+        if let Some(Uri::Sip(u)) = m.request_uri() {
+            if self.is_local(&u) && u.lr() {
+                if let Some(f) = u.user.and_then(|t| self.tokens.decode(t)) {
+                    return Target::Flow(f);
+                }
+                if let Some(last) = m.routes().last() {
+                    plan.request_uri = Some(m.slice(last.uri.as_bytes()));
+                    plan.pop_routes = m.routes().count();
+                }
+            }
+        }
+        let next = m
+            .routes()
+            .nth(plan.pop_routes)
+            .map(|r| r.uri)
+            .or_else(|| m.request_uri());
+        let target = match next.as_ref().and_then(Uri::as_sip) {
+            Some(u) => uri_target(u),
+            None => ResolveTarget {
+                host: String::new(),
+                port: None,
+                transport: None,
+                sips: false,
+            },
+        };
+        Target::Resolve(target, Side::Outside)
+    }
+
+    fn upstream_target(&self, inbound: Transport) -> ResolveTarget {
+        let up = &self.config.upstream;
+        let transport = up.transport.or(Some(match inbound {
+            Transport::Ws => Transport::Tcp,
+            Transport::Wss => Transport::Tls,
+            t => t,
+        }));
+        ResolveTarget {
+            host: up.host.clone(),
+            port: up.port,
+            transport,
+            sips: up.sips,
+        }
+    }
+
+    /// A flow for an IP-literal target without asking the shell.
+    fn literal_flow(&self, t: &ResolveTarget, side: Side) -> Option<Flow> {
+        let h = t.host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = h.parse().ok()?;
+        let transport = t.transport.unwrap_or(if t.sips {
+            Transport::Tls
+        } else {
+            Transport::Udp
+        });
+        let port = t.port.unwrap_or(transport.default_port());
+        self.pick_flow(&[(transport, SocketAddr::new(ip, port))], side)
+    }
+
+    fn pick_flow(&self, addrs: &[(Transport, SocketAddr)], side: Side) -> Option<Flow> {
+        addrs.iter().find_map(|&(transport, remote)| {
+            if is_unusable(remote.ip()) {
+                return None;
+            }
+            let l = self
+                .config
+                .listeners
+                .iter()
+                .filter(|l| l.transport == transport)
+                .max_by_key(|l| (l.side == side, l.local.is_ipv4() == remote.is_ipv4()))?;
+            Some(Flow {
+                listener: l.id,
+                transport,
+                remote,
+                conn: None,
+            })
+        })
+    }
+
+    fn send_branch(&mut self, ctx_id: u64, b: u32, flow: Flow, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        if ctx.cancelled
+            || ctx.final_sent && !ctx.request.method().is_some_and(|m| m == Method::Invite)
+        {
+            self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
+            return;
+        }
+        let Some(out_l) = self.listener(flow.listener).cloned() else {
+            self.branch_failed(ctx_id, b, StatusCode::SERVICE_UNAVAILABLE, now);
+            return;
+        };
+        let loop_hash = ctx.plan.loop_hash;
+        let branch = self.new_branch(loop_hash);
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let via = format!(
+            "SIP/2.0/{} {};branch={};rport",
+            flow.transport.via_token(),
+            host_port(&out_l),
+            String::from_utf8_lossy(&branch)
+        );
+        let rr = if ctx.plan.record_route {
+            self.record_routes(ctx.inbound, flow)
+        } else {
+            Vec::new()
+        };
+        let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
+        let bytes = ctx.request.forward_request(&RequestEdit {
+            request_uri: ctx.plan.request_uri.as_deref(),
+            top_via: Some(&ctx.top_via),
+            via: via.as_bytes(),
+            record_route: &rr_refs,
+            pop_routes: ctx.plan.pop_routes,
+            append_route: ctx.plan.append_route.as_deref(),
+            max_forwards: ctx.plan.max_forwards,
+        });
+        let method = ctx.request.method();
+        let kind = if method == Some(Method::Invite) {
+            RequestKind::Invite
+        } else {
+            RequestKind::Other
+        };
+        let key = TxKey::new(
+            Bytes::from(branch),
+            Bytes::from(host_port(&out_l)),
+            ctx.request.slice(ctx.request.cseq_method()),
+        );
+        let dest = Dest {
+            flow,
+            on_fail: Some(SendRef {
+                ctx: ctx_id,
+                branch: b,
+            }),
+        };
+        bump(&mut self.stats.requests_out, method_label(method));
+        match self.tx.start_client(
+            key,
+            kind,
+            flow.transport.is_reliable(),
+            dest,
+            bytes.clone(),
+            now,
+        ) {
+            Ok(id) => {
+                self.by_client.insert(id, (ctx_id, b));
+                let timer_c = (kind == RequestKind::Invite).then(|| now + self.config.timer_c);
+                if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+                    if let Some(br) = ctx.branches.get_mut(b as usize) {
+                        br.state = BranchState::Sent(id);
+                        br.sent = Message::parse(bytes).ok();
+                        br.flow = Some(flow);
+                    }
+                    if let Some(t) = timer_c {
+                        if let Some(old) = ctx.timer_c.replace(t) {
+                            self.timer_c.remove(&(old, ctx_id));
+                        }
+                        self.timer_c.insert((t, ctx_id));
+                    }
+                }
+            }
+            Err(_) => self.branch_failed(ctx_id, b, StatusCode::SERVER_INTERNAL_ERROR, now),
+        }
+    }
+
+    /// Record-Route values, top first: the outbound listener's, then the inbound one's when
+    /// they differ (RFC 3261 §16.6 step 4, doubled across listeners). The entry facing the
+    /// outside carries the flow token of the device's flow.
+    fn record_routes(&self, inbound: Inbound, out: Flow) -> Vec<String> {
+        let entry = |l: &Listener, token: Option<&Flow>| {
+            let user = token.map(|f| self.tokens.encode(f));
+            let scheme = "sip";
+            match user {
+                Some(u) => format!(
+                    "<{scheme}:{u}@{};transport={};lr>",
+                    host_port(l),
+                    l.transport.param()
+                ),
+                None => format!(
+                    "<{scheme}:{};transport={};lr>",
+                    host_port(l),
+                    l.transport.param()
+                ),
+            }
+        };
+        let (Some(in_l), Some(out_l)) = (
+            self.listener(inbound.flow.listener),
+            self.listener(out.listener),
+        ) else {
+            return Vec::new();
+        };
+        let in_token = (inbound.side == Side::Outside).then_some(&inbound.flow);
+        let out_token = (in_l.side == Side::Inside || inbound.side == Side::Inside).then_some(&out);
+        if in_l.id == out_l.id {
+            return vec![entry(in_l, in_token.or(out_token))];
+        }
+        vec![
+            entry(out_l, out_token.filter(|_| in_token.is_none())),
+            entry(in_l, in_token),
+        ]
+    }
+
+    /// ACK for a 2xx, and other requests that are routed without a transaction.
+    fn forward_stateless(&mut self, inbound: Inbound, m: Message, now: Instant) {
+        let (pop_routes, route_flow) = self.own_routes(&m);
+        let mut plan = Plan {
+            pop_routes,
+            record_route: false,
+            request_uri: None,
+            append_route: None,
+            max_forwards: match m.max_forwards() {
+                Some(0) => {
+                    bump(&mut self.stats.dropped, "max_forwards");
+                    return;
+                }
+                Some(n) => n - 1,
+                None => 70,
+            },
+            loop_hash: loop_hash(&m),
+        };
+        match self.route_request(&m, inbound, &mut plan, route_flow) {
+            Target::Flow(flow) => self.send_stateless(&m, &plan, inbound, flow),
+            Target::Resolve(t, side) => match self.literal_flow(&t, side) {
+                Some(flow) => self.send_stateless(&m, &plan, inbound, flow),
+                None => {
+                    let rid = ResolveId(self.next_id);
+                    self.next_id += 1;
+                    self.pending.insert(
+                        rid,
+                        Pending::Stateless {
+                            request: Box::new(m),
+                            plan,
+                            inbound,
+                            target_side: side,
+                        },
+                    );
+                    self.out.push_back(Output::Resolve { id: rid, target: t });
+                }
+            },
+        }
+        let _ = now;
+    }
+
+    fn send_stateless(&mut self, m: &Message, plan: &Plan, inbound: Inbound, flow: Flow) {
+        let Some(l) = self.listener(flow.listener).cloned() else {
+            return;
+        };
+        let top = m.top_via();
+        let top_via = top.map(|t| self.fixed_top_via(&t, inbound.flow.remote));
+        // A stateless hop's branch must be the same for retransmissions (RFC 3261 §16.11).
+        let branch = format!(
+            "z9hG4bK-{:016x}-a{:x}",
+            plan.loop_hash,
+            stable_hash(&[
+                top.and_then(|t| t.branch()).unwrap_or(b""),
+                m.method_bytes()
+            ])
+        );
+        let via = format!(
+            "SIP/2.0/{} {};branch={}",
+            flow.transport.via_token(),
+            host_port(&l),
+            branch
+        );
+        let bytes = m.forward_request(&RequestEdit {
+            request_uri: plan.request_uri.as_deref(),
+            top_via: top_via.as_deref(),
+            via: via.as_bytes(),
+            record_route: &[],
+            pop_routes: plan.pop_routes,
+            append_route: plan.append_route.as_deref(),
+            max_forwards: plan.max_forwards,
+        });
+        bump(&mut self.stats.requests_out, method_label(m.method()));
+        self.transmit(flow, bytes);
+    }
+
+    // === responses ===
+
+    fn on_response(&mut self, inbound: Inbound, m: Message, now: Instant) {
+        let Some(top) = m.top_via() else {
+            return;
+        };
+        if !self.is_our_via(&top) {
+            // RFC 3261 §18.1.2: a response whose top Via is not ours is discarded.
+            self.drop(inbound, "via_not_ours");
+            return;
+        }
+        let Some(status) = m.status() else {
+            return;
+        };
+        let key = TxKey::new(
+            m.slice(top.branch().unwrap_or(b"")),
+            m.slice(top.sent_by()),
+            m.slice(m.cseq_method()),
+        );
+        match self.tx.handle_response(&key, status.0, now) {
+            ClientMatch::Pass { id, needs_ack } => {
+                let Some(&(ctx_id, b)) = self.by_client.get(&id) else {
+                    return;
+                };
+                if needs_ack {
+                    let ack = self
+                        .ctxs
+                        .get(&ctx_id)
+                        .and_then(|c| c.branches.get(b as usize))
+                        .and_then(|br| br.sent.as_ref())
+                        .map(|sent| sent.ack_for(&m));
+                    if let Some(ack) = ack {
+                        let _ = self.tx.set_ack(id, ack, now);
+                    }
+                }
+                self.branch_response(ctx_id, b, m, now);
+            }
+            ClientMatch::Absorbed => {}
+            _ => self.forward_response_stateless(inbound, &m),
+        }
+    }
+
+    fn forward_response_stateless(&mut self, inbound: Inbound, m: &Message) {
+        let Some(next) = m.vias().nth(1) else {
+            self.drop(inbound, "no_next_via");
+            return;
+        };
+        let Some(transport) = Transport::from_token(next.transport) else {
+            self.drop(inbound, "next_via_transport");
+            return;
+        };
+        let ip = next.received().or_else(|| next.host.ip());
+        let Some(ip) = ip else {
+            self.drop(inbound, "next_via_unresolvable");
+            return;
+        };
+        if is_unusable(ip) {
+            self.drop(inbound, "next_via_broadcast");
+            return;
+        }
+        let port = next
+            .rport()
+            .flatten()
+            .or(next.port)
+            .unwrap_or(transport.default_port());
+        let Some(flow) = self.pick_flow(&[(transport, SocketAddr::new(ip, port))], Side::Outside)
+        else {
+            self.drop(inbound, "no_listener");
+            return;
+        };
+        if let Some(s) = m.status() {
+            bump(&mut self.stats.responses_out, class_label(s));
+        }
+        self.transmit(flow, m.forward_response());
+    }
+
+    /// RFC 3261 §16.7 for one branch's response.
+    fn branch_response(&mut self, ctx_id: u64, b: u32, m: Message, now: Instant) {
+        let Some(status) = m.status() else {
+            return;
+        };
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let server = ctx.server;
+        if status.is_provisional() {
+            let Some(br) = ctx.branches.get_mut(b as usize) else {
+                return;
+            };
+            br.provisional = true;
+            let cancel_now = br.cancel_pending;
+            br.cancel_pending = false;
+            // Timer C restarts on every provisional (RFC 3261 §16.7 step 2).
+            if let Some(old) = ctx.timer_c.take() {
+                self.timer_c.remove(&(old, ctx_id));
+                let t = now + self.config.timer_c;
+                ctx.timer_c = Some(t);
+                self.timer_c.insert((t, ctx_id));
+            }
+            let final_sent = ctx.final_sent;
+            if cancel_now {
+                self.send_cancel(ctx_id, b, now);
+            }
+            if status != StatusCode::TRYING && !final_sent {
+                self.respond(server, status, m.forward_response(), now);
+            }
+            return;
+        }
+        if let Some(br) = ctx.branches.get_mut(b as usize) {
+            br.state = BranchState::Done;
+        }
+        if status.is_success() {
+            ctx.final_sent = true;
+            let bytes = m.forward_response();
+            self.respond(server, status, bytes, now);
+            self.cancel_others(ctx_id, b, now);
+            self.maybe_finish(ctx_id, now);
+            return;
+        }
+        if status.class() == 6 {
+            self.cancel_others(ctx_id, b, now);
+        }
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            if better(status, ctx.best.as_ref().map(Best::status)) {
+                ctx.best = Some(Best::Received(m));
+            }
+        }
+        self.maybe_finish(ctx_id, now);
+    }
+
+    /// A branch ended without a response of its own (timeout, transport error, cancelled).
+    fn branch_failed(&mut self, ctx_id: u64, b: u32, status: StatusCode, now: Instant) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        if let Some(br) = ctx.branches.get_mut(b as usize) {
+            br.state = BranchState::Done;
+        }
+        if better(status, ctx.best.as_ref().map(Best::status)) {
+            ctx.best = Some(Best::Local(status));
+        }
+        self.maybe_finish(ctx_id, now);
+    }
+
+    /// When every branch is done: send the best final (if no 2xx went) and forget the context.
+    fn maybe_finish(&mut self, ctx_id: u64, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        if !ctx
+            .branches
+            .iter()
+            .all(|b| matches!(b.state, BranchState::Done))
+        {
+            return;
+        }
+        let Some(ctx) = self.ctxs.remove(&ctx_id) else {
+            return;
+        };
+        if let Some(t) = ctx.timer_c {
+            self.timer_c.remove(&(t, ctx_id));
+        }
+        self.by_server.remove(&ctx.server);
+        for br in &ctx.branches {
+            if let BranchState::Sent(id) = br.state {
+                self.by_client.remove(&id);
+            }
+        }
+        if ctx.final_sent {
+            return;
+        }
+        let (status, bytes) = match ctx.best {
+            Some(Best::Received(m)) => (
+                m.status().unwrap_or(StatusCode::SERVER_INTERNAL_ERROR),
+                m.forward_response(),
+            ),
+            Some(Best::Local(s)) => (
+                s,
+                ctx.request
+                    .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[]),
+            ),
+            None => {
+                let s = StatusCode::REQUEST_TIMEOUT;
+                (
+                    s,
+                    ctx.request
+                        .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[]),
+                )
+            }
+        };
+        self.respond(ctx.server, status, bytes, now);
+    }
+
+    fn on_timer_c(&mut self, ctx_id: u64, now: Instant) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        ctx.timer_c = None;
+        let n = ctx.branches.len() as u32;
+        for b in 0..n {
+            self.cancel_branch(ctx_id, b, now);
+        }
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            if !ctx.final_sent {
+                // RFC 3261 §16.8: as if the branch had answered 408.
+                ctx.final_sent = true;
+                let resp = ctx.request.response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    None,
+                    Some(&ctx.to_tag),
+                    Some(&ctx.top_via),
+                    &[],
+                );
+                let server = ctx.server;
+                self.respond(server, StatusCode::REQUEST_TIMEOUT, resp, now);
+            }
+        }
+    }
+
+    // === CANCEL ===
+
+    fn cancel_ctx(&mut self, ctx_id: u64, now: Instant) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        ctx.cancelled = true;
+        let n = ctx.branches.len() as u32;
+        for b in 0..n {
+            self.cancel_branch(ctx_id, b, now);
+        }
+        // RFC 3261 §16.10: the caller gets its 487 from downstream; a branch still resolving
+        // ends here.
+        if let Some(ctx) = self.ctxs.get(&ctx_id) {
+            let resolving: Vec<u32> = ctx
+                .branches
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| matches!(b.state, BranchState::Resolving))
+                .map(|(i, _)| i as u32)
+                .collect();
+            for b in resolving {
+                self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
+            }
+        }
+    }
+
+    fn cancel_others(&mut self, ctx_id: u64, keep: u32, now: Instant) {
+        let n = self
+            .ctxs
+            .get(&ctx_id)
+            .map_or(0, |c| c.branches.len() as u32);
+        for b in (0..n).filter(|&b| b != keep) {
+            self.cancel_branch(ctx_id, b, now);
+        }
+    }
+
+    fn cancel_branch(&mut self, ctx_id: u64, b: u32, now: Instant) {
+        let Some(br) = self
+            .ctxs
+            .get_mut(&ctx_id)
+            .and_then(|c| c.branches.get_mut(b as usize))
+        else {
+            return;
+        };
+        if !matches!(br.state, BranchState::Sent(_)) {
+            return;
+        }
+        if br.provisional {
+            self.send_cancel(ctx_id, b, now);
+        } else {
+            // RFC 3261 §9.1: no CANCEL before a provisional response.
+            br.cancel_pending = true;
+        }
+    }
+
+    fn send_cancel(&mut self, ctx_id: u64, b: u32, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let Some(br) = ctx.branches.get(b as usize) else {
+            return;
+        };
+        let (BranchState::Sent(_), Some(sent), Some(dest_flow)) = (&br.state, &br.sent, br.flow)
+        else {
+            return;
+        };
+        let Some(top) = sent.top_via() else {
+            return;
+        };
+        let key = TxKey::new(
+            sent.slice(top.branch().unwrap_or(b"")),
+            sent.slice(top.sent_by()),
+            Bytes::from_static(b"CANCEL"),
+        );
+        let cancel = sent.cancel_request();
+        bump(&mut self.stats.requests_out, "CANCEL");
+        // The CANCEL's own transaction needs no context: its 200 is absorbed.
+        let _ = self.tx.start_client(
+            key,
+            RequestKind::Cancel,
+            dest_flow.transport.is_reliable(),
+            Dest {
+                flow: dest_flow,
+                on_fail: None,
+            },
+            cancel,
+            now,
+        );
+    }
+
+    // === transaction events ===
+
+    fn pump(&mut self, now: Instant) {
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                TxOutput::Transmit { dest, bytes } => self.out.push_back(Output::Transmit {
+                    flow: dest.flow,
+                    bytes,
+                    on_fail: dest.on_fail,
+                }),
+                TxOutput::Event(e) => self.on_tx_event(e, now),
+            }
+        }
+    }
+
+    fn on_tx_event(&mut self, e: TxEvent, now: Instant) {
+        match e {
+            TxEvent::ClientTimeout(id) => {
+                if let Some(&(ctx, b)) = self.by_client.get(&id) {
+                    self.branch_failed(ctx, b, StatusCode::REQUEST_TIMEOUT, now);
+                }
+            }
+            TxEvent::ClientTransportError(id) => {
+                if let Some(&(ctx, b)) = self.by_client.get(&id) {
+                    self.branch_failed(ctx, b, StatusCode::SERVICE_UNAVAILABLE, now);
+                }
+            }
+            TxEvent::ClientTerminated(id) => {
+                self.by_client.remove(&id);
+            }
+            TxEvent::ServerTerminated(id) => {
+                // A context whose server transaction is gone cannot answer anymore.
+                if let Some(ctx) = self.by_server.get(&id).copied() {
+                    if let Some(c) = self.ctxs.get_mut(&ctx) {
+                        c.final_sent = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // === helpers ===
+
+    fn respond(&mut self, id: ServerTxId, status: StatusCode, bytes: Bytes, now: Instant) {
+        bump(&mut self.stats.responses_out, class_label(status));
+        if self
+            .tx
+            .send_response(id, status.0, bytes.clone(), now)
+            .is_err()
+            && status.is_success()
+        {
+            // Extra 2xx after the first (forking): RFC 3261 §16.7 forwards every 2xx.
+            if let Some(ctx) = self.by_server.get(&id).and_then(|c| self.ctxs.get(c)) {
+                let flow = ctx.inbound.flow;
+                self.transmit(flow, bytes);
+            }
+        }
+    }
+
+    fn stateless_reply(
+        &mut self,
+        m: &Message,
+        inbound: Inbound,
+        status: StatusCode,
+        reason: Option<&str>,
+        extra: &[(&str, &[u8])],
+    ) {
+        let tag = self.new_tag();
+        let resp = m.response(status, reason, Some(&tag), None, extra);
+        bump(&mut self.stats.responses_out, class_label(status));
+        self.transmit(inbound.flow, resp);
+    }
+
+    fn transmit(&mut self, flow: Flow, bytes: Bytes) {
+        self.out.push_back(Output::Transmit {
+            flow,
+            bytes,
+            on_fail: None,
+        });
+    }
+
+    fn drop(&mut self, inbound: Inbound, reason: &'static str) {
+        bump(&mut self.stats.dropped, reason);
+        self.out.push_back(Output::Event(Event::Dropped {
+            remote: inbound.flow.remote,
+            reason,
+        }));
+    }
+
+    fn listener(&self, id: ListenerId) -> Option<&Listener> {
+        self.config.listeners.get(usize::from(id.0))
+    }
+
+    /// RFC 3261 §18.2.2 / RFC 3581: where responses to this request go.
+    fn reply_flow(&self, top: &Via<'_>, inbound: Inbound) -> Flow {
+        let mut flow = inbound.flow;
+        if flow.transport.is_reliable() || self.config.force_rport || top.rport().is_some() {
+            return flow;
+        }
+        let port = top.port.unwrap_or(flow.transport.default_port());
+        flow.remote.set_port(port);
+        flow
+    }
+
+    /// The top Via as this proxy passes it on: `received` when the sent-by differs from the
+    /// source address, `rport` filled in (RFC 3261 §18.2.1, RFC 3581; bare IPv6 per RFC 5118).
+    fn fixed_top_via(&self, top: &Via<'_>, src: SocketAddr) -> Bytes {
+        let wants_rport = top.rport().is_some() || self.config.force_rport;
+        let sent_by_ip = top.host.ip();
+        let needs_received = sent_by_ip != Some(src.ip()) || wants_rport;
+        if !needs_received && !wants_rport {
+            return Bytes::copy_from_slice(top.raw);
+        }
+        let head_len = top.raw.len() - top.params.len();
+        let mut s = Vec::with_capacity(top.raw.len() + 48);
+        s.extend_from_slice(&top.raw[..head_len]);
+        for (name, value) in top.params() {
+            if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport") {
+                continue;
+            }
+            s.push(b';');
+            s.extend_from_slice(name);
+            if let Some(v) = value {
+                s.push(b'=');
+                s.extend_from_slice(v);
+            }
+        }
+        if needs_received {
+            s.extend_from_slice(b";received=");
+            s.extend_from_slice(src.ip().to_string().as_bytes());
+        }
+        if wants_rport {
+            s.extend_from_slice(format!(";rport={}", src.port()).as_bytes());
+        }
+        Bytes::from(s)
+    }
+
+    /// RFC 3261 §17.2.3 matching, hardened for an internet edge: the source address is part
+    /// of the key, so a request can only match (retransmit, ACK, CANCEL) a transaction that
+    /// came from the same address. Anyone who learns a branch could otherwise CANCEL someone
+    /// else's call; retransmissions and CANCELs come from the sender's own address anyway.
+    fn server_key(&self, m: &Message, top: &Via<'_>, src: SocketAddr) -> TxKey {
+        let method = m.slice(m.cseq_method());
+        let mut sent_by = Vec::with_capacity(top.sent_by().len() + 48);
+        sent_by.extend_from_slice(top.sent_by());
+        sent_by.push(b'|');
+        sent_by.extend_from_slice(src.to_string().as_bytes());
+        let sent_by = Bytes::from(sent_by);
+        match top.branch() {
+            Some(b) if b.starts_with(b"z9hG4bK") => TxKey::new(m.slice(b), sent_by, method),
+            _ => {
+                // RFC 2543 peer: a stable key from what its retransmissions and ACK share.
+                let h = stable_hash(&[
+                    m.request_uri_bytes(),
+                    m.from_tag().unwrap_or(b""),
+                    m.call_id(),
+                    &m.cseq().to_be_bytes(),
+                    top.raw,
+                ]);
+                TxKey::new(Bytes::from(format!("rfc2543-{h:016x}")), sent_by, method)
+            }
+        }
+    }
+
+    /// How many top Route entries are this node's, and the flow token found in them.
+    fn own_routes(&self, m: &Message) -> (usize, Option<Flow>) {
+        let mut n = 0;
+        let mut flow = None;
+        for r in m.routes() {
+            let Some(u) = r.uri.as_sip() else {
+                break;
+            };
+            if !self.is_local(u) {
+                break;
+            }
+            n += 1;
+            if let Some(f) = u.user.and_then(|t| self.tokens.decode(t)) {
+                flow = Some(f);
+            }
+        }
+        (n, flow)
+    }
+
+    /// Whether a URI's host (and port, when given) names this node.
+    fn is_local(&self, u: &SipUri<'_>) -> bool {
+        let host = u.host_raw;
+        let ip = u.host.ip();
+        let port_ok = |l: &Listener| u.port.is_none_or(|p| p == l.port || p == l.local.port());
+        self.config.listeners.iter().any(|l| {
+            let host_ok = l.host.as_bytes().eq_ignore_ascii_case(host)
+                || ip.is_some_and(|ip| ip == l.local.ip() && !l.local.ip().is_unspecified());
+            host_ok && port_ok(l)
+        }) || self
+            .config
+            .aliases
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    fn is_our_via(&self, v: &Via<'_>) -> bool {
+        let port = v.port;
+        self.config.listeners.iter().any(|l| {
+            (l.host.as_bytes().eq_ignore_ascii_case(v.host_raw)
+                || v.host.ip().is_some_and(|ip| ip == l.local.ip()))
+                && port.unwrap_or(l.transport.default_port()) == l.port
+        })
+    }
+
+    fn is_loop(&self, m: &Message, hash: u64) -> bool {
+        let prefix = format!("z9hG4bK-{hash:016x}-");
+        m.vias().any(|v| {
+            self.is_our_via(&v) && v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
+        })
+    }
+
+    fn new_branch(&mut self, loop_hash: u64) -> Vec<u8> {
+        self.counter = self.counter.wrapping_add(1);
+        let mut b = Vec::with_capacity(48);
+        b.extend_from_slice(BRANCH_PREFIX);
+        b.extend_from_slice(format!("{loop_hash:016x}-{:x}", self.counter).as_bytes());
+        b
+    }
+
+    fn new_tag(&mut self) -> Vec<u8> {
+        self.counter = self.counter.wrapping_add(1);
+        format!("stg{:x}", self.counter).into_bytes()
+    }
+}
+
+enum Target {
+    Flow(Flow),
+    Resolve(ResolveTarget, Side),
+}
+
+fn uri_target(u: &SipUri<'_>) -> ResolveTarget {
+    // maddr is deprecated and a classic relay trick; routing ignores it.
+    ResolveTarget {
+        host: String::from_utf8_lossy(u.host_raw).into_owned(),
+        port: u.port,
+        transport: u.transport().and_then(Transport::from_token),
+        sips: u.sips,
+    }
+}
+
+fn host_port(l: &Listener) -> String {
+    if l.host.contains(':') && !l.host.starts_with('[') {
+        format!("[{}]:{}", l.host, l.port)
+    } else {
+        format!("{}:{}", l.host, l.port)
+    }
+}
+
+/// Never send to broadcast, multicast or unspecified addresses (RFC 4475 §3.3.10).
+fn is_unusable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_broadcast() || a.is_multicast() || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
+    }
+}
+
+/// RFC 3261 §16.7 step 6, simplified: 6xx wins, then the lowest class; 408/503 made up
+/// locally lose to a real answer of the same class.
+fn better(new: StatusCode, old: Option<StatusCode>) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let rank = |s: StatusCode| -> (u16, u16) {
+        let class = if s.class() == 6 { 0 } else { s.class() };
+        let local =
+            u16::from(s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::SERVICE_UNAVAILABLE);
+        (class, local)
+    };
+    rank(new) < rank(old)
+}
+
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h = SipHasher24::new_with_keys(0x7374_672d_6c6f_6f70, 0x6272_616e_6368_0001);
+    for p in parts {
+        h.write(p);
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+/// RFC 3261 §16.6 step 8: the part of the branch that detects loops (not spirals).
+fn loop_hash(m: &Message) -> u64 {
+    stable_hash(&[
+        m.request_uri_bytes(),
+        m.from_tag().unwrap_or(b""),
+        m.to_tag().unwrap_or(b""),
+        m.call_id(),
+        &m.cseq().to_be_bytes(),
+        m.header_values(HeaderName::ProxyRequire)
+            .next()
+            .unwrap_or(b""),
+        m.header_values_by_name(b"Proxy-Authorization")
+            .next()
+            .unwrap_or(b""),
+    ])
+}

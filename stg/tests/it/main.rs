@@ -1,0 +1,10 @@
+//! stg's integration tests: the real binary against real peers (SIPp, Kamailio, HAProxy,
+//! dnsmasq, WebSocket clients), and the conformance corpora. One test binary (link time is
+//! the budget on two cores); each module is one area.
+
+mod cli;
+// Shared helpers: not every test module uses every one of them.
+#[allow(dead_code)]
+mod harness;
+mod torture;
+mod uas;
