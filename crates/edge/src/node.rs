@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stg_config::{Config, Host, Side as CfgSide, Transport as CfgTransport};
-use stg_sip_core::net::{Flow, Listener, ListenerId, Side, Transport};
+use stg_sip_core::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
 use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, Upstream};
 use stg_sip_core::transaction::TransactionConfig;
 use tokio::net::{TcpListener, UdpSocket};
@@ -183,6 +183,16 @@ impl Node {
                 transport: up.transport.map(transport),
                 sips: up.scheme_sips,
             },
+            inside_networks: self
+                .config
+                .sip
+                .trusted_networks
+                .iter()
+                .map(|n| IpNetwork {
+                    addr: n.network(),
+                    prefix_len: n.prefix_len(),
+                })
+                .collect(),
             aliases: self
                 .config
                 .node

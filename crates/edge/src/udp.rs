@@ -29,7 +29,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(sock.into())
 }
 
-/// Receives datagrams until shutdown and hands each to the core.
+/// Receives datagrams for the life of the process and hands each to the core.
 pub(crate) async fn recv_loop(
     sock: Arc<UdpSocket>,
     id: ListenerId,
@@ -38,10 +38,9 @@ pub(crate) async fn recv_loop(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let r = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            r = sock.recv_from(&mut buf) => r,
-        };
+        // No shutdown branch: while the node drains, responses still have to come in to
+        // finish live transactions; the process exit ends this task.
+        let r = sock.recv_from(&mut buf).await;
         // An error here is ICMP port unreachable from an earlier send (Linux): skip it.
         let Ok((n, remote)) = r else { continue };
         let data = &buf[..n];

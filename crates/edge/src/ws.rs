@@ -1,14 +1,439 @@
-//! SIP over WebSocket, RFC 7118 (placeholder until the real module lands).
+//! SIP over WebSocket (RFC 7118) for the `ws` listeners and, after [`crate::tls::accept`],
+//! the `wss` ones.
+//!
+//! The HTTP upgrade (RFC 6455 §4.2) must offer the `sip` subprotocol, and the answer names it
+//! (RFC 7118 §4.1); anything else gets 400. After that every Text or Binary message carries
+//! exactly one SIP message (RFC 7118 §5), so no stream framer is needed: each goes to the core
+//! as is, unless it exceeds `sip.max_message_size`, in which case it is counted
+//! (`stg_sip_framing_errors_total{reason="too_large"}`) and dropped. Outgoing messages go as
+//! Text when they are valid UTF-8 and as Binary otherwise (RFC 7118 §5.1). WebSocket pings
+//! are answered; so is a `CRLFCRLF` message, the RFC 5626 §3.5.1 keep-alive some SIP stacks
+//! send over WebSocket too. A connection silent for `sip.idle_timeout` is closed.
+//!
+//! A WebSocket peer can only be reached over the connection it opened (stream.rs never dials
+//! one), so this module only serves accepted connections.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::conn::{ConnMeta, Shared};
 
-pub(crate) async fn serve_ws<S>(_io: S, meta: ConnMeta, shared: Arc<Shared>)
+/// The subprotocol RFC 7118 §4.1 registers for SIP.
+const SUBPROTOCOL: &str = "sip";
+
+/// Messages up to this multiple of `sip.max_message_size` are read whole and then dropped
+/// (the connection survives one oversized message, as with the stream framer); beyond it
+/// tungstenite stops reading and the connection is closed, so memory stays bounded.
+const OVERSIZE_FACTOR: usize = 4;
+
+/// How long sending our Close frame may take before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Read buffer per connection. tungstenite allocates it up front (128 KiB by default): with
+/// thousands of idle phones connected, the default would cost gigabytes for nothing.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Serves one WebSocket connection from the HTTP upgrade to the close.
+///
+/// The connection was admitted (`Shared::admit`) by the caller: it is registered once the
+/// upgrade succeeds and unregistered at the end, or released if the upgrade fails.
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops the connection without unregistering it.
+pub(crate) async fn serve_ws<S>(io: S, meta: ConnMeta, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let max = shared.framer_limits.max_message_size;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // Each message is flushed as it is sent: no point in buffering up to 128 KiB.
+        .write_buffer_size(0)
+        .max_message_size(Some(max.saturating_mul(OVERSIZE_FACTOR)))
+        .max_frame_size(Some(max.saturating_mul(OVERSIZE_FACTOR)));
+    // The upgrade gets the same bound as a TLS handshake: both are what a client must finish
+    // before it may send SIP, and a slow one holds a connection slot meanwhile.
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, negotiate, Some(ws_config));
+    let mut ws = match timeout(shared.config.sip.tls_handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return refused(&shared, &meta, &e.to_string()),
+        Err(_) => return refused(&shared, &meta, "timed out"),
+    };
+    let mut rx = shared.register(meta);
+    tracing::debug!(conn = meta.id.0, remote = %meta.remote, "WebSocket connection open");
+    let idle = shared.idle_timeout();
+    let mut deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            inbound = ws.next() => {
+                let message = match inbound {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        if let WsError::Capacity(_) = e {
+                            metrics::counter!("stg_sip_framing_errors_total", "reason" => "too_large")
+                                .increment(1);
+                        }
+                        tracing::debug!(conn = meta.id.0, remote = %meta.remote, error = %e, "WebSocket error");
+                        break;
+                    }
+                    None => break,
+                };
+                deadline = Instant::now() + idle;
+                let bytes = match message {
+                    Message::Text(t) => Bytes::from(t),
+                    Message::Binary(b) => b,
+                    Message::Ping(_) => {
+                        // tungstenite queued the Pong (RFC 6455 §5.5.3); send it now rather
+                        // than with the next read.
+                        if ws.flush().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    // A Close is answered by tungstenite, and the stream then ends.
+                    Message::Pong(_) | Message::Close(_) | Message::Frame(_) => continue,
+                };
+                match classify(&bytes, max) {
+                    Inbound::Sip => shared.deliver(&meta, bytes).await,
+                    Inbound::KeepAlive => {
+                        // RFC 5626 §3.5.1: a double CRLF is answered with a single CRLF.
+                        if ws.send(Message::Text(Utf8Bytes::from_static("\r\n"))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Inbound::Pong => {}
+                    Inbound::TooLarge => {
+                        metrics::counter!("stg_sip_framing_errors_total", "reason" => "too_large")
+                            .increment(1);
+                        tracing::info!(conn = meta.id.0, remote = %meta.remote, size = bytes.len(), limit = max, "WebSocket message too large, dropped");
+                    }
+                }
+            }
+            out = rx.recv() => {
+                let Some(bytes) = out else { break };
+                if ws.send(outbound(bytes)).await.is_err() {
+                    break;
+                }
+            }
+            _ = sleep_until(deadline) => {
+                tracing::debug!(conn = meta.id.0, remote = %meta.remote, "idle timeout");
+                metrics::counter!("stg_connections_idle_closed_total").increment(1);
+                break;
+            }
+        }
+    }
+    // Best effort, and bounded: the peer may be gone, or no longer reading.
+    let _ = timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+    shared.unregister(&meta);
+    tracing::debug!(conn = meta.id.0, remote = %meta.remote, "WebSocket connection closed");
+}
+
+/// A failed upgrade: the connection was admitted but never registered.
+fn refused(shared: &Shared, meta: &ConnMeta, error: &str) {
     shared.release(meta.remote.ip());
+    tracing::debug!(conn = meta.id.0, remote = %meta.remote, error, "WebSocket upgrade failed");
+    metrics::counter!("stg_connections_refused_total", "reason" => "ws_handshake").increment(1);
+}
+
+/// The upgrade callback: accepts only a request offering `sip`, and answers with it
+/// (RFC 7118 §4.1, RFC 6455 §4.2.2 item 5.4).
+#[expect(
+    clippy::result_large_err,
+    reason = "the signature is tungstenite's Callback; it runs once per connection"
+)]
+fn negotiate(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    if !offers_sip(request) {
+        let mut refusal = ErrorResponse::new(Some(
+            "SIP over WebSocket requires the \"sip\" subprotocol (RFC 7118)".to_owned(),
+        ));
+        *refusal.status_mut() = StatusCode::BAD_REQUEST;
+        return Err(refusal);
+    }
+    response.headers_mut().insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    Ok(response)
+}
+
+/// Whether any `Sec-WebSocket-Protocol` field of the request lists `sip`. Tokens compare
+/// exactly: a browser fails the connection if the answer is not one of its offers verbatim.
+fn offers_sip(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim() == SUBPROTOCOL)
+}
+
+/// What an inbound WebSocket message is.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    /// A SIP message for the core.
+    Sip,
+    /// A `CRLFCRLF` keep-alive ping (RFC 5626 §3.5.1).
+    KeepAlive,
+    /// A lone `CRLF`: a keep-alive pong, nothing to do.
+    Pong,
+    /// Over `sip.max_message_size`.
+    TooLarge,
+}
+
+fn classify(message: &[u8], max: usize) -> Inbound {
+    match message {
+        b"\r\n\r\n" => Inbound::KeepAlive,
+        b"\r\n" => Inbound::Pong,
+        m if m.len() > max => Inbound::TooLarge,
+        _ => Inbound::Sip,
+    }
+}
+
+/// The WebSocket message for outgoing SIP bytes: Text when they are UTF-8, Binary otherwise
+/// (RFC 7118 §5.1). Neither copies the bytes.
+fn outbound(bytes: Bytes) -> Message {
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use stg_sip_core::net::{ConnId, Flow, ListenerId, Side, Transport};
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::conn::CoreInput;
+
+    fn request(protocols: &[&str]) -> Request {
+        let mut builder = Request::builder().uri("/");
+        for p in protocols {
+            builder = builder.header(SEC_WEBSOCKET_PROTOCOL, *p);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_an_offer_of_sip_is_accepted_and_answered_with_sip() {
+        for offers in [&["sip"][..], &["foo, sip"], &["foo", "bar ,sip , baz"]] {
+            let answer = negotiate(&request(offers), Response::new(())).unwrap();
+            assert_eq!(
+                answer
+                    .headers()
+                    .get_all(SEC_WEBSOCKET_PROTOCOL)
+                    .iter()
+                    .collect::<Vec<_>>(),
+                ["sip"]
+            );
+        }
+        for offers in [&[][..], &["sips"], &["SIP"], &["xsip, sip2"], &[""]] {
+            let refusal = negotiate(&request(offers), Response::new(())).unwrap_err();
+            assert_eq!(refusal.status(), StatusCode::BAD_REQUEST, "{offers:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alives_and_oversized_messages_are_recognised() {
+        assert_eq!(classify(b"\r\n\r\n", 10), Inbound::KeepAlive);
+        assert_eq!(classify(b"\r\n", 10), Inbound::Pong);
+        assert_eq!(
+            classify(b"OPTIONS sip:x SIP/2.0\r\n", 10),
+            Inbound::TooLarge
+        );
+        assert_eq!(classify(b"0123456789", 10), Inbound::Sip);
+    }
+
+    #[test]
+    fn utf8_goes_as_text_anything_else_as_binary() {
+        let text = Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n");
+        assert!(
+            matches!(outbound(text), Message::Text(t) if t.as_str() == "SIP/2.0 200 OK\r\n\r\n")
+        );
+        let body = Bytes::from_static(b"MESSAGE sip:a SIP/2.0\r\n\r\n\xff\xfe");
+        assert!(matches!(outbound(body.clone()), Message::Binary(b) if b == body));
+    }
+
+    /// A node-less harness: `serve_ws` on one end of an in-memory pipe, a tungstenite client on
+    /// the other, the core queue in hand.
+    struct Harness {
+        shared: Arc<Shared>,
+        core: mpsc::Receiver<CoreInput>,
+        meta: ConnMeta,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn harness(max_message_size: usize) -> (Harness, tokio::io::DuplexStream) {
+        let (core_tx, core) = mpsc::channel(16);
+        let mut config = stg_config::Config::default();
+        config.sip.max_message_size = max_message_size;
+        config.sip.tls_handshake_timeout = Duration::from_secs(5);
+        let shared = Arc::new(Shared::new(
+            core_tx,
+            Arc::new(config),
+            CancellationToken::new(),
+            None,
+        ));
+        let meta = ConnMeta {
+            id: ConnId(7),
+            listener: ListenerId(3),
+            transport: Transport::Ws,
+            remote: SocketAddr::from(([192, 0, 2, 1], 40000)),
+            side: Side::Outside,
+        };
+        shared.admit(meta.remote.ip()).unwrap();
+        let (server, client) = tokio::io::duplex(256 * 1024);
+        let task = tokio::spawn(serve_ws(server, meta, shared.clone()));
+        (
+            Harness {
+                shared,
+                core,
+                meta,
+                task,
+            },
+            client,
+        )
+    }
+
+    async fn open(
+        io: tokio::io::DuplexStream,
+        protocol: Option<&str>,
+    ) -> Result<WebSocketStream<tokio::io::DuplexStream>, WsError> {
+        let mut req = "ws://192.0.2.10/".into_client_request().unwrap();
+        if let Some(p) = protocol {
+            req.headers_mut()
+                .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(p).unwrap());
+        }
+        tokio_tungstenite::client_async(req, io)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    async fn next_core(h: &mut Harness) -> Bytes {
+        match timeout(Duration::from_secs(5), h.core.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            CoreInput::Message { inbound, bytes } => {
+                assert_eq!(inbound.flow, h.meta.flow());
+                bytes
+            }
+            other => panic!("unexpected core input {other:?}"),
+        }
+    }
+
+    async fn next_ws(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> Message {
+        timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sip_messages_both_ways() {
+        let (mut h, io) = harness(1024);
+        let mut ws = open(io, Some("sip")).await.unwrap();
+
+        let register = "REGISTER sip:example.com SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+        ws.send(Message::text(register)).await.unwrap();
+        assert_eq!(next_core(&mut h).await, register.as_bytes());
+        ws.send(Message::binary(&b"MESSAGE sip:a SIP/2.0\r\n\r\n\xff"[..]))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_core(&mut h).await,
+            &b"MESSAGE sip:a SIP/2.0\r\n\r\n\xff"[..]
+        );
+
+        // Too large: counted and dropped, the connection goes on.
+        ws.send(Message::text("x".repeat(1025))).await.unwrap();
+        ws.send(Message::text("OPTIONS sip:a SIP/2.0\r\n\r\n"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_core(&mut h).await,
+            &b"OPTIONS sip:a SIP/2.0\r\n\r\n"[..]
+        );
+
+        // What the core sends to the connection's flow.
+        let flow = Flow {
+            conn: Some(h.meta.id),
+            ..h.meta.flow()
+        };
+        h.shared
+            .send_stream(&flow, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"))
+            .unwrap();
+        assert_eq!(
+            next_ws(&mut ws).await,
+            Message::text("SIP/2.0 200 OK\r\n\r\n")
+        );
+        h.shared
+            .send_stream(&flow, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n\xff"))
+            .unwrap();
+        assert_eq!(
+            next_ws(&mut ws).await,
+            Message::binary(&b"SIP/2.0 200 OK\r\n\r\n\xff"[..])
+        );
+
+        // Pings of both kinds.
+        ws.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_ws(&mut ws).await,
+            Message::Pong(Bytes::from_static(b"p"))
+        );
+        ws.send(Message::text("\r\n\r\n")).await.unwrap();
+        assert_eq!(next_ws(&mut ws).await, Message::text("\r\n"));
+
+        // Close: unregistered (the per-source count with it).
+        ws.close(None).await.unwrap();
+        timeout(Duration::from_secs(5), &mut h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(h.shared.conn(h.meta.id).is_none());
+        assert_eq!(h.shared.connection_count(), 0);
+        assert!(h
+            .shared
+            .send_stream(&flow, Bytes::from_static(b"late"))
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_without_sip_is_refused_and_released() {
+        let (h, io) = harness(1024);
+        let err = open(io, Some("chat")).await.unwrap_err();
+        assert!(
+            matches!(&err, WsError::Http(r) if r.status() == StatusCode::BAD_REQUEST),
+            "{err:?}"
+        );
+        timeout(Duration::from_secs(5), h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.shared.connection_count(), 0);
+        // The admission was released: the source can be admitted up to its limit again.
+        for _ in 0..h.shared.config.sip.max_connections_per_source {
+            h.shared.admit(h.meta.remote.ip()).unwrap();
+        }
+    }
 }

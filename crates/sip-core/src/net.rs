@@ -2,7 +2,7 @@
 //! which connection. Plain values; the shell owns the sockets.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A SIP transport (RFC 3261 §18, RFC 7118).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,4 +125,33 @@ pub struct Listener {
     pub host: String,
     /// Port written in Via/Record-Route.
     pub port: u16,
+}
+
+/// An IP network (address and prefix length): the inside networks the core must never let
+/// the outside reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNetwork {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+}
+
+impl IpNetwork {
+    /// Whether `ip` is in this network (IPv4 and IPv6 never match each other).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }

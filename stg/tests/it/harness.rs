@@ -23,6 +23,20 @@ pub(crate) fn conformance_dir() -> PathBuf {
     dir
 }
 
+/// `../shared` (bench scenarios, Kamailio config), or `STG_SHARED_DIR`.
+pub(crate) fn shared_dir() -> PathBuf {
+    let dir = std::env::var_os("STG_SHARED_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("bench").is_dir(),
+        "shared dir not found at {} (set STG_SHARED_DIR)",
+        dir.display()
+    );
+    dir
+}
+
 /// Rows of a manifest: (name, expected).
 pub(crate) fn manifest(sub: &str) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(conformance_dir().join(sub).join("manifest.tsv")).unwrap();

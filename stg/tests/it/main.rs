@@ -6,5 +6,6 @@ mod cli;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]
 mod harness;
+mod lifecycle;
 mod torture;
 mod uas;

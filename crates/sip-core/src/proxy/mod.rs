@@ -29,6 +29,8 @@
 //! transport failure, response) are already inputs of that context.
 
 mod flow_token;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
@@ -42,7 +44,7 @@ use stg_sip_msg::{
     Via,
 };
 
-use crate::net::{Flow, Listener, ListenerId, Side, Transport};
+use crate::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
 use crate::transaction::{
     ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerTxId,
     TransactionConfig, Transactions, TxEvent, TxKey,
@@ -69,6 +71,9 @@ pub struct ProxyConfig {
     pub listeners: Vec<Listener>,
     /// Where requests from outside go.
     pub upstream: Upstream,
+    /// The inside networks (`sip.trusted_networks`): nothing from outside is ever relayed
+    /// to them except through the upstream rule.
+    pub inside_networks: Vec<IpNetwork>,
     /// Other names of this node (a Request-URI with one of them targets the node itself).
     pub aliases: Vec<String>,
     /// Answer to the source port even without `rport` (RFC 3581 for NATed devices).
@@ -284,6 +289,7 @@ struct Ctx {
     final_sent: bool,
     cancelled: bool,
     timer_c: Option<Instant>,
+    giving_up: bool,
 }
 
 /// What a pending resolution is for.
@@ -310,6 +316,7 @@ pub struct Proxy {
     ctxs: HashMap<u64, Ctx>,
     by_server: HashMap<ServerTxId, u64>,
     by_client: HashMap<ClientTxId, (u64, u32)>,
+    accepted: HashMap<ClientTxId, ServerTxId>,
     pending: HashMap<ResolveId, Pending>,
     timer_c: BTreeSet<(Instant, u64)>,
     out: VecDeque<Output>,
@@ -332,6 +339,7 @@ impl Proxy {
             ctxs: HashMap::new(),
             by_server: HashMap::new(),
             by_client: HashMap::new(),
+            accepted: HashMap::new(),
             pending: HashMap::new(),
             timer_c: BTreeSet::new(),
             out: VecDeque::new(),
@@ -356,9 +364,12 @@ impl Proxy {
         self.tx.alive()
     }
 
-    /// Whether nothing is in flight (drain can finish).
+    /// Whether every request taken in has had its final answer (drain can finish).
+    ///
+    /// Transactions that only linger to absorb retransmissions (timers D, H, I, J, K, L, M)
+    /// do not count: waiting up to 32 s for them would hold a restart for nothing.
     pub fn is_idle(&self) -> bool {
-        self.tx.alive() == (0, 0) && self.ctxs.is_empty() && self.pending.is_empty()
+        self.ctxs.is_empty() && self.pending.is_empty()
     }
 
     /// Stop accepting new requests: they get 503 with Retry-After while live transactions
@@ -588,6 +599,16 @@ impl Proxy {
         // A request for the node itself: HAProxy and monitoring health checks.
         if m.method() == Some(Method::Options) && !foreign_route {
             if let Some(Uri::Sip(u)) = &uri {
+                if u.user.is_none() && self.is_local(u) && self.draining {
+                    // A balancer's health check must see the node going away.
+                    reject(
+                        self,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some("Draining"),
+                        &[("Retry-After", b"5")],
+                    );
+                    return;
+                }
                 if u.user.is_none() && self.is_local(u) {
                     reject(self, StatusCode::OK, None, &[
                         ("Allow", b"INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"),
@@ -597,7 +618,8 @@ impl Proxy {
                 }
             }
         }
-        if self.draining {
+        // In-dialog requests (a BYE ending a call) still pass while draining.
+        if self.draining && m.to_tag().is_none() {
             reject(
                 self,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -676,6 +698,7 @@ impl Proxy {
             final_sent: false,
             cancelled: false,
             timer_c: None,
+            giving_up: false,
             request: m,
         };
         self.ctxs.insert(ctx_id, ctx);
@@ -1014,6 +1037,14 @@ impl Proxy {
         );
         match self.tx.handle_response(&key, status.0, now) {
             ClientMatch::Pass { id, needs_ack } => {
+                if let Some(&server) = self.accepted.get(&id) {
+                    // RFC 6026 §7.2, §8.4: every 2xx copy goes on, through the server
+                    // transaction (Accepted) so it takes the caller's exact flow.
+                    if status.is_success() {
+                        self.respond(server, status, m.forward_response(), now);
+                    }
+                    return;
+                }
                 let Some(&(ctx_id, b)) = self.by_client.get(&id) else {
                     return;
                 };
@@ -1031,6 +1062,9 @@ impl Proxy {
                 self.branch_response(ctx_id, b, m, now);
             }
             ClientMatch::Absorbed => {}
+            // RFC 3261 §16.7: a response matching no transaction is forwarded by its next Via,
+            // statelessly. From outside it may only go back outside: relaying it inwards would
+            // let anyone make stg write bytes of their choosing to inside hosts.
             _ => self.forward_response_stateless(inbound, &m),
         }
     }
@@ -1058,11 +1092,24 @@ impl Proxy {
             .flatten()
             .or(next.port)
             .unwrap_or(transport.default_port());
+        let from_outside = inbound.side == Side::Outside;
+        if from_outside && self.is_inside_addr(ip) {
+            self.drop(inbound, "stray_from_outside_to_inside");
+            return;
+        }
         let Some(flow) = self.pick_flow(&[(transport, SocketAddr::new(ip, port))], Side::Outside)
         else {
             self.drop(inbound, "no_listener");
             return;
         };
+        if from_outside
+            && self
+                .listener(flow.listener)
+                .is_some_and(|l| l.side == Side::Inside)
+        {
+            self.drop(inbound, "stray_from_outside_to_inside");
+            return;
+        }
         if let Some(s) = m.status() {
             bump(&mut self.stats.responses_out, class_label(s));
         }
@@ -1086,7 +1133,10 @@ impl Proxy {
             let cancel_now = br.cancel_pending;
             br.cancel_pending = false;
             // Timer C restarts on every provisional (RFC 3261 §16.7 step 2).
-            if let Some(old) = ctx.timer_c.take() {
+            if let Some(old) = ctx
+                .timer_c
+                .take_if(|_| status != StatusCode::TRYING && !ctx.giving_up)
+            {
                 self.timer_c.remove(&(old, ctx_id));
                 let t = now + self.config.timer_c;
                 ctx.timer_c = Some(t);
@@ -1101,10 +1151,20 @@ impl Proxy {
             }
             return;
         }
+        let mut sent_id = None;
         if let Some(br) = ctx.branches.get_mut(b as usize) {
+            if let BranchState::Sent(id) = br.state {
+                sent_id = Some(id);
+            }
             br.state = BranchState::Done;
         }
         if status.is_success() {
+            if let Some(id) = sent_id {
+                self.accepted.insert(id, server);
+            }
+            let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+                return;
+            };
             ctx.final_sent = true;
             let bytes = m.forward_response();
             self.respond(server, status, bytes, now);
@@ -1191,6 +1251,23 @@ impl Proxy {
             return;
         };
         ctx.timer_c = None;
+        if ctx.giving_up {
+            // RFC 3261 §9.1: 64*T1 after the CANCEL, the INVITE counts as cancelled.
+            let sent: Vec<(u32, ClientTxId)> = ctx
+                .branches
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| match b.state {
+                    BranchState::Sent(id) => Some((i as u32, id)),
+                    _ => None,
+                })
+                .collect();
+            for (b, id) in sent {
+                self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
+                self.tx.transport_error(id, now);
+            }
+            return;
+        }
         let n = ctx.branches.len() as u32;
         for b in 0..n {
             self.cancel_branch(ctx_id, b, now);
@@ -1288,6 +1365,14 @@ impl Proxy {
             Bytes::from_static(b"CANCEL"),
         );
         let cancel = sent.cancel_request();
+        let give_up = now + 64 * self.tx.config().t1;
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            ctx.giving_up = true;
+            if let Some(old) = ctx.timer_c.replace(give_up) {
+                self.timer_c.remove(&(old, ctx_id));
+            }
+            self.timer_c.insert((give_up, ctx_id));
+        }
         bump(&mut self.stats.requests_out, "CANCEL");
         // The CANCEL's own transaction needs no context: its 200 is absorbed.
         let _ = self.tx.start_client(
@@ -1332,6 +1417,7 @@ impl Proxy {
             }
             TxEvent::ClientTerminated(id) => {
                 self.by_client.remove(&id);
+                self.accepted.remove(&id);
             }
             TxEvent::ServerTerminated(id) => {
                 // A context whose server transaction is gone cannot answer anymore.
@@ -1501,6 +1587,24 @@ impl Proxy {
             .aliases
             .iter()
             .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    /// Addresses on the inside: trusted networks, the upstream, inside listeners.
+    fn is_inside_addr(&self, ip: IpAddr) -> bool {
+        self.config.inside_networks.iter().any(|n| n.contains(ip))
+            || self
+                .config
+                .upstream
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                == Ok(ip)
+            || self
+                .config
+                .listeners
+                .iter()
+                .any(|l| l.side == Side::Inside && l.local.ip() == ip)
     }
 
     fn is_our_via(&self, v: &Via<'_>) -> bool {

@@ -1,0 +1,1175 @@
+//! Proxy scenarios on fake time: a base `Instant` plus durations, never a sleep.
+//!
+//! [`Sim`] drives one [`Proxy`] as the shell does: every input is followed by a drain of
+//! `poll_output`, and time moves only by jumping to `poll_timeout` (quinn's `Pair::step`), so
+//! timer B's 32 s take microseconds. The peers are played by hand with the builders below (h2's
+//! `frames::` style): a device on the internet behind a NAT, over UDP on the outside listener,
+//! and the PBX at 10.0.0.5, the configured upstream.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use stg_sip_msg::{Message, Method, StatusCode};
+
+use super::flow_token::FlowTokens;
+use super::{Event, Inbound, Output, Proxy, ProxyConfig, ResolveId, SendRef, Upstream};
+use crate::net::{ConnId, Flow, Listener, ListenerId, Side, Transport};
+use crate::transaction::TransactionConfig;
+
+// === the network ===
+
+/// The device's public address: its NAT's mapping, where answers must go (RFC 3581).
+const DEVICE: &str = "203.0.113.7:40000";
+/// What the device writes in its Via: its private address.
+const DEVICE_SENT_BY: &str = "192.168.1.10:5060";
+/// The device's Contact: a private address only its own flow reaches.
+const DEVICE_CONTACT: &str = "sip:alice@192.168.1.10:5060";
+/// Another client on the internet.
+const OTHER: &str = "198.51.100.66:5060";
+/// The upstream PBX.
+const PBX: &str = "10.0.0.5:5060";
+const PBX_CONTACT: &str = "sip:bob@10.0.0.5:5060";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// Listener 0: UDP on the outside; listener 1: TCP on the inside.
+fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
+    let listener = |id, transport, side, local: &str| Listener {
+        id: ListenerId(id),
+        transport,
+        side,
+        local: addr(local),
+        host: addr(local).ip().to_string(),
+        port: 5060,
+    };
+    ProxyConfig {
+        listeners: vec![
+            listener(0, Transport::Udp, Side::Outside, "127.0.0.1:5060"),
+            listener(1, Transport::Tcp, Side::Inside, "10.0.0.1:5060"),
+        ],
+        upstream: Upstream {
+            host: upstream.into(),
+            port: Some(5060),
+            transport,
+            sips: false,
+        },
+        inside_networks: vec![crate::net::IpNetwork {
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix_len: 8,
+        }],
+        aliases: Vec::new(),
+        force_rport: false,
+        timer_c: Duration::from_secs(180),
+        transactions: TransactionConfig::default(),
+        flow_key: [7; 16],
+        seed: 1,
+    }
+}
+
+/// The PBX over UDP: the proxy reaches it from the one UDP listener.
+fn udp_upstream() -> ProxyConfig {
+    config("10.0.0.5", Some(Transport::Udp))
+}
+
+/// The PBX over TCP, from the inside listener: two listeners per call.
+fn tcp_upstream() -> ProxyConfig {
+    config("10.0.0.5", Some(Transport::Tcp))
+}
+
+fn outside(remote: &str) -> Inbound {
+    Inbound {
+        flow: Flow {
+            listener: ListenerId(0),
+            transport: Transport::Udp,
+            remote: addr(remote),
+            conn: None,
+        },
+        side: Side::Outside,
+    }
+}
+
+fn device() -> Inbound {
+    outside(DEVICE)
+}
+
+/// The PBX over UDP: it reaches the UDP listener and the shell trusts its address (Inside).
+fn pbx_udp() -> Inbound {
+    Inbound {
+        side: Side::Inside,
+        ..outside(PBX)
+    }
+}
+
+/// The PBX over TCP on the inside listener, on the connection the shell opened to it.
+fn pbx_tcp() -> Inbound {
+    Inbound {
+        flow: Flow {
+            listener: ListenerId(1),
+            transport: Transport::Tcp,
+            remote: addr(PBX),
+            conn: Some(ConnId(9)),
+        },
+        side: Side::Inside,
+    }
+}
+
+// === Sim ===
+
+/// The one place a real instant is read; every test time is an offset from it.
+#[allow(clippy::disallowed_methods)]
+fn base_instant() -> Instant {
+    Instant::now()
+}
+
+/// Everything the proxy has to say after an input (the drain rule).
+fn drain(proxy: &mut Proxy) -> Vec<Output> {
+    std::iter::from_fn(|| proxy.poll_output()).collect()
+}
+
+/// One proxy, a fake clock, and the shell's drain discipline.
+struct Sim {
+    proxy: Proxy,
+    start: Instant,
+    now: Instant,
+}
+
+impl Sim {
+    fn new(config: ProxyConfig) -> Self {
+        let start = base_instant();
+        Self {
+            proxy: Proxy::new(config),
+            start,
+            now: start,
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        (self.now - self.start).as_millis() as u64
+    }
+
+    fn input(&mut self, from: Inbound, bytes: Bytes) -> Vec<Output> {
+        self.proxy.handle_input(from, bytes, self.now);
+        drain(&mut self.proxy)
+    }
+
+    fn send_failed(&mut self, r: SendRef) -> Vec<Output> {
+        self.proxy.handle_send_failed(r, self.now);
+        drain(&mut self.proxy)
+    }
+
+    fn resolved(&mut self, id: ResolveId, result: &[(Transport, SocketAddr)]) -> Vec<Output> {
+        self.proxy.handle_resolved(id, result, self.now);
+        drain(&mut self.proxy)
+    }
+
+    /// Jumps to the next deadline and fires it; `None` when no timer is armed.
+    fn step(&mut self) -> Option<Vec<Output>> {
+        let at = self.proxy.poll_timeout()?;
+        assert!(at >= self.now, "poll_timeout went back in time");
+        self.now = at;
+        self.proxy.handle_timeout(at);
+        Some(drain(&mut self.proxy))
+    }
+
+    /// Fires every deadline up to `ms` after the start, then stands there. What the timers
+    /// produced, stamped with their instant in ms.
+    fn run_until(&mut self, ms: u64) -> Vec<(u64, Output)> {
+        let end = self.start + Duration::from_millis(ms);
+        let mut log = Vec::new();
+        while self.proxy.poll_timeout().is_some_and(|t| t <= end) {
+            let outs = self.step().unwrap_or_default();
+            log.extend(outs.into_iter().map(|o| (self.ms(), o)));
+        }
+        self.now = self.now.max(end);
+        log
+    }
+
+    /// Steps until no timer is armed; bounded, so a timer that re-arms forever fails.
+    fn settle(&mut self) -> Vec<(u64, Output)> {
+        let mut log = Vec::new();
+        for _ in 0..10_000 {
+            let Some(outs) = self.step() else {
+                return log;
+            };
+            log.extend(outs.into_iter().map(|o| (self.ms(), o)));
+        }
+        panic!("timers still armed after 10000 steps");
+    }
+}
+
+// === reading outputs ===
+
+/// What a batch of outputs transmits, parsed.
+fn sent(outs: &[Output]) -> Vec<(Flow, Message)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Transmit { flow, bytes, .. } => Some((
+                *flow,
+                Message::parse(bytes.clone()).expect("the proxy sends well-formed SIP"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a timer log transmits, with the instants.
+fn sent_log(log: &[(u64, Output)]) -> Vec<(u64, Flow, Message)> {
+    log.iter()
+        .flat_map(|(t, o)| {
+            sent(std::slice::from_ref(o))
+                .into_iter()
+                .map(move |(f, m)| (*t, f, m))
+        })
+        .collect()
+}
+
+/// `remote  start-line` per message, for assertion messages.
+fn describe<'a>(s: impl IntoIterator<Item = (&'a Flow, &'a Message)>) -> String {
+    s.into_iter()
+        .map(|(f, m)| format!("{}  {}", f.remote, String::from_utf8_lossy(m.start_line())))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one message a batch transmits.
+fn only(outs: &[Output]) -> (Flow, Message) {
+    let mut s = sent(outs);
+    assert_eq!(
+        s.len(),
+        1,
+        "expected one transmit, got:\n{}",
+        describe(s.iter().map(|(f, m)| (f, m)))
+    );
+    s.remove(0)
+}
+
+fn nothing_sent(outs: &[Output]) {
+    let s = sent(outs);
+    assert!(
+        s.is_empty(),
+        "expected nothing sent, got:\n{}",
+        describe(s.iter().map(|(f, m)| (f, m)))
+    );
+}
+
+fn events(outs: &[Output]) -> Vec<Event> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn code(m: &Message) -> u16 {
+    m.status().map_or(0, |s| s.0)
+}
+
+fn branch(m: &Message) -> Vec<u8> {
+    m.top_via()
+        .and_then(|v| v.branch())
+        .expect("a branch")
+        .to_vec()
+}
+
+// === message builders ===
+
+/// A request as a peer writes it; by default the device's, with `rport` (it is behind a NAT).
+#[derive(Clone, Debug)]
+struct Req {
+    method: &'static str,
+    uri: String,
+    via: String,
+    max_forwards: Option<u32>,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    headers: Vec<String>,
+}
+
+fn req(method: &'static str, uri: &str) -> Req {
+    Req {
+        method,
+        uri: uri.into(),
+        via: format!(
+            "SIP/2.0/UDP {DEVICE_SENT_BY};branch=z9hG4bK-dev-{};rport",
+            method.to_ascii_lowercase()
+        ),
+        max_forwards: Some(70),
+        from: "<sip:alice@example.com>;tag=dev1".into(),
+        to: "<sip:bob@example.com>".into(),
+        call_id: "call-1@192.168.1.10".into(),
+        cseq: 1,
+        headers: Vec::new(),
+    }
+}
+
+/// The device calls bob.
+fn invite() -> Req {
+    req("INVITE", "sip:bob@example.com").header(&format!("Contact: <{DEVICE_CONTACT}>"))
+}
+
+/// A BYE from the PBX inside the dialog: to the device's Contact, along the route set.
+fn pbx_bye(branch: &str, route: &str) -> Req {
+    req("BYE", DEVICE_CONTACT)
+        .via(&format!("SIP/2.0/TCP 10.0.0.5:5060;branch={branch}"))
+        .from("<sip:bob@example.com>;tag=callee")
+        .to("<sip:alice@example.com>;tag=dev1")
+        .header(&format!("Route: {route}"))
+}
+
+impl Req {
+    fn via(mut self, via: &str) -> Self {
+        self.via = via.into();
+        self
+    }
+
+    fn branch(self, b: &str) -> Self {
+        self.via(&format!("SIP/2.0/UDP {DEVICE_SENT_BY};branch={b};rport"))
+    }
+
+    fn uri(mut self, uri: &str) -> Self {
+        self.uri = uri.into();
+        self
+    }
+
+    fn from(mut self, from: &str) -> Self {
+        self.from = from.into();
+        self
+    }
+
+    fn to(mut self, to: &str) -> Self {
+        self.to = to.into();
+        self
+    }
+
+    /// The To tag of an established dialog.
+    fn in_dialog(mut self, tag: &str) -> Self {
+        self.to = format!("{};tag={tag}", self.to);
+        self
+    }
+
+    fn call_id(mut self, id: &str) -> Self {
+        self.call_id = id.into();
+        self
+    }
+
+    fn cseq(mut self, n: u32) -> Self {
+        self.cseq = n;
+        self
+    }
+
+    fn max_forwards(mut self, n: u32) -> Self {
+        self.max_forwards = Some(n);
+        self
+    }
+
+    fn header(mut self, h: &str) -> Self {
+        self.headers.push(h.into());
+        self
+    }
+
+    /// The CANCEL for this INVITE (RFC 3261 §9.1): same Request-URI, top Via, From, To,
+    /// Call-ID and CSeq number.
+    fn cancel(&self) -> Self {
+        Self {
+            method: "CANCEL",
+            headers: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The ACK for a non-2xx final answer to this INVITE (RFC 3261 §17.1.1.3): same branch,
+    /// To from the response.
+    fn ack_for(&self, response: &Message) -> Self {
+        let to = response.to().expect("To").raw;
+        Self {
+            method: "ACK",
+            to: String::from_utf8_lossy(to).into_owned(),
+            headers: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    fn build(&self) -> Bytes {
+        let mut s = format!(
+            "{} {} SIP/2.0\r\nVia: {}\r\n",
+            self.method, self.uri, self.via
+        );
+        if let Some(n) = self.max_forwards {
+            s += &format!("Max-Forwards: {n}\r\n");
+        }
+        s += &format!(
+            "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+            self.from, self.to, self.call_id, self.cseq, self.method
+        );
+        for h in &self.headers {
+            s += h;
+            s += "\r\n";
+        }
+        s += "Content-Length: 0\r\n\r\n";
+        Bytes::from(s)
+    }
+}
+
+/// The PBX's answer to what the proxy forwarded: the same Vias, ours on top, which is what
+/// arrives back at the proxy.
+fn answer(forwarded: &Message, code: u16) -> Bytes {
+    forwarded.response(StatusCode(code), None, Some(b"callee"), None, &[])
+}
+
+/// A 200 to a dialog-creating request: Record-Route copied (RFC 3261 §12.1.1), a Contact.
+fn answer_2xx(forwarded: &Message) -> Bytes {
+    let mut extra: Vec<(&str, &[u8])> = forwarded
+        .header_values_by_name(b"Record-Route")
+        .map(|v| ("Record-Route", v))
+        .collect();
+    let contact = format!("<{PBX_CONTACT}>");
+    extra.push(("Contact", contact.as_bytes()));
+    forwarded.response(StatusCode::OK, None, Some(b"callee"), None, &extra)
+}
+
+/// A response written by hand, for strays.
+fn raw_response(status_line: &str, vias: &[&str]) -> Bytes {
+    let mut s = format!("{status_line}\r\n");
+    for v in vias {
+        s += &format!("Via: {v}\r\n");
+    }
+    s += "From: <sip:alice@example.com>;tag=dev1\r\nTo: <sip:bob@example.com>;tag=x\r\n";
+    s += "Call-ID: stray@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    Bytes::from(s)
+}
+
+fn record_routes(m: &Message) -> Vec<String> {
+    m.record_routes()
+        .map(|r| String::from_utf8_lossy(r.raw).into_owned())
+        .collect()
+}
+
+/// The route set a UAC learns from a 2xx: its Record-Route reversed (RFC 3261 §12.1.2).
+fn uac_route(response: &Message) -> String {
+    let mut rr = record_routes(response);
+    rr.reverse();
+    rr.join(", ")
+}
+
+/// The route set a UAS learns from the request: its Record-Route in order (§12.1.1).
+fn uas_route(request: &Message) -> String {
+    record_routes(request).join(", ")
+}
+
+/// The flow token: the user part of the Record-Route entry that has one.
+fn token(forwarded: &Message) -> String {
+    forwarded
+        .record_routes()
+        .find_map(|r| r.uri.as_sip().and_then(|u| u.user))
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .expect("a Record-Route entry with a flow token")
+}
+
+/// Sends `inv` from `from` and checks the usual first exchange: a 100 back on the same
+/// flow, the INVITE on to the PBX. Returns the INVITE as forwarded.
+fn start_call(sim: &mut Sim, from: Inbound, inv: &Req) -> Message {
+    let s = sent(&sim.input(from, inv.build()));
+    let d = describe(s.iter().map(|(f, m)| (f, m)));
+    assert_eq!(s.len(), 2, "expected 100 and INVITE:\n{d}");
+    assert_eq!(s[0].0, from.flow, "{d}");
+    assert_eq!(s[0].1.status(), Some(StatusCode::TRYING), "{d}");
+    assert_eq!(s[1].0.remote, addr(PBX), "{d}");
+    assert_eq!(s[1].1.method(), Some(Method::Invite), "{d}");
+    s[1].1.clone()
+}
+
+/// Whether the proxy has forgotten everything.
+fn assert_idle(sim: &Sim) {
+    assert_eq!(sim.proxy.transactions_alive(), (0, 0));
+    assert!(sim.proxy.is_idle());
+}
+
+// === 1. a call from outside ===
+
+#[test]
+fn call_from_outside_goes_to_the_upstream_and_back() {
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    assert_eq!(fwd.request_uri_bytes(), b"sip:bob@example.com");
+    let ours = fwd.top_via().expect("our Via");
+    assert_eq!(ours.sent_by(), b"127.0.0.1:5060");
+    assert!(branch(&fwd).starts_with(b"z9hG4bK-"));
+    assert_eq!(fwd.via_count(), 2);
+    assert_eq!(fwd.max_forwards(), Some(69));
+    // The device's Via now says where it really is (RFC 3261 §18.2.1, RFC 3581).
+    let dev = fwd.vias().nth(1).expect("the device's Via");
+    assert_eq!(dev.branch(), Some(&b"z9hG4bK-dev-invite"[..]));
+    assert_eq!(dev.received(), Some(addr(DEVICE).ip()));
+    assert_eq!(dev.rport(), Some(Some(40000)));
+    // One listener both ways: one Record-Route, naming the device's flow in its user part.
+    let rr: Vec<_> = fwd.record_routes().collect();
+    assert_eq!(rr.len(), 1);
+    let u = rr[0].uri.as_sip().expect("a SIP URI");
+    assert_eq!(u.host_raw, b"127.0.0.1");
+    assert_eq!(u.port, Some(5060));
+    assert!(u.lr());
+    assert!(u.user.is_some());
+
+    // Responses go back on the device's flow, our Via removed.
+    let (flow, ringing) = only(&sim.input(pbx_udp(), answer(&fwd, 180)));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&ringing), 180);
+    assert_eq!(ringing.via_count(), 1);
+    assert_eq!(branch(&ringing), b"z9hG4bK-dev-invite");
+    let (flow, ok) = only(&sim.input(pbx_udp(), answer_2xx(&fwd)));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&ok), 200);
+    assert_eq!(ok.via_count(), 1);
+
+    // The ACK for a 2xx is a new transaction the device sends along the route set; the
+    // proxy consumes its own Route entry and forwards the ACK statelessly.
+    let route = format!("Route: {}", uac_route(&ok));
+    let ack = req("ACK", PBX_CONTACT).in_dialog("callee").header(&route);
+    let (flow, ack_fwd) = only(&sim.input(device(), ack.build()));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(ack_fwd.method(), Some(Method::Ack));
+    assert_eq!(ack_fwd.request_uri_bytes(), PBX_CONTACT.as_bytes());
+    assert_eq!(ack_fwd.routes().count(), 0);
+    assert_eq!(ack_fwd.via_count(), 2);
+
+    let bye = req("BYE", PBX_CONTACT)
+        .in_dialog("callee")
+        .cseq(2)
+        .header(&route);
+    let (flow, bye_fwd) = only(&sim.input(device(), bye.build()));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(bye_fwd.method(), Some(Method::Bye));
+    assert_eq!(bye_fwd.routes().count(), 0);
+    assert_eq!(
+        bye_fwd.record_routes().count(),
+        0,
+        "only dialog-creating requests"
+    );
+    let (flow, bye_ok) = only(&sim.input(pbx_udp(), answer(&bye_fwd, 200)));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&bye_ok), 200);
+    assert_eq!(bye_ok.cseq_method(), b"BYE");
+
+    // Everything was answered: no retransmission, and timers L, M, J and K end it all.
+    let log = sim.settle();
+    assert!(sent_log(&log).is_empty());
+    assert_idle(&sim);
+}
+
+// === 2. in-dialog requests from the inside ===
+
+#[test]
+fn in_dialog_request_from_inside_takes_the_devices_flow() {
+    let mut sim = Sim::new(tcp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    // Two listeners: two entries (RFC 3261 §16.6 step 4, doubled), the inside one on top
+    // for the PBX, the outside one naming the device's flow.
+    let rr = record_routes(&fwd);
+    assert_eq!(rr.len(), 2, "{rr:?}");
+    assert!(
+        rr[0].starts_with("<sip:10.0.0.1:5060;transport=tcp"),
+        "{rr:?}"
+    );
+    assert!(rr[1].contains("@127.0.0.1:5060;transport=udp"), "{rr:?}");
+    only(&sim.input(pbx_tcp(), answer_2xx(&fwd)));
+
+    let bye = pbx_bye("z9hG4bK-pbx-bye", &uas_route(&fwd));
+    let (flow, bye_fwd) = only(&sim.input(pbx_tcp(), bye.build()));
+    // Exactly the flow the INVITE came in on, never the Contact's (private) address.
+    assert_eq!(flow, device().flow);
+    assert_eq!(bye_fwd.method(), Some(Method::Bye));
+    assert_eq!(bye_fwd.request_uri_bytes(), DEVICE_CONTACT.as_bytes());
+    assert_eq!(bye_fwd.routes().count(), 0, "both entries are ours");
+    assert_eq!(bye_fwd.top_via().expect("Via").sent_by(), b"127.0.0.1:5060");
+    // The device's 200 goes back to the PBX over the connection the BYE came on.
+    let ok = bye_fwd.response(StatusCode::OK, None, None, None, &[]);
+    let (flow, ok) = only(&sim.input(device(), ok));
+    assert_eq!(flow, pbx_tcp().flow);
+    assert_eq!(code(&ok), 200);
+}
+
+#[test]
+fn forged_flow_token_is_not_honoured() {
+    let mut sim = Sim::new(tcp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    let good = token(&fwd);
+    // Payload hex: transport (2), listener (4), conn (16), IPv4 (8), port (4), then the MAC.
+    // Digit 29 is the last of the address: the token now names the neighbour 203.0.113.8.
+    let mut forged = good.clone().into_bytes();
+    forged[29] = if forged[29] == b'8' { b'9' } else { b'8' };
+    let forged = String::from_utf8(forged).expect("hex");
+    // A token under another key (a restarted node, or a guess) names the right flow.
+    let other_key = FlowTokens::new([8; 16]).encode(&device().flow);
+    for (i, bad) in [forged, other_key].into_iter().enumerate() {
+        let route = uas_route(&fwd).replace(&good, &bad);
+        let bye = pbx_bye(&format!("z9hG4bK-pbx-bad{i}"), &route);
+        let s = sent(&sim.input(pbx_tcp(), bye.build()));
+        let d = describe(s.iter().map(|(f, m)| (f, m)));
+        assert!(s.iter().all(|(f, _)| f.remote != addr(DEVICE)), "{d}");
+        // It goes by the Request-URI instead: the device's private address.
+        assert!(
+            s.iter()
+                .all(|(f, _)| f.remote == addr("192.168.1.10:5060") || f.remote == addr(PBX)),
+            "{d}"
+        );
+    }
+}
+
+// === 3. the outside never chooses ===
+
+#[test]
+fn outside_cannot_choose_the_destination() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite()
+        .uri("sip:x@10.8.8.8")
+        .header("Route: <sip:10.9.9.9;lr>");
+    let fwd = start_call(&mut sim, device(), &inv);
+    // The foreign Route and the Request-URI are passed on, for the PBX to judge.
+    assert_eq!(fwd.request_uri_bytes(), b"sip:x@10.8.8.8");
+    let routes: Vec<_> = fwd.routes().map(|r| r.raw.to_vec()).collect();
+    assert_eq!(routes, [b"<sip:10.9.9.9;lr>".to_vec()]);
+}
+
+#[test]
+fn outside_cannot_borrow_another_devices_flow_token() {
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    // Another client replays the device's (valid) Record-Route as its Route.
+    let route = format!("Route: {}", uas_route(&fwd));
+    let inv = invite()
+        .branch("z9hG4bK-other")
+        .call_id("call-2@other")
+        .uri(DEVICE_CONTACT)
+        .header(&route);
+    let fwd2 = start_call(&mut sim, outside(OTHER), &inv);
+    assert_eq!(fwd2.routes().count(), 0, "our own entry is consumed");
+    // The stateless path too: an ACK goes to the PBX.
+    let ack = req("ACK", DEVICE_CONTACT)
+        .branch("z9hG4bK-other-ack")
+        .call_id("call-2@other")
+        .in_dialog("x")
+        .header(&route);
+    let (flow, _) = only(&sim.input(outside(OTHER), ack.build()));
+    assert_eq!(flow.remote, addr(PBX));
+}
+
+// === 4, 5. timers B and C ===
+
+#[test]
+fn timer_b_ends_an_unanswered_invite_with_one_408() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    let log = sent_log(&sim.run_until(32_000));
+    // Timer A doubles from T1 with no cap (RFC 3261 §17.1.1.2); the same bytes each time.
+    let resent: Vec<u64> = log
+        .iter()
+        .filter(|(_, f, _)| f.remote == addr(PBX))
+        .map(|(t, _, m)| {
+            assert_eq!(m.raw(), fwd.raw());
+            *t
+        })
+        .collect();
+    assert_eq!(resent, [500, 1500, 3500, 7500, 15500, 31500]);
+    let answers: Vec<(u64, u16)> = log
+        .iter()
+        .filter(|(_, f, _)| *f == device().flow)
+        .map(|(t, _, m)| (*t, code(m)))
+        .collect();
+    assert_eq!(answers, [(32_000, 408)]);
+    let (_, _, timeout) = log.last().expect("the 408");
+    // The device ACKs the 408; after that nothing more is sent and everything ends.
+    nothing_sent(&sim.input(device(), inv.ack_for(timeout).build()));
+    assert!(sent_log(&sim.settle()).is_empty());
+    assert_idle(&sim);
+}
+
+/// A PBX that says 100 and then nothing at all, with timer C at 10 s.
+fn stuck_after_100() -> (Sim, Req, Message) {
+    let mut cfg = udp_upstream();
+    cfg.timer_c = Duration::from_secs(10);
+    let mut sim = Sim::new(cfg);
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    // The 100 stops timer A (Proceeding) and goes no further: it is hop by hop.
+    nothing_sent(&sim.input(pbx_udp(), answer(&fwd, 100)));
+    (sim, inv, fwd)
+}
+
+#[test]
+fn timer_c_cancels_a_branch_stuck_after_100() {
+    let (mut sim, inv, fwd) = stuck_after_100();
+    let log = sent_log(&sim.run_until(10_000));
+    let d = describe(log.iter().map(|(_, f, m)| (f, m)));
+    assert_eq!(log.len(), 2, "{d}");
+    // RFC 3261 §16.8: CANCEL the branch (in the INVITE's transaction, §9.1) and answer the
+    // caller as if the branch had said 408.
+    let (t, _, cancel) = log
+        .iter()
+        .find(|(_, f, _)| f.remote == addr(PBX))
+        .expect("a CANCEL");
+    assert_eq!(*t, 10_000);
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(branch(cancel), branch(&fwd));
+    let (t, _, timeout) = log
+        .iter()
+        .find(|(_, f, _)| *f == device().flow)
+        .expect("a 408");
+    assert_eq!((*t, code(timeout)), (10_000, 408));
+    nothing_sent(&sim.input(device(), inv.ack_for(timeout).build()));
+    // The PBX completes both transactions; the proxy ACKs the 487 itself, and the device,
+    // already answered, hears nothing more.
+    nothing_sent(&sim.input(pbx_udp(), answer(cancel, 200)));
+    let (flow, ack) = only(&sim.input(pbx_udp(), answer(&fwd, 487)));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(ack.method(), Some(Method::Ack));
+    assert_eq!(branch(&ack), branch(&fwd));
+    assert!(sent_log(&sim.settle()).is_empty());
+    assert_idle(&sim);
+}
+
+#[test]
+fn timer_c_is_not_reset_by_100() {
+    let mut cfg = udp_upstream();
+    cfg.timer_c = Duration::from_secs(10);
+    let mut sim = Sim::new(cfg);
+    let fwd = start_call(&mut sim, device(), &invite());
+    sim.run_until(4_000);
+    nothing_sent(&sim.input(pbx_udp(), answer(&fwd, 100)));
+    // Timer C was set when the INVITE left, at 0; a 100 says nothing about the callee.
+    let log = sent_log(&sim.run_until(10_000));
+    assert!(
+        log.iter()
+            .any(|(t, _, m)| *t == 10_000 && m.method() == Some(Method::Cancel)),
+        "no CANCEL at 10 s:\n{}",
+        describe(log.iter().map(|(_, f, m)| (f, m)))
+    );
+}
+
+#[test]
+fn cancelled_branch_without_final_response_is_given_up() {
+    let (mut sim, inv, _) = stuck_after_100();
+    let log = sent_log(&sim.run_until(10_000));
+    let (_, _, timeout) = log
+        .iter()
+        .find(|(_, f, _)| *f == device().flow)
+        .expect("a 408");
+    nothing_sent(&sim.input(device(), inv.ack_for(timeout).build()));
+    // The PBX never answers the CANCEL nor the INVITE (it died). After 64*T1 the proxy must
+    // consider the INVITE cancelled and forget it, or the context leaks and drain never ends.
+    sim.settle();
+    assert_idle(&sim);
+}
+
+// === 6. CANCEL ===
+
+#[test]
+fn cancel_after_180_is_forwarded_and_the_487_comes_back() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    only(&sim.input(pbx_udp(), answer(&fwd, 180)));
+
+    let s = sent(&sim.input(device(), inv.cancel().build()));
+    let d = describe(s.iter().map(|(f, m)| (f, m)));
+    assert_eq!(s.len(), 2, "{d}");
+    // The CANCEL is answered here, hop by hop (RFC 3261 §16.10)...
+    let (_, ok) = s.iter().find(|(f, _)| *f == device().flow).expect("a 200");
+    assert_eq!(code(ok), 200);
+    assert_eq!(ok.cseq_method(), b"CANCEL");
+    // ...and the proxy sends its own, in the forwarded INVITE's transaction (§9.1).
+    let (_, cancel) = s
+        .iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .expect("a CANCEL");
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(branch(cancel), branch(&fwd));
+    assert_eq!(cancel.request_uri_bytes(), fwd.request_uri_bytes());
+
+    nothing_sent(&sim.input(pbx_udp(), answer(cancel, 200)));
+    let s = sent(&sim.input(pbx_udp(), answer(&fwd, 487)));
+    let d = describe(s.iter().map(|(f, m)| (f, m)));
+    assert_eq!(s.len(), 2, "{d}");
+    // The proxy ACKs the 487 itself (§17.1.1.3), with the INVITE's branch and the To tag.
+    let (_, ack) = s
+        .iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .expect("an ACK");
+    assert_eq!(ack.method(), Some(Method::Ack));
+    assert_eq!(branch(ack), branch(&fwd));
+    assert_eq!(ack.to_tag(), Some(&b"callee"[..]));
+    let (_, terminated) = s.iter().find(|(f, _)| *f == device().flow).expect("a 487");
+    assert_eq!(code(terminated), 487);
+    assert_eq!(terminated.via_count(), 1);
+
+    nothing_sent(&sim.input(device(), inv.ack_for(terminated).build()));
+    assert!(sent_log(&sim.settle()).is_empty());
+    assert_idle(&sim);
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_one() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    // RFC 3261 §9.1: no CANCEL before a provisional response; the device still gets its 200.
+    let (flow, ok) = only(&sim.input(device(), inv.cancel().build()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&ok), 200);
+    let s = sent(&sim.input(pbx_udp(), answer(&fwd, 180)));
+    let cancels: Vec<_> = s
+        .iter()
+        .filter(|(f, m)| f.remote == addr(PBX) && m.method() == Some(Method::Cancel))
+        .collect();
+    assert_eq!(
+        cancels.len(),
+        1,
+        "{}",
+        describe(s.iter().map(|(f, m)| (f, m)))
+    );
+    assert_eq!(branch(&cancels[0].1), branch(&fwd));
+}
+
+#[test]
+fn cancel_from_another_address_cancels_nothing() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    only(&sim.input(pbx_udp(), answer(&fwd, 180)));
+    // Someone who learnt the branch: the source address is part of the key (`server_key`).
+    let (flow, resp) = only(&sim.input(outside(OTHER), inv.cancel().build()));
+    assert_eq!(flow.remote, addr(OTHER));
+    assert_eq!(code(&resp), 481);
+}
+
+// === 7. request checks (RFC 3261 §16.3) and node-local requests ===
+
+/// Sends `r` from the device to a fresh proxy; the one response it gets, on the device's flow.
+fn answered_here(r: &Req) -> Message {
+    let mut sim = Sim::new(udp_upstream());
+    let (flow, resp) = only(&sim.input(device(), r.build()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(resp.via_count(), 1);
+    resp
+}
+
+#[test]
+fn max_forwards_zero_gets_483() {
+    assert_eq!(code(&answered_here(&invite().max_forwards(0))), 483);
+}
+
+#[test]
+fn unsupported_proxy_require_gets_420() {
+    let resp = answered_here(&invite().header("Proxy-Require: foo"));
+    assert_eq!(code(&resp), 420);
+    let unsupported: Vec<_> = resp.header_values_by_name(b"Unsupported").collect();
+    assert_eq!(unsupported, [&b"foo"[..]]);
+}
+
+#[test]
+fn unknown_uri_scheme_gets_416_but_tel_is_forwarded() {
+    assert_eq!(code(&answered_here(&invite().uri("nobody:opaque"))), 416);
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite().uri("tel:+15551234567"));
+    assert_eq!(fwd.request_uri_bytes(), b"tel:+15551234567");
+}
+
+#[test]
+fn options_to_the_node_is_answered_here() {
+    // Health checks: no user part, the node's own address.
+    let resp = answered_here(&req("OPTIONS", "sip:127.0.0.1:5060"));
+    assert_eq!(code(&resp), 200);
+    let allow = resp
+        .header_values_by_name(b"Allow")
+        .next()
+        .expect("an Allow");
+    assert!(allow.starts_with(b"INVITE, ACK, CANCEL, BYE, OPTIONS"));
+}
+
+#[test]
+fn options_to_a_user_is_forwarded() {
+    let mut sim = Sim::new(udp_upstream());
+    let (flow, fwd) = only(&sim.input(device(), req("OPTIONS", "sip:bob@127.0.0.1").build()));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(fwd.method(), Some(Method::Options));
+    assert_eq!(fwd.record_routes().count(), 0);
+}
+
+#[test]
+fn request_that_comes_back_gets_482() {
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    // A misrouting peer sends our own INVITE back: our Via with the same loop hash
+    // (RFC 3261 §16.3 step 4).
+    let (flow, resp) = only(&sim.input(outside(PBX), fwd.raw().clone()));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(code(&resp), 482);
+}
+
+#[test]
+fn malformed_request_gets_400_and_is_counted() {
+    let mut sim = Sim::new(udp_upstream());
+    let bad = invite().build();
+    let bad = String::from_utf8_lossy(&bad).replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+    let outs = sim.input(device(), Bytes::from(bad));
+    let (flow, resp) = only(&outs);
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 400);
+    let reason = "cseq_method_mismatch";
+    assert!(matches!(
+        &events(&outs)[..],
+        [Event::Malformed { reason: r, answered: true, .. }] if *r == reason
+    ));
+    assert_eq!(sim.proxy.stats().parse_failures.get(reason), Some(&1));
+}
+
+#[test]
+fn malformed_response_is_dropped_silently() {
+    let mut sim = Sim::new(udp_upstream());
+    let bad = raw_response(
+        "SIP/2.0 200 OK",
+        &["SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-x"],
+    );
+    let bad = String::from_utf8_lossy(&bad).replace("Call-ID: stray@x\r\n", "");
+    let outs = sim.input(pbx_udp(), Bytes::from(bad));
+    nothing_sent(&outs);
+    assert!(matches!(
+        &events(&outs)[..],
+        [Event::Malformed {
+            answered: false,
+            ..
+        }]
+    ));
+    assert_eq!(
+        sim.proxy.stats().parse_failures.get("missing_header"),
+        Some(&1)
+    );
+}
+
+// === 8. responses ===
+
+#[test]
+fn response_whose_top_via_is_not_ours_is_dropped() {
+    let mut sim = Sim::new(udp_upstream());
+    let resp = raw_response(
+        "SIP/2.0 200 OK",
+        &["SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bK-x"],
+    );
+    let outs = sim.input(pbx_udp(), resp);
+    nothing_sent(&outs);
+    assert!(matches!(
+        &events(&outs)[..],
+        [Event::Dropped {
+            reason: "via_not_ours",
+            ..
+        }]
+    ));
+    assert_eq!(sim.proxy.stats().dropped.get("via_not_ours"), Some(&1));
+}
+
+#[test]
+fn stray_response_is_forwarded_by_the_next_via() {
+    let mut sim = Sim::new(udp_upstream());
+    // RFC 3261 §16.7: no transaction matches, so it goes on statelessly, to the received
+    // address and rport of the next Via (RFC 3581).
+    let resp = raw_response(
+        "SIP/2.0 180 Ringing",
+        &[
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
+            "SIP/2.0/UDP 192.168.1.10:5060;branch=z9hG4bK-up;received=203.0.113.7;rport=40000",
+        ],
+    );
+    let (flow, fwd) = only(&sim.input(pbx_udp(), resp));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&fwd), 180);
+    assert_eq!(fwd.via_count(), 1);
+}
+
+#[test]
+fn stray_response_to_a_broadcast_address_is_dropped() {
+    let mut sim = Sim::new(udp_upstream());
+    let resp = raw_response(
+        "SIP/2.0 200 OK",
+        &[
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
+            "SIP/2.0/UDP 255.255.255.255:5060;branch=z9hG4bK-up",
+        ],
+    );
+    let outs = sim.input(pbx_udp(), resp);
+    nothing_sent(&outs);
+    assert_eq!(
+        sim.proxy.stats().dropped.get("next_via_broadcast"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn stray_response_from_outside_is_not_relayed_inside() {
+    let mut sim = Sim::new(udp_upstream());
+    // Every request stg sends towards the outside is stateful, so a response from outside
+    // that matches no transaction is forged or stale; forwarding it would let anyone on the
+    // internet make stg open a TCP connection to any inside host and write bytes of their
+    // choosing (a body can ride along) — the open relay the edge policy rules out.
+    let resp = raw_response(
+        "SIP/2.0 200 OK",
+        &[
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
+            "SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bK-up",
+        ],
+    );
+    nothing_sent(&sim.input(outside(OTHER), resp));
+    assert_eq!(
+        sim.proxy
+            .stats()
+            .dropped
+            .get("stray_from_outside_to_inside"),
+        Some(&1)
+    );
+}
+
+// === 9. retransmissions ===
+
+#[test]
+fn invite_retransmission_is_absorbed_and_the_100_resent() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    start_call(&mut sim, device(), &inv);
+    let (flow, trying) = only(&sim.input(device(), inv.build()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&trying), 100);
+}
+
+#[test]
+fn retransmitted_2xx_is_forwarded_again() {
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    only(&sim.input(pbx_udp(), answer_2xx(&fwd)));
+    // The first 200 was lost on the way to the device: the UAS retransmits it until the ACK
+    // comes (RFC 3261 §13.3.1.4), and the proxy must pass each copy on (RFC 6026 §7.2, §8.4).
+    sim.run_until(500);
+    let (flow, ok) = only(&sim.input(pbx_udp(), answer_2xx(&fwd)));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&ok), 200);
+}
+
+#[test]
+fn same_branch_from_another_address_is_another_transaction() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let first = start_call(&mut sim, device(), &inv);
+    // Byte-identical INVITE from someone else: not a retransmission (`server_key` includes
+    // the source), so it cannot ride on (or cancel) the device's transaction.
+    let second = start_call(&mut sim, outside(OTHER), &inv);
+    assert_ne!(branch(&first), branch(&second));
+    assert_eq!(sim.proxy.transactions_alive(), (2, 2));
+}
+
+// === 10. transport failure ===
+
+#[test]
+fn send_failure_towards_a_tcp_upstream_gives_503() {
+    let mut sim = Sim::new(tcp_upstream());
+    let inv = invite();
+    let outs = sim.input(device(), inv.build());
+    let (flow, on_fail) = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit {
+                flow,
+                on_fail: Some(r),
+                ..
+            } => Some((*flow, *r)),
+            _ => None,
+        })
+        .expect("the INVITE, with a failure ref");
+    // Any connection to the PBX, opened if needed, from the inside listener.
+    assert_eq!(flow.listener, ListenerId(1));
+    assert_eq!(flow.transport, Transport::Tcp);
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(flow.conn, None);
+    // RFC 3261 §16.9: a transport error counts as a 503 from that branch.
+    let (flow, resp) = only(&sim.send_failed(on_fail));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 503);
+    nothing_sent(&sim.input(device(), inv.ack_for(&resp).build()));
+    assert!(sent_log(&sim.settle()).is_empty());
+    assert_idle(&sim);
+}
+
+// === 11. drain ===
+
+#[test]
+fn drain_refuses_new_requests_and_fails_health_checks() {
+    let mut sim = Sim::new(udp_upstream());
+    sim.proxy.start_drain();
+    let inv = invite();
+    let (flow, resp) = only(&sim.input(device(), inv.build()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 503);
+    assert_eq!(
+        resp.header_values_by_name(b"Retry-After").next(),
+        Some(&b"5"[..])
+    );
+    // The balancer's health check sees the node going away.
+    let (_, health) = only(&sim.input(device(), req("OPTIONS", "sip:127.0.0.1:5060").build()));
+    assert_eq!(code(&health), 503);
+    nothing_sent(&sim.input(device(), inv.ack_for(&resp).build()));
+    sim.settle();
+    assert_idle(&sim);
+}
+
+// === 12. DNS ===
+
+fn resolve_request(outs: &[Output]) -> ResolveId {
+    let targets: Vec<_> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Resolve { id, target } => Some((*id, target.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    let (id, t) = &targets[0];
+    assert_eq!(t.host, "pbx.example.net");
+    assert_eq!(t.port, Some(5060));
+    assert_eq!(t.transport, Some(Transport::Udp));
+    assert!(!t.sips);
+    *id
+}
+
+#[test]
+fn upstream_name_is_resolved_by_the_shell() {
+    let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Udp)));
+    let inv = invite();
+    let outs = sim.input(device(), inv.build());
+    let (flow, trying) = only(&outs);
+    assert_eq!((flow, code(&trying)), (device().flow, 100));
+    let id = resolve_request(&outs);
+    let (flow, fwd) = only(&sim.resolved(id, &[(Transport::Udp, addr(PBX))]));
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(fwd.method(), Some(Method::Invite));
+    // An answer for an id already used is ignored.
+    nothing_sent(&sim.resolved(id, &[(Transport::Udp, addr(PBX))]));
+}
+
+#[test]
+fn upstream_name_that_resolves_to_nothing_usable_gives_503() {
+    let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Udp)));
+    // No address at all, or only one the proxy never sends to (RFC 4475 §3.3.10).
+    let broadcast = [(Transport::Udp, addr("255.255.255.255:5060"))];
+    for (i, result) in [&[][..], &broadcast[..]].into_iter().enumerate() {
+        let inv = invite()
+            .branch(&format!("z9hG4bK-dns{i}"))
+            .call_id(&format!("dns-{i}"));
+        let id = resolve_request(&sim.input(device(), inv.build()));
+        let (flow, resp) = only(&sim.resolved(id, result));
+        assert_eq!(flow, device().flow);
+        assert_eq!(code(&resp), 503);
+    }
+}
