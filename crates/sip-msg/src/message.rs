@@ -174,6 +174,7 @@ impl StatusCode {
             483 => "Too Many Hops",
             487 => "Request Terminated",
             500 => "Server Internal Error",
+            502 => "Bad Gateway",
             503 => "Service Unavailable",
             504 => "Server Time-out",
             505 => "Version Not Supported",

@@ -6,6 +6,9 @@ mod cli;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]
 mod harness;
+mod kamailio;
 mod lifecycle;
+mod sipp;
 mod torture;
+mod transports;
 mod uas;

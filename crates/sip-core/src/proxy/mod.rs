@@ -1121,6 +1121,15 @@ impl Proxy {
         let Some(status) = m.status() else {
             return;
         };
+        if m.via_count() < 2 {
+            // §16.7 step 3: with only our Via, the response was meant for us; it must not be
+            // forwarded (it would leave with no Via at all). A final ends the branch as a 502.
+            self.stats_drop("no_next_via");
+            if !status.is_provisional() {
+                self.branch_failed(ctx_id, b, StatusCode(502), now);
+            }
+            return;
+        }
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
         };
@@ -1469,6 +1478,10 @@ impl Proxy {
             bytes,
             on_fail: None,
         });
+    }
+
+    fn stats_drop(&mut self, reason: &'static str) {
+        bump(&mut self.stats.dropped, reason);
     }
 
     fn drop(&mut self, inbound: Inbound, reason: &'static str) {

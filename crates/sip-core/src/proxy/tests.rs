@@ -1173,3 +1173,28 @@ fn upstream_name_that_resolves_to_nothing_usable_gives_503() {
         assert_eq!(code(&resp), 503);
     }
 }
+
+/// RFC 3261 §16.7 step 3: a response left with no Via once ours is removed was meant for
+/// stg and is never forwarded; a final of that kind ends the branch as a 502.
+#[test]
+fn response_with_only_our_via_is_not_forwarded() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite();
+    let fwd = start_call(&mut sim, device(), &inv);
+    let ours = fwd.top_via().unwrap();
+    let our_via = String::from_utf8_lossy(ours.raw).into_owned();
+    let broken = raw_response("SIP/2.0 487 Request Terminated", &[our_via.as_str()]);
+    let outs = sim.input(pbx_udp(), broken);
+    let to_device: Vec<u16> = sent(&outs)
+        .iter()
+        .filter(|(f, _)| *f == device().flow)
+        .map(|(_, m)| code(m))
+        .collect();
+    assert_eq!(
+        to_device,
+        [502],
+        "{}",
+        describe(sent(&outs).iter().map(|(f, m)| (f, m)))
+    );
+    assert_eq!(sim.proxy.stats().dropped.get("no_next_via"), Some(&1));
+}
