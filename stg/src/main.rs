@@ -118,17 +118,31 @@ fn load_config(path: Option<&Path>) -> Result<(Config, String), stg_config::Conf
 
 fn init_logging(config: &Config) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&config.log.level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
     let json = match config.log.format {
         LogFormat::Human => false,
         LogFormat::Json => true,
-        // journald reads structured stderr well enough until a native writer is added.
-        LogFormat::Journald => true,
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => {
+                eprintln!("stg: journald unavailable ({e}); logging JSON to stderr");
+                true
+            }
+        },
         _ => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
