@@ -237,13 +237,13 @@ impl Node {
             tokio::spawn(admin::serve(listener, handle));
         }
         let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
+        let mut udp_rx = Vec::new();
         for (socket, s) in self.sockets {
             match socket {
                 Socket::Udp(sock) => {
                     let id = ListenerId(udp_sockets.len() as u16);
                     udp_sockets.push(Some(sock.clone()));
-                    // UDP keeps receiving while draining: responses finish transactions.
-                    tokio::spawn(udp::recv_loop(sock, id, s, shared.clone()));
+                    udp_rx.push((id, s, sock));
                 }
                 Socket::Tcp(listener, sl) => {
                     udp_sockets.push(None);
@@ -255,6 +255,7 @@ impl Node {
             proxy,
             shared,
             udp: udp_sockets,
+            udp_rx: Some(udp::UdpListeners::new(udp_rx)),
             resolver,
             listener_sides: self.listeners.iter().map(|l| l.side).collect(),
         };
@@ -268,6 +269,9 @@ struct Core {
     proxy: Proxy,
     shared: Arc<Shared>,
     udp: Vec<Option<Arc<UdpSocket>>>,
+    /// Read by the core task itself; UDP keeps receiving while draining (responses finish
+    /// live transactions).
+    udp_rx: Option<udp::UdpListeners>,
     resolver: crate::resolver::Resolver,
     listener_sides: Vec<Side>,
 }
@@ -280,14 +284,27 @@ impl Core {
         accept_stop: CancellationToken,
         drain_timeout: Duration,
     ) {
-        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        // "No timer": a fixed instant far ahead, so an idle core does not reset its timer.
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        // Taken out of `self` so the select! below can borrow it next to `self.handle`.
+        let Some(mut udp_rx) = self.udp_rx.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        // One timer, moved only when the core's next deadline changes: building a new
+        // `Sleep` on every loop turn registers a timer entry per message.
+        let sleep = sleep_until(far);
+        tokio::pin!(sleep);
         loop {
             let next = self
                 .proxy
                 .poll_timeout()
-                .map_or_else(far, tokio::time::Instant::from_std);
+                .map_or(far, tokio::time::Instant::from_std);
+            if sleep.deadline() != next {
+                sleep.as_mut().reset(next);
+            }
             tokio::select! {
                 biased;
                 input = rx.recv() => {
@@ -301,7 +318,19 @@ impl Core {
                         }
                     }
                 }
-                _ = sleep_until(next) => {
+                (inbound, bytes) = udp_rx.recv(&shared) => {
+                    let now = std::time::Instant::now();
+                    self.proxy.handle_input(inbound, bytes, now);
+                    // Drain what the kernel already holds before flushing and sleeping.
+                    for _ in 0..64 {
+                        match udp_rx.try_recv(&shared) {
+                            Some((inbound, bytes)) => self.proxy.handle_input(inbound, bytes, now),
+                            None => break,
+                        }
+                    }
+                    self.flush();
+                }
+                () = &mut sleep => {
                     self.proxy.handle_timeout(std::time::Instant::now());
                     self.flush();
                 }

@@ -653,9 +653,40 @@ fn write_fixed_and_addresses(header: &Header, len_field: u16, out: &mut Vec<u8>)
     }
 }
 
+/// The proxy_v2 fuzz target's checks, replayed by the test below on stable.
+#[cfg(test)]
+#[path = "../../../fuzz/fuzz_targets/proxy_v2_check.rs"]
+mod fuzz_check;
+/// The name `fuzz_check` expects for this module.
+#[cfg(test)]
+use crate::proxy_protocol as pp;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every committed fuzz seed and regression through the fuzz target's checks.
+    #[test]
+    fn fuzz_seeds_and_regressions_replay() {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let mut ran = 0;
+        for dir in ["seeds/proxy_v2", "regressions/proxy_v2"] {
+            let Ok(entries) = std::fs::read_dir(fuzz.join(dir)) else {
+                continue; // no regressions yet
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                eprintln!("replaying {}", path.display());
+                fuzz_check::check(&std::fs::read(&path).unwrap());
+                ran += 1;
+            }
+        }
+        assert!(
+            ran >= 4,
+            "fuzz/seeds/proxy_v2 not found under {}",
+            fuzz.display()
+        );
+    }
 
     /// Captured from HAProxy 2.6.12 (`server ... send-proxy-v2`), client
     /// 127.0.0.1:40000 connecting to a frontend on 127.0.0.1:5060 over TCP

@@ -20,6 +20,8 @@
 #![forbid(unsafe_code)]
 
 pub mod framer;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod header;
 mod message;
 mod scan;

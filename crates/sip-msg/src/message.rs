@@ -544,6 +544,11 @@ impl Message {
                 }
                 HeaderName::From | HeaderName::To => {
                     let na = NameAddr::parse(v).map_err(bad)?;
+                    // tag-param = "tag" EQUAL token: a bare `;tag` would make every
+                    // response we build carry two tags.
+                    if na.param(b"tag") == Some(None) {
+                        return Err(bad(ValueError::Param));
+                    }
                     let tag = na.tag().map(|t| Span::of(r, t));
                     if h.id == HeaderName::From {
                         self.from_tag = tag;

@@ -239,8 +239,9 @@ enum BranchState {
 #[derive(Debug)]
 struct Branch {
     state: BranchState,
-    /// The request as sent, parsed lazily for CANCEL/ACK.
-    sent: Option<Message>,
+    /// The request as sent; parsed only when a CANCEL or ACK must be derived from it (most
+    /// branches never need it, and a parse per forwarded request is measurable).
+    sent: Option<Bytes>,
     /// Where it went.
     flow: Option<Flow>,
     provisional: bool,
@@ -889,7 +890,7 @@ impl Proxy {
                 if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
                     if let Some(br) = ctx.branches.get_mut(b as usize) {
                         br.state = BranchState::Sent(id);
-                        br.sent = Message::parse(bytes).ok();
+                        br.sent = Some(bytes);
                         br.flow = Some(flow);
                     }
                     if let Some(t) = timer_c {
@@ -1053,7 +1054,8 @@ impl Proxy {
                         .ctxs
                         .get(&ctx_id)
                         .and_then(|c| c.branches.get(b as usize))
-                        .and_then(|br| br.sent.as_ref())
+                        .and_then(|br| br.sent.clone())
+                        .and_then(|sent| Message::parse(sent).ok())
                         .map(|sent| sent.ack_for(&m));
                     if let Some(ack) = ack {
                         let _ = self.tx.set_ack(id, ack, now);
@@ -1361,8 +1363,12 @@ impl Proxy {
         let Some(br) = ctx.branches.get(b as usize) else {
             return;
         };
-        let (BranchState::Sent(_), Some(sent), Some(dest_flow)) = (&br.state, &br.sent, br.flow)
+        let (BranchState::Sent(_), Some(sent), Some(dest_flow)) =
+            (&br.state, br.sent.clone(), br.flow)
         else {
+            return;
+        };
+        let Ok(sent) = Message::parse(sent) else {
             return;
         };
         let Some(top) = sent.top_via() else {

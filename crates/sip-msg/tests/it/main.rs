@@ -1,6 +1,7 @@
 //! Integration tests of stg-sip-msg: conformance corpora and proxy-hop serialization.
 
 mod conformance;
+mod replay;
 mod write;
 
 use std::path::PathBuf;
