@@ -304,9 +304,7 @@ impl<'a> SipUri<'a> {
 
     /// A uri-parameter by case-insensitive name: `Some(None)` for a flag like `lr`.
     pub fn param(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
-        self.params()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.params().get(name)
     }
 
     /// The `transport=` parameter.
@@ -330,6 +328,14 @@ pub struct Params<'a> {
 impl<'a> Params<'a> {
     pub(crate) fn new(raw: &'a [u8]) -> Self {
         Self { rest: raw }
+    }
+}
+
+impl<'a> Params<'a> {
+    /// The first parameter named `name` (case-insensitive): `Some(None)` for a flag.
+    pub fn get(mut self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 }
 

@@ -150,9 +150,7 @@ impl<'a> NameAddr<'a> {
 
     /// A header parameter by case-insensitive name.
     pub fn param(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
-        self.params()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.params().get(name)
     }
 
     /// The `tag` parameter (RFC 3261 §19.3).
@@ -314,9 +312,7 @@ impl<'a> Via<'a> {
 
     /// A Via parameter by case-insensitive name.
     pub fn param(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
-        self.params()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.params().get(name)
     }
 
     /// The `branch` parameter.
