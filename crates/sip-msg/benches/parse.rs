@@ -103,6 +103,7 @@ const HOP: RequestEdit<'static> = RequestEdit {
     record_route: &[b"<sip:203.0.113.5:5061;transport=tls;lr>"],
     pop_routes: 1,
     append_route: None,
+    remove_last_route: false,
     max_forwards: 69,
 };
 

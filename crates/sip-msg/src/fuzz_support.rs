@@ -215,6 +215,7 @@ fn check_request(m: &Message) {
         record_route: &[HOP_RR, HOP_RR],
         pop_routes: 2,
         append_route: Some(APPENDED_ROUTE),
+        remove_last_route: true,
         max_forwards,
     };
     for edit in [plain, full] {
@@ -246,7 +247,9 @@ fn check_request(m: &Message) {
             m.record_routes().count() + edit.record_route.len()
         );
         assert_eq!(&rr[..edit.record_route.len()], edit.record_route);
-        let expected_routes = m.routes().count().saturating_sub(edit.pop_routes)
+        // The last Route goes too when asked, unless the top pops already took it.
+        let left = m.routes().count().saturating_sub(edit.pop_routes);
+        let expected_routes = left - usize::from(edit.remove_last_route && left > 0)
             + usize::from(edit.append_route.is_some());
         assert_eq!(f.routes().count(), expected_routes, "Route pop/append");
         if let Some(appended) = edit.append_route {

@@ -26,6 +26,9 @@ pub struct RequestEdit<'a> {
     pub pop_routes: usize,
     /// A Route value to append last (strict-router compatibility).
     pub append_route: Option<&'a [u8]>,
+    /// Remove the last Route value: it became the Request-URI (a strict router before us,
+    /// RFC 3261 §16.4).
+    pub remove_last_route: bool,
     /// The Max-Forwards to write (already decremented, or 70 when absent).
     pub max_forwards: u32,
 }
@@ -139,14 +142,32 @@ impl Message {
                     put_u32(&mut out, edit.max_forwards);
                     out.put_slice(b"\r\n");
                 }
-                HeaderName::Route if to_pop > 0 => {
-                    let skipped = put_list_rest(
-                        &mut out,
-                        &raw[h.name.range()],
-                        &raw[h.value.range()],
-                        to_pop,
-                    );
-                    to_pop -= skipped;
+                HeaderName::Route
+                    if to_pop > 0 || (edit.remove_last_route && Some(i) == last_route) =>
+                {
+                    let value = &raw[h.value.range()];
+                    let n = values::split_list(value).count();
+                    let front = to_pop.min(n);
+                    let end = if edit.remove_last_route && Some(i) == last_route {
+                        n.saturating_sub(1).max(front)
+                    } else {
+                        n
+                    };
+                    to_pop -= front;
+                    let mut first = true;
+                    for item in values::split_list(value).take(end).skip(front) {
+                        if first {
+                            out.put_slice(&raw[h.name.range()]);
+                            out.put_slice(b": ");
+                            first = false;
+                        } else {
+                            out.put_slice(b", ");
+                        }
+                        out.put_slice(item);
+                    }
+                    if !first {
+                        out.put_slice(b"\r\n");
+                    }
                 }
                 HeaderName::RecordRoute if !wrote_rr => {
                     put_rr(&mut out);

@@ -272,6 +272,7 @@ struct Plan {
     record_route: bool,
     request_uri: Option<Bytes>,
     append_route: Option<Bytes>,
+    remove_last_route: bool,
     max_forwards: u32,
     loop_hash: u64,
 }
@@ -671,6 +672,7 @@ impl Proxy {
                 ),
             request_uri: None,
             append_route: None,
+            remove_last_route: false,
             max_forwards: m.max_forwards().map_or(70, |n| n - 1),
             loop_hash,
         };
@@ -743,12 +745,12 @@ impl Proxy {
         // previous hop replaced it with our Record-Route; the real one is the last Route.
         if let Some(Uri::Sip(u)) = m.request_uri() {
             if self.is_local(&u) && u.lr() {
+                if let Some(last) = m.routes().nth(plan.pop_routes).and(m.routes().last()) {
+                    plan.request_uri = Some(m.slice(last.uri.as_bytes()));
+                    plan.remove_last_route = true;
+                }
                 if let Some(f) = u.user.and_then(|t| self.tokens.decode(t)) {
                     return Target::Flow(f);
-                }
-                if let Some(last) = m.routes().last() {
-                    plan.request_uri = Some(m.slice(last.uri.as_bytes()));
-                    plan.pop_routes = m.routes().count();
                 }
             }
         }
@@ -855,6 +857,7 @@ impl Proxy {
             record_route: &rr_refs,
             pop_routes: ctx.plan.pop_routes,
             append_route: ctx.plan.append_route.as_deref(),
+            remove_last_route: ctx.plan.remove_last_route,
             max_forwards: ctx.plan.max_forwards,
         });
         let method = ctx.request.method();
@@ -950,6 +953,7 @@ impl Proxy {
             record_route: false,
             request_uri: None,
             append_route: None,
+            remove_last_route: false,
             max_forwards: match m.max_forwards() {
                 Some(0) => {
                     bump(&mut self.stats.dropped, "max_forwards");
@@ -1011,6 +1015,7 @@ impl Proxy {
             record_route: &[],
             pop_routes: plan.pop_routes,
             append_route: plan.append_route.as_deref(),
+            remove_last_route: plan.remove_last_route,
             max_forwards: plan.max_forwards,
         });
         bump(&mut self.stats.requests_out, method_label(m.method()));

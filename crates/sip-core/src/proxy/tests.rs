@@ -1198,3 +1198,35 @@ fn response_with_only_our_via_is_not_forwarded() {
     );
     assert_eq!(sim.proxy.stats().dropped.get("no_next_via"), Some(&1));
 }
+
+/// RFC 3261 §16.4: a strict router before stg put stg's Record-Route URI in the
+/// Request-URI and the real target last in Route; stg restores it and still uses the
+/// device's flow named by the token.
+#[test]
+fn strict_router_before_us_is_undone() {
+    let mut sim = Sim::new(tcp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    only(&sim.input(pbx_tcp(), answer_2xx(&fwd)));
+    let ours = record_routes(&fwd)
+        .into_iter()
+        .find(|r| r.contains('@'))
+        .expect("the outside entry with the token");
+    let ruri = ours
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string();
+    let bye = req("BYE", &ruri)
+        .via("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-strict")
+        .from("<sip:bob@example.com>;tag=callee")
+        .to("<sip:alice@example.com>;tag=dev1")
+        .header(&format!("Route: <{DEVICE_CONTACT}>"));
+    let (flow, out) = only(&sim.input(pbx_tcp(), bye.build()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(out.request_uri_bytes(), DEVICE_CONTACT.as_bytes());
+    assert_eq!(
+        out.routes().count(),
+        0,
+        "the last Route became the Request-URI"
+    );
+    let _ = token(&fwd);
+}

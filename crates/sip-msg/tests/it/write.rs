@@ -147,3 +147,30 @@ fn error_response_from_garbage() {
             .is_none()
     );
 }
+
+#[test]
+fn forward_request_removes_the_last_route_for_a_strict_router() {
+    let m = msg("BYE sip:tok@10.0.0.1;lr SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1
+Route: <sip:a@x;lr>, <sip:b@y;lr>
+Route: <sip:dev@192.0.2.1:5062>
+From: <sip:b@example.com>;tag=1
+To: <sip:a@example.com>;tag=2
+Call-ID: c
+CSeq: 2 BYE
+Content-Length: 0
+
+");
+    let out = Message::parse(m.forward_request(&RequestEdit {
+        request_uri: Some(b"sip:dev@192.0.2.1:5062"),
+        via: b"SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKs",
+        pop_routes: 1,
+        remove_last_route: true,
+        max_forwards: 69,
+        ..Default::default()
+    }))
+    .unwrap();
+    let routes: Vec<_> = out.routes().map(|r| r.uri.as_bytes().to_vec()).collect();
+    assert_eq!(routes, vec![b"sip:b@y;lr".to_vec()]);
+    assert_eq!(out.request_uri_bytes(), b"sip:dev@192.0.2.1:5062");
+}
