@@ -135,15 +135,23 @@ fn init_logging(config: &Config) {
                 return;
             }
             Err(e) => {
-                eprintln!("stg: journald unavailable ({e}); logging JSON to stderr");
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stg: journald unavailable ({e}); logging JSON to stderr"
+                );
                 true
             }
         },
         _ => !std::io::stderr().is_terminal(),
     };
+    // A closed stderr (a pipe whose reader left, journald restarting) must never take the
+    // node down: by default the subscriber reports a failed write with eprintln!, which
+    // panics when stderr itself is the thing that failed.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().flatten_event(true).init();
     } else {

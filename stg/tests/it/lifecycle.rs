@@ -226,3 +226,61 @@ fn recv_status(sock: &UdpSocket) -> Option<u16> {
         .parse()
         .ok()
 }
+
+/// A node whose stderr reader went away (a closed pipe, journald restarting) keeps running
+/// and still drains on SIGTERM: a failed log write must never take it down.
+#[test]
+fn closed_stderr_does_not_stop_the_node() {
+    use std::process::{Command, Stdio};
+    let dir = crate::harness::temp_dir("stderr");
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.join("stg.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"debug\"\n[[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cport = c.local_addr().unwrap().port();
+    let mut answered = false;
+    for i in 0..50 {
+        let _ = c.send_to(
+            request("OPTIONS", &format!("sip:{addr}"), &format!("se{i}"), cport).as_bytes(),
+            addr,
+        );
+        if recv(&c, Duration::from_millis(200)).is_some() {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "node must serve with its stderr closed");
+    assert!(Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM with a closed stderr did not stop the node");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
