@@ -22,6 +22,9 @@ use crate::{admin, udp, EdgeError};
 /// flood turns into backpressure on the sockets instead of memory.
 const CORE_QUEUE: usize = 16 * 1024;
 
+/// Longest an RFC 3263 lookup may take before the request is answered 503.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// One bound listener, as reported to the operator.
 #[derive(Clone, Debug)]
 pub struct BoundListener {
@@ -389,10 +392,19 @@ impl Core {
                         let resolver = self.resolver.clone();
                         let tx = self.shared.core_tx.clone();
                         tokio::spawn(async move {
-                            let result = match resolver.resolve(&target).await {
-                                Ok(r) => r,
-                                Err(e) => {
+                            // NAPTR, SRV and A/AAAA run in sequence: with an unreachable DNS
+                            // server that can outlast timer B, so the caller is answered
+                            // (503) within a bound of our own.
+                            let lookup =
+                                tokio::time::timeout(RESOLVE_TIMEOUT, resolver.resolve(&target));
+                            let result = match lookup.await {
+                                Ok(Ok(r)) => r,
+                                Ok(Err(e)) => {
                                     tracing::info!(host = %target.host, error = %e, "resolution failed");
+                                    Vec::new()
+                                }
+                                Err(_) => {
+                                    tracing::warn!(host = %target.host, timeout = ?RESOLVE_TIMEOUT, "resolution timed out");
                                     Vec::new()
                                 }
                             };
@@ -420,6 +432,7 @@ impl Core {
         bytes: bytes::Bytes,
         on_fail: Option<stg_sip_core::proxy::SendRef>,
     ) -> bool {
+        tracing::trace!(remote = %flow.remote, transport = %flow.transport, conn = ?flow.conn, len = bytes.len(), "send");
         if flow.transport == Transport::Udp {
             let Some(Some(sock)) = self.udp.get(usize::from(flow.listener.0)) else {
                 return false;

@@ -3,6 +3,7 @@
 //! the budget on two cores); each module is one area.
 
 mod cli;
+mod dns;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]
 mod harness;
