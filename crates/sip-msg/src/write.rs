@@ -55,16 +55,11 @@ fn put_u32(out: &mut BytesMut, n: u32) {
     out.put_slice(&buf[i..]);
 }
 
-/// Writes `Name: v1, v2` for the values of a list header after skipping `skip` of them.
-/// Returns how many were skipped.
-fn put_list_rest(out: &mut BytesMut, name: &[u8], value: &[u8], skip: usize) -> usize {
-    let mut skipped = 0;
+/// Writes `Name: v1, v2` for the values `front..end` of a list header (nothing when that
+/// range is empty).
+fn put_list_range(out: &mut BytesMut, name: &[u8], value: &[u8], front: usize, end: usize) {
     let mut first = true;
-    for item in values::split_list(value) {
-        if skipped < skip {
-            skipped += 1;
-            continue;
-        }
+    for item in values::split_list(value).take(end).skip(front) {
         if first {
             out.put_slice(name);
             out.put_slice(b": ");
@@ -77,7 +72,6 @@ fn put_list_rest(out: &mut BytesMut, name: &[u8], value: &[u8], skip: usize) -> 
     if !first {
         out.put_slice(b"\r\n");
     }
-    skipped
 }
 
 impl Message {
@@ -154,20 +148,7 @@ impl Message {
                         n
                     };
                     to_pop -= front;
-                    let mut first = true;
-                    for item in values::split_list(value).take(end).skip(front) {
-                        if first {
-                            out.put_slice(&raw[h.name.range()]);
-                            out.put_slice(b": ");
-                            first = false;
-                        } else {
-                            out.put_slice(b", ");
-                        }
-                        out.put_slice(item);
-                    }
-                    if !first {
-                        out.put_slice(b"\r\n");
-                    }
+                    put_list_range(&mut out, &raw[h.name.range()], value, front, end);
                 }
                 HeaderName::RecordRoute if !wrote_rr => {
                     put_rr(&mut out);
@@ -211,7 +192,13 @@ impl Message {
         for h in &self.headers {
             if h.id == HeaderName::Via && first_via {
                 first_via = false;
-                put_list_rest(&mut out, &raw[h.name.range()], &raw[h.value.range()], 1);
+                put_list_range(
+                    &mut out,
+                    &raw[h.name.range()],
+                    &raw[h.value.range()],
+                    1,
+                    usize::MAX,
+                );
                 continue;
             }
             out.put_slice(&raw[h.line.range()]);
