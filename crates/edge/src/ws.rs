@@ -410,7 +410,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert!(h.shared.conn(h.meta.id).is_none());
+        assert!(!h.shared.is_registered(h.meta.id));
         assert_eq!(h.shared.connection_count(), 0);
         assert!(h
             .shared

@@ -529,7 +529,7 @@ impl Proxy {
                     self.tx
                         .handle_request(invite_key, RequestKind::Ack, reliable, reply, now)
                 {
-                    self.forward_stateless(inbound, m, now);
+                    self.forward_stateless(inbound, m);
                 }
             }
             Method::Cancel => {
@@ -946,7 +946,7 @@ impl Proxy {
     }
 
     /// ACK for a 2xx, and other requests that are routed without a transaction.
-    fn forward_stateless(&mut self, inbound: Inbound, m: Message, now: Instant) {
+    fn forward_stateless(&mut self, inbound: Inbound, m: Message) {
         let (pop_routes, route_flow) = self.own_routes(&m);
         let mut plan = Plan {
             pop_routes,
@@ -984,7 +984,6 @@ impl Proxy {
                 }
             },
         }
-        let _ = now;
     }
 
     fn send_stateless(&mut self, m: &Message, plan: &Plan, inbound: Inbound, flow: Flow) {
