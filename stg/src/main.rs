@@ -199,13 +199,21 @@ fn run(path: Option<&Path>) -> ExitCode {
         tracing::info!(config = %source, "stg started");
         let drain = CancellationToken::new();
         spawn_signal_handlers(drain.clone(), node.tls());
-        match node.run(drain).await {
-            Ok(()) => {
+        // The node runs as a task on a worker, not as the `block_on` future: a worker that
+        // polls the I/O driver then runs the core in place when a datagram arrives, instead
+        // of waking the main thread (a cross-thread wake per message, measured at ~30 % of
+        // the node's CPU).
+        match tokio::spawn(node.run(drain)).await {
+            Ok(Ok(())) => {
                 tracing::info!("stg stopped");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "stopped on error");
+                ExitCode::from(exit::SOFTWARE)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "node task failed");
                 ExitCode::from(exit::SOFTWARE)
             }
         }
