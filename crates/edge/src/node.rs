@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stg_config::{Config, Host, Side as CfgSide, Transport as CfgTransport};
 use stg_sip_core::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
-use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, Upstream};
+use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, ResolveTarget};
 use stg_sip_core::transaction::TransactionConfig;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -177,7 +177,7 @@ impl Node {
         getrandom::fill(&mut seed).expect("OS random source unavailable");
         ProxyConfig {
             listeners: self.listeners.clone(),
-            upstream: Upstream {
+            upstream: ResolveTarget {
                 host: match &up.host {
                     Host::Ip(ip) => ip.to_string(),
                     Host::Domain(d) => d.clone(),

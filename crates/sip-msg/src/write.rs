@@ -172,13 +172,7 @@ impl Message {
         if !wrote_rr {
             put_rr(&mut out);
         }
-        if !self.has_content_length() {
-            out.put_slice(b"Content-Length: ");
-            put_u32(&mut out, self.body().len() as u32);
-            out.put_slice(b"\r\n");
-        }
-        out.put_slice(b"\r\n");
-        out.put_slice(self.body());
+        self.put_body(&mut out);
         out.freeze()
     }
 
@@ -203,14 +197,20 @@ impl Message {
             }
             out.put_slice(&raw[h.line.range()]);
         }
+        self.put_body(&mut out);
+        out.freeze()
+    }
+
+    /// The end of a forwarded message: a `Content-Length` when the original had none (it may
+    /// leave over a stream transport), the empty line, the body.
+    fn put_body(&self, out: &mut BytesMut) {
         if !self.has_content_length() {
             out.put_slice(b"Content-Length: ");
-            put_u32(&mut out, self.body().len() as u32);
+            put_u32(out, self.body().len() as u32);
             out.put_slice(b"\r\n");
         }
         out.put_slice(b"\r\n");
         out.put_slice(self.body());
-        out.freeze()
     }
 
     /// A response to this request (RFC 3261 §8.2.6): Via lines (top one replaced when

@@ -51,26 +51,14 @@ use crate::transaction::{
 };
 use flow_token::FlowTokens;
 
-/// The upstream every request from outside is sent to (the PBX).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstream {
-    /// Host: IP literal or DNS name (resolved per RFC 3263 by the shell).
-    pub host: String,
-    /// Port, if configured.
-    pub port: Option<u16>,
-    /// Transport, if configured; otherwise the inbound one (WS→TCP, WSS→TLS).
-    pub transport: Option<Transport>,
-    /// `sips:` upstream.
-    pub sips: bool,
-}
-
 /// Everything the proxy core needs; built once by the shell from the configuration.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     /// The node's listeners, indexed by [`ListenerId`].
     pub listeners: Vec<Listener>,
-    /// Where requests from outside go.
-    pub upstream: Upstream,
+    /// Where requests from outside go (the PBX): its host is resolved per RFC 3263 like any
+    /// target; with no transport, the inbound one is used (WS→TCP, WSS→TLS).
+    pub upstream: ResolveTarget,
     /// The inside networks (`sip.trusted_networks`): nothing from outside is ever relayed
     /// to them except through the upstream rule.
     pub inside_networks: Vec<IpNetwork>,
@@ -772,18 +760,13 @@ impl Proxy {
     }
 
     fn upstream_target(&self, inbound: Transport) -> ResolveTarget {
-        let up = &self.config.upstream;
-        let transport = up.transport.or(Some(match inbound {
+        let mut target = self.config.upstream.clone();
+        target.transport = target.transport.or(Some(match inbound {
             Transport::Ws => Transport::Tcp,
             Transport::Wss => Transport::Tls,
             t => t,
         }));
-        ResolveTarget {
-            host: up.host.clone(),
-            port: up.port,
-            transport,
-            sips: up.sips,
-        }
+        target
     }
 
     /// A flow for an IP-literal target without asking the shell.

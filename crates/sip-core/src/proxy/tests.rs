@@ -13,7 +13,7 @@ use bytes::Bytes;
 use stg_sip_msg::{Message, Method, StatusCode};
 
 use super::flow_token::FlowTokens;
-use super::{Event, Inbound, Output, Proxy, ProxyConfig, ResolveId, SendRef, Upstream};
+use super::{Event, Inbound, Output, Proxy, ProxyConfig, ResolveId, ResolveTarget, SendRef};
 use crate::net::{ConnId, Flow, Listener, ListenerId, Side, Transport};
 use crate::transaction::TransactionConfig;
 
@@ -50,7 +50,7 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
             listener(0, Transport::Udp, Side::Outside, "127.0.0.1:5060"),
             listener(1, Transport::Tcp, Side::Inside, "10.0.0.1:5060"),
         ],
-        upstream: Upstream {
+        upstream: ResolveTarget {
             host: upstream.into(),
             port: Some(5060),
             transport,
