@@ -215,6 +215,8 @@ impl Node {
             },
             flow_key: key,
             seed: u64::from_le_bytes(seed),
+            limits: stg_sip_core::proxy::ProxyLimits::default(),
+            allowed_destinations: Vec::new(),
         }
     }
 
@@ -494,6 +496,9 @@ impl Core {
         }
         for (k, v) in &s.dropped {
             metrics::counter!("stg_sip_dropped_total", "reason" => *k).absolute(*v);
+        }
+        for (k, v) in &s.refused {
+            metrics::counter!("stg_sip_refused_total", "reason" => *k).absolute(*v);
         }
         let (c, sv) = self.proxy.transactions_alive();
         metrics::gauge!("stg_sip_transactions", "role" => "client").set(c as f64);

@@ -138,20 +138,93 @@ pub struct IpNetwork {
 }
 
 impl IpNetwork {
-    /// Whether `ip` is in this network (IPv4 and IPv6 never match each other).
+    /// Whether `ip` is in this network. Both sides are canonicalised first (an IPv4-mapped
+    /// IPv6 address `::ffff:a.b.c.d` is the IPv4 address it maps: a dual-stack socket reports
+    /// IPv4 peers that way, and a Via can name one to slip past an IPv4 network); IPv4 and
+    /// IPv6 never match each other otherwise.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
+        let net = canonical(self.addr);
+        // A mapped network address loses the 96 bits of its prefix that the mapping spent.
+        let prefix_len = match (self.addr, net) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => self.prefix_len.saturating_sub(96),
+            _ => self.prefix_len,
+        };
+        match (net, canonical(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let bits = u32::from(self.prefix_len.min(32));
+                let bits = u32::from(prefix_len.min(32));
                 let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let bits = u32::from(self.prefix_len.min(128));
+                let bits = u32::from(prefix_len.min(128));
                 let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
         }
+    }
+}
+
+/// The address a peer really has: IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes IPv4. Every
+/// comparison of addresses (networks, own addresses, per-source budgets) goes through it.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// The unit a per-source budget counts: one IPv4 address, or one IPv6 prefix of
+/// `v6_prefix_len` bits (a single host usually owns a whole /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey(IpAddr);
+
+impl SourceKey {
+    /// The budget `ip` counts against.
+    pub fn new(ip: IpAddr, v6_prefix_len: u8) -> Self {
+        match canonical(ip) {
+            IpAddr::V4(a) => Self(IpAddr::V4(a)),
+            IpAddr::V6(a) => {
+                let bits = u32::from(v6_prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                Self(IpAddr::V6((u128::from(a) & mask).into()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str, len: u8) -> IpNetwork {
+        IpNetwork {
+            addr: s.parse().unwrap(),
+            prefix_len: len,
+        }
+    }
+
+    #[test]
+    fn mapped_addresses_match_their_ipv4_network() {
+        let inside = net("10.0.0.0", 8);
+        assert!(inside.contains("10.0.0.6".parse().unwrap()));
+        assert!(inside.contains("::ffff:10.0.0.6".parse().unwrap()));
+        assert!(!inside.contains("::ffff:11.0.0.6".parse().unwrap()));
+        assert!(!inside.contains("2001:db8::1".parse().unwrap()));
+        let mapped = net("::ffff:10.0.0.0", 104);
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn source_keys_group_ipv6_by_prefix() {
+        let k = |s: &str| SourceKey::new(s.parse().unwrap(), 64);
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.1"), k("192.0.2.1"));
+        assert_ne!(k("192.0.2.1"), k("192.0.2.2"));
     }
 }

@@ -59,79 +59,165 @@ impl FlowTokens {
         Self { k0, k1 }
     }
 
-    fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
+    fn mac(&self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
         let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
-        h.write(payload);
+        for p in parts {
+            h.write(p);
+        }
         h.finish().to_le_bytes()
     }
 
     /// `flow` as lower-case hex.
     pub(crate) fn encode(&self, flow: &Flow) -> String {
-        let mut p = Vec::with_capacity(40);
-        p.push(transport_code(flow.transport));
-        p.extend_from_slice(&flow.listener.0.to_be_bytes());
-        p.extend_from_slice(&flow.conn.map_or(0, |c| c.0).to_be_bytes());
-        match flow.remote.ip() {
-            IpAddr::V4(a) => p.extend_from_slice(&a.octets()),
-            IpAddr::V6(a) => p.extend_from_slice(&a.octets()),
-        }
-        p.extend_from_slice(&flow.remote.port().to_be_bytes());
-        let mac = self.mac(&p);
+        let mut p = payload(flow);
+        let mac = self.mac(&[&p]);
         p.extend_from_slice(&mac);
-        let mut s = String::with_capacity(p.len() * 2);
-        for b in p {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        s
+        hex(&p)
     }
 
     /// The flow a token names, if the token is well-formed and its MAC checks.
     pub(crate) fn decode(&self, token: &[u8]) -> Option<Flow> {
-        if token.len() % 2 != 0 || token.len() > 2 * 64 {
+        let mut buf = [0u8; 64];
+        let p = unhex_into(token, &mut buf)?;
+        let (payload, mac) = p.split_at(p.len().checked_sub(MAC_LEN)?);
+        if self.mac(&[payload]) != mac {
             return None;
         }
-        let mut p = [0u8; 64];
-        let n = token.len() / 2;
-        for i in 0..n {
-            p[i] = (unhex(token[2 * i])? << 4) | unhex(token[2 * i + 1])?;
-        }
-        let p = &p[..n];
-        let ip_len = match n.checked_sub(1 + 2 + 8 + 2 + MAC_LEN)? {
-            4 => 4,
-            16 => 16,
-            _ => return None,
-        };
-        let (payload, mac) = p.split_at(n - MAC_LEN);
-        if self.mac(payload) != mac {
-            return None;
-        }
-        let transport = transport_from_code(payload[0])?;
-        let listener = ListenerId(u16::from_be_bytes([payload[1], payload[2]]));
-        let mut conn = [0u8; 8];
-        conn.copy_from_slice(&payload[3..11]);
-        let conn = u64::from_be_bytes(conn);
-        let ip_bytes = &payload[11..11 + ip_len];
-        let ip = if ip_len == 4 {
-            IpAddr::V4(Ipv4Addr::new(
-                ip_bytes[0],
-                ip_bytes[1],
-                ip_bytes[2],
-                ip_bytes[3],
-            ))
-        } else {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(ip_bytes);
-            IpAddr::V6(Ipv6Addr::from(o))
-        };
-        let port = u16::from_be_bytes([payload[11 + ip_len], payload[12 + ip_len]]);
-        Some(Flow {
-            listener,
-            transport,
-            remote: SocketAddr::new(ip, port),
-            conn: (conn != 0).then_some(ConnId(conn)),
-        })
+        parse_payload(payload)
     }
+
+    /// A value no outsider can predict or relate to the previous one: SipHash of a counter
+    /// under the per-process key (a PRF). Tags and branch nonces come from here, so nothing
+    /// on the wire counts stg's traffic or names the software.
+    pub(crate) fn prf(&self, counter: u64) -> u64 {
+        u64::from_le_bytes(self.mac(&[b"r", &counter.to_le_bytes()]))
+    }
+
+    /// A keyed hash of message fields, for values that must be stable across
+    /// retransmissions (a stateless To-tag or branch) yet unpredictable.
+    pub(crate) fn keyed_hash(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
+        h.write_u8(b'h');
+        for p in parts {
+            h.write(p);
+            h.write_u8(0xff);
+        }
+        h.finish()
+    }
+
+    /// A branch for a request this proxy sends (RFC 3261 §16.6 step 8):
+    /// `z9hG4bK-<loop hash>-<hex(nonce, reply flow, MAC)>`. The loop hash detects loops; the
+    /// nonce makes it unique; the reply flow and the MAC let a 2xx that arrives after its
+    /// transaction has ended (RFC 6026) go back on exactly the flow the request came from,
+    /// and nowhere a forged response would like.
+    pub(crate) fn mint_branch(&self, loop_hash: u64, nonce: u64, reply: &Flow) -> Vec<u8> {
+        let mut p = Vec::with_capacity(8 + 29 + MAC_LEN);
+        p.extend_from_slice(&nonce.to_be_bytes());
+        p.extend_from_slice(&payload(reply));
+        let mac = self.mac(&[b"b", &loop_hash.to_be_bytes(), &p]);
+        p.extend_from_slice(&mac);
+        let mut b = Vec::with_capacity(BRANCH_PREFIX.len() + 17 + 2 * p.len());
+        b.extend_from_slice(BRANCH_PREFIX);
+        push_hex_u64(&mut b, loop_hash);
+        b.push(b'-');
+        b.extend_from_slice(hex(&p).as_bytes());
+        b
+    }
+
+    /// The reply flow a branch minted by [`Self::mint_branch`] carries; `None` for any branch
+    /// this process did not mint.
+    pub(crate) fn branch_flow(&self, branch: &[u8]) -> Option<Flow> {
+        let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+        if rest.len() < 17 || rest[16] != b'-' {
+            return None;
+        }
+        let mut lh = [0u8; 8];
+        let loop_hash = unhex_into(&rest[..16], &mut lh)?;
+        let mut buf = [0u8; 8 + 29 + MAC_LEN];
+        let p = unhex_into(&rest[17..], &mut buf)?;
+        let (body, mac) = p.split_at(p.len().checked_sub(MAC_LEN)?);
+        if body.len() < 8 || self.mac(&[b"b", loop_hash, body]) != mac {
+            return None;
+        }
+        parse_payload(&body[8..])
+    }
+}
+
+/// Every branch this proxy mints starts with it (the RFC 3261 magic cookie and a dash).
+pub(crate) const BRANCH_PREFIX: &[u8] = b"z9hG4bK-";
+
+fn payload(flow: &Flow) -> Vec<u8> {
+    let mut p = Vec::with_capacity(29);
+    p.push(transport_code(flow.transport));
+    p.extend_from_slice(&flow.listener.0.to_be_bytes());
+    p.extend_from_slice(&flow.conn.map_or(0, |c| c.0).to_be_bytes());
+    match flow.remote.ip() {
+        IpAddr::V4(a) => p.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => p.extend_from_slice(&a.octets()),
+    }
+    p.extend_from_slice(&flow.remote.port().to_be_bytes());
+    p
+}
+
+fn parse_payload(payload: &[u8]) -> Option<Flow> {
+    let ip_len = match payload.len().checked_sub(1 + 2 + 8 + 2)? {
+        4 => 4,
+        16 => 16,
+        _ => return None,
+    };
+    let transport = transport_from_code(payload[0])?;
+    let listener = ListenerId(u16::from_be_bytes([payload[1], payload[2]]));
+    let mut conn = [0u8; 8];
+    conn.copy_from_slice(&payload[3..11]);
+    let conn = u64::from_be_bytes(conn);
+    let ip_bytes = &payload[11..11 + ip_len];
+    let ip = if ip_len == 4 {
+        IpAddr::V4(Ipv4Addr::new(
+            ip_bytes[0],
+            ip_bytes[1],
+            ip_bytes[2],
+            ip_bytes[3],
+        ))
+    } else {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(ip_bytes);
+        IpAddr::V6(Ipv6Addr::from(o))
+    };
+    let port = u16::from_be_bytes([payload[11 + ip_len], payload[12 + ip_len]]);
+    Some(Flow {
+        listener,
+        transport,
+        remote: SocketAddr::new(ip, port),
+        conn: (conn != 0).then_some(ConnId(conn)),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// `v` as 16 lower-case hex digits.
+pub(crate) fn push_hex_u64(out: &mut Vec<u8>, v: u64) {
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (4 * i)) & 15) as usize]);
+    }
+}
+
+/// Decodes hex into `buf`; `None` when it is not hex or does not fit.
+fn unhex_into<'a>(text: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    if text.len() % 2 != 0 || text.len() / 2 > buf.len() {
+        return None;
+    }
+    let n = text.len() / 2;
+    for i in 0..n {
+        buf[i] = (unhex(text[2 * i])? << 4) | unhex(text[2 * i + 1])?;
+    }
+    Some(&buf[..n])
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -176,5 +262,45 @@ mod tests {
         }
         assert_eq!(t.decode(b"zz"), None);
         assert_eq!(t.decode(b""), None);
+    }
+
+    #[test]
+    fn branches_carry_their_reply_flow_under_the_mac() {
+        let t = FlowTokens::new([7; 16]);
+        let flow = Flow {
+            listener: ListenerId(1),
+            transport: Transport::Tls,
+            remote: "[2001:db8::7]:40000".parse().unwrap(),
+            conn: Some(ConnId(77)),
+        };
+        let b = t.mint_branch(0xfeed, t.prf(1), &flow);
+        assert!(b.starts_with(b"z9hG4bK-000000000000feed-"));
+        assert_eq!(t.branch_flow(&b), Some(flow));
+        assert_eq!(
+            t.branch_flow(&b.to_ascii_uppercase()[..]),
+            None,
+            "cookie is case-exact"
+        );
+        // Any change (loop hash, nonce, flow, MAC) and it names nothing.
+        for i in 8..b.len() {
+            if b[i] == b'-' {
+                continue;
+            }
+            let mut forged = b.clone();
+            forged[i] = if forged[i] == b'0' { b'1' } else { b'0' };
+            assert_eq!(t.branch_flow(&forged), None, "byte {i}");
+        }
+        assert_eq!(FlowTokens::new([8; 16]).branch_flow(&b), None);
+        assert_eq!(t.branch_flow(b"z9hG4bK-dev-1"), None);
+        // A flow token is not a branch and a branch is not a flow token.
+        assert_eq!(t.decode(&b[25..]), None);
+    }
+
+    #[test]
+    fn prf_values_are_not_a_sequence() {
+        let t = FlowTokens::new([7; 16]);
+        let (a, b) = (t.prf(1), t.prf(2));
+        assert_ne!(a, b);
+        assert!(b.wrapping_sub(a) > 1 << 20 || a.wrapping_sub(b) > 1 << 20);
     }
 }

@@ -15,6 +15,18 @@
 //!   connection, so in-dialog requests reach a device only over the flow it opened.
 //! - Record-Route is added to dialog-creating requests, doubled when the two sides are
 //!   different listeners (devices on TLS outside, the PBX on TCP/UDP inside).
+//! - **Nothing is relayed that no transaction asked for.** A response that matches no client
+//!   transaction is dropped after one parse, whatever its Vias say; the one exception is a
+//!   2xx whose branch this process minted (RFC 6026), and it goes back only on the flow the
+//!   request came from, which the branch carries under a MAC.
+//! - **Bounded work per outsider.** Live server transactions are capped globally and per
+//!   source (an IPv4 address, an IPv6 /64); the proxy's own rejections are sent once per
+//!   received request, statelessly, and never larger than the request over UDP from outside
+//!   (no reflection amplification). Tags and branches come from a keyed PRF: nothing on the
+//!   wire counts stg's traffic or names it.
+//! - **Inside routing has a destination filter** ([`ProxyConfig::allowed_destinations`]):
+//!   loopback, link-local and the node's own addresses are never reached by a request whose
+//!   destination a message chose, unless the configuration names them.
 //!
 //! # Inputs and outputs
 //! [`Proxy::handle_input`] (one datagram or framed message), [`Proxy::handle_resolved`]
@@ -44,12 +56,12 @@ use stg_sip_msg::{
     Via,
 };
 
-use crate::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
+use crate::net::{canonical, Flow, IpNetwork, Listener, ListenerId, Side, SourceKey, Transport};
 use crate::transaction::{
     ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerTxId,
     TransactionConfig, Transactions, TxEvent, TxKey,
 };
-use flow_token::FlowTokens;
+use flow_token::{push_hex_u64, FlowTokens, BRANCH_PREFIX};
 
 /// Everything the proxy core needs; built once by the shell from the configuration.
 #[derive(Clone, Debug)]
@@ -74,10 +86,37 @@ pub struct ProxyConfig {
     pub flow_key: [u8; 16],
     /// Seed that makes branches and tags unique across restarts (the shell draws it).
     pub seed: u64,
+    /// Caps on what outsiders can make the core hold.
+    pub limits: ProxyLimits,
+    /// Networks a request routed by its own Route/Request-URI (from the inside) may reach.
+    /// Empty: any address but loopback, link-local, unspecified, broadcast/multicast and the
+    /// node's own listener addresses and aliases. The configured upstream is always allowed.
+    pub allowed_destinations: Vec<IpNetwork>,
+}
+
+/// Caps on the state the core keeps for others (`sip.max_transactions*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// Live server transactions, all sources together. Default 20,000.
+    pub max_transactions: usize,
+    /// Live server transactions per outside source. Default 200.
+    pub max_transactions_per_source: usize,
+    /// IPv6 sources are budgeted per prefix of this length. Default 64.
+    pub source_prefix_v6: u8,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        Self {
+            max_transactions: 20_000,
+            max_transactions_per_source: 200,
+            source_prefix_v6: 64,
+        }
+    }
 }
 
 /// A request for the shell to resolve a SIP URI's host (RFC 3263).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResolveTarget {
     /// Host name.
     pub host: String,
@@ -164,6 +203,8 @@ pub struct Stats {
     pub parse_failures: HashMap<&'static str, u64>,
     /// Messages dropped on purpose, by reason.
     pub dropped: HashMap<&'static str, u64>,
+    /// Requests refused by a limit or policy (answered where the RFC allows), by reason.
+    pub refused: HashMap<&'static str, u64>,
 }
 
 fn method_label(m: Option<Method>) -> &'static str {
@@ -236,6 +277,12 @@ struct Branch {
     cancel_pending: bool,
     /// Side of the target (decides the flow token in Record-Route).
     target_side: Side,
+    /// Who chose the destination (decides where it may be).
+    policy: DestPolicy,
+    /// Resolved addresses not tried yet, for failover on a transport error (RFC 3263 §4.3).
+    candidates: Vec<(Transport, SocketAddr)>,
+    /// No failover after this (timer B/F of the first attempt).
+    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -271,6 +318,8 @@ struct Ctx {
     server: ServerTxId,
     request: Message,
     inbound: Inbound,
+    /// Where responses go (RFC 3261 §18.2.2); minted into every branch for RFC 6026.
+    reply: Flow,
     top_via: Bytes,
     to_tag: Bytes,
     plan: Plan,
@@ -280,6 +329,8 @@ struct Ctx {
     cancelled: bool,
     timer_c: Option<Instant>,
     giving_up: bool,
+    /// Over the UDP size limit (RFC 3261 §18.1.1).
+    big: bool,
 }
 
 /// What a pending resolution is for.
@@ -294,6 +345,7 @@ enum Pending {
         plan: Plan,
         inbound: Inbound,
         target_side: Side,
+        policy: DestPolicy,
     },
 }
 
@@ -307,7 +359,13 @@ pub struct Proxy {
     by_server: HashMap<ServerTxId, u64>,
     by_client: HashMap<ClientTxId, (u64, u32)>,
     accepted: HashMap<ClientTxId, ServerTxId>,
-    pending: HashMap<ResolveId, Pending>,
+    /// Lookups in flight, each with the name asked and everything waiting for it.
+    pending: HashMap<ResolveId, (ResolveTarget, Vec<Pending>)>,
+    /// One lookup per name at a time.
+    inflight: HashMap<ResolveTarget, ResolveId>,
+    /// Live server transactions per outside source, and the source of each.
+    per_source: HashMap<SourceKey, usize>,
+    server_source: HashMap<ServerTxId, SourceKey>,
     timer_c: BTreeSet<(Instant, u64)>,
     out: VecDeque<Output>,
     next_id: u64,
@@ -315,8 +373,6 @@ pub struct Proxy {
     stats: Stats,
     draining: bool,
 }
-
-const BRANCH_PREFIX: &[u8] = b"z9hG4bK-";
 
 impl Proxy {
     /// A proxy with no state.
@@ -331,6 +387,9 @@ impl Proxy {
             by_client: HashMap::new(),
             accepted: HashMap::new(),
             pending: HashMap::new(),
+            inflight: HashMap::new(),
+            per_source: HashMap::new(),
+            server_source: HashMap::new(),
             timer_c: BTreeSet::new(),
             out: VecDeque::new(),
             next_id: 1,
@@ -412,7 +471,8 @@ impl Proxy {
             Err(e) => {
                 bump(&mut self.stats.parse_failures, e.reason());
                 let reason = StatusCode::canonical_reason(e.status());
-                let answer = error_response_for_unparsed(&bytes, e.status(), reason);
+                let answer = error_response_for_unparsed(&bytes, e.status(), reason)
+                    .filter(|a| !self.unverified(inbound) || a.len() <= bytes.len());
                 let answered = answer.is_some();
                 if let Some(bytes) = answer {
                     bump(&mut self.stats.responses_out, class_label(e.status()));
@@ -430,39 +490,36 @@ impl Proxy {
     }
 
     /// The shell's answer to an [`Output::Resolve`]: addresses in preference order, or none.
+    /// Every request that waited for the same name is served by the one answer.
     pub fn handle_resolved(
         &mut self,
         id: ResolveId,
         result: &[(Transport, SocketAddr)],
         now: Instant,
     ) {
-        let Some(p) = self.pending.remove(&id) else {
+        let Some((target, waiters)) = self.pending.remove(&id) else {
             return;
         };
-        match p {
-            Pending::Branch { ctx, branch } => {
-                let side = self
-                    .ctxs
-                    .get(&ctx)
-                    .and_then(|c| c.branches.get(branch as usize))
-                    .map(|b| b.target_side);
-                let flow = side.and_then(|s| self.pick_flow(result, s));
-                match flow {
-                    Some(flow) => self.send_branch(ctx, branch, flow, now),
-                    None => self.branch_failed(ctx, branch, StatusCode::SERVICE_UNAVAILABLE, now),
+        if self.inflight.get(&target) == Some(&id) {
+            self.inflight.remove(&target);
+        }
+        for p in waiters {
+            match p {
+                Pending::Branch { ctx, branch } => {
+                    let big = self.ctxs.get(&ctx).is_some_and(|c| c.big);
+                    let candidates = size_rule(&target, result, big);
+                    self.try_candidates(ctx, branch, candidates, now);
                 }
-            }
-            Pending::Stateless {
-                request,
-                plan,
-                inbound,
-                target_side,
-            } => {
-                if let Some(flow) = self.pick_flow(result, target_side) {
-                    self.send_stateless(&request, &plan, inbound, flow);
-                } else {
-                    bump(&mut self.stats.dropped, "unresolvable");
-                }
+                Pending::Stateless {
+                    request,
+                    plan,
+                    inbound,
+                    target_side,
+                    policy,
+                } => match self.choose(result, target_side, policy) {
+                    Ok((flow, _)) => self.send_stateless(&request, &plan, inbound, flow),
+                    Err(_) => self.stats_drop("unresolvable"),
+                },
             }
         }
         self.pump(now);
@@ -490,19 +547,13 @@ impl Proxy {
         let Some(top) = m.top_via() else {
             return;
         };
-        let branch = top.branch().unwrap_or(b"");
-        if branch == b"z9hG4bK" {
+        if top.branch() == Some(b"z9hG4bK") {
             // RFC 4475 §3.2.1: the magic cookie alone identifies nothing.
-            self.stateless_reply(
-                &m,
-                inbound,
-                StatusCode::BAD_REQUEST,
-                Some("Missing Transaction Identifier"),
-                &[],
-            );
+            let r =
+                Rejection::new(StatusCode::BAD_REQUEST).reason("Missing Transaction Identifier");
+            self.reject(&m, &top, inbound, r);
             return;
         }
-        let top_via = self.fixed_top_via(&top, inbound.flow.remote);
         let key = self.server_key(&m, &top, inbound.flow.remote);
         let method = m.method().unwrap_or(Method::Extension);
         let reliable = inbound.flow.transport.is_reliable();
@@ -517,16 +568,29 @@ impl Proxy {
                     self.tx
                         .handle_request(invite_key, RequestKind::Ack, reliable, reply, now)
                 {
-                    self.forward_stateless(inbound, m);
+                    // The ACK of a rejection stg sent statelessly carries its To-tag: it ends
+                    // here (RFC 3261 §17.2.1, hop by hop).
+                    if m.to_tag() == Some(&self.stateless_tag(&m, &top)[..]) {
+                        return;
+                    }
+                    self.forward_stateless(inbound, m, now);
                 }
             }
             Method::Cancel => {
+                if self.tx.find_server(&key).is_none() {
+                    if let Err(r) = self.admit(inbound) {
+                        self.reject(&m, &top, inbound, r);
+                        return;
+                    }
+                }
                 let ServerMatch::New(id) =
                     self.tx
                         .handle_request(key.clone(), RequestKind::Cancel, reliable, reply, now)
                 else {
                     return;
                 };
+                self.count_server(id, inbound);
+                let top_via = self.fixed_top_via(&top, inbound.flow.remote);
                 let invite = self
                     .tx
                     .find_server(&key.with_method(Bytes::from_static(b"INVITE")))
@@ -559,64 +623,62 @@ impl Proxy {
                 } else {
                     RequestKind::Other
                 };
+                // A retransmission goes to its transaction; a new request is checked first,
+                // so that a rejection costs no state and is sent once per request received.
+                let routing = if self.tx.find_server(&key).is_some() {
+                    None
+                } else {
+                    let checked = self
+                        .check_request(&m)
+                        .and_then(|r| self.admit(inbound).map(|()| r));
+                    match checked {
+                        Ok(r) => Some(r),
+                        Err(r) => {
+                            self.reject(&m, &top, inbound, r);
+                            return;
+                        }
+                    }
+                };
                 let ServerMatch::New(id) = self.tx.handle_request(key, kind, reliable, reply, now)
                 else {
                     return;
                 };
-                self.new_request(id, inbound, m, top_via, now);
+                let Some(routing) = routing else {
+                    // find_server saw no transaction, so handle_request made a new one.
+                    debug_assert!(false, "new server transaction for a known key");
+                    self.stats_drop("bug_new_retransmission");
+                    return;
+                };
+                self.count_server(id, inbound);
+                let top_via = self.fixed_top_via(&top, inbound.flow.remote);
+                self.new_request(id, inbound, reply.flow, m, top_via, routing, now);
             }
         }
     }
 
-    /// RFC 3261 §16.3 checks, then routing, for a request with a fresh server transaction.
-    fn new_request(
-        &mut self,
-        id: ServerTxId,
-        inbound: Inbound,
-        m: Message,
-        top_via: Bytes,
-        now: Instant,
-    ) {
-        let tag = self.new_tag();
-        let reject =
-            |this: &mut Self, status: StatusCode, reason: Option<&str>, extra: &[(&str, &[u8])]| {
-                let resp = m.response(status, reason, Some(&tag), Some(&top_via), extra);
-                this.respond(id, status, resp, now);
-            };
-        let (pop_routes, route_flow) = self.own_routes(&m);
+    /// RFC 3261 §16.3 checks and the requests the node answers itself; what routing needs
+    /// from the request if it is to be forwarded.
+    fn check_request(&self, m: &Message) -> Result<Routing, Rejection> {
+        let (pop_routes, route_flow) = self.own_routes(m);
         let foreign_route = m.routes().nth(pop_routes).is_some();
         let uri = m.request_uri();
         // A request for the node itself: HAProxy and monitoring health checks.
         if m.method() == Some(Method::Options) && !foreign_route {
             if let Some(Uri::Sip(u)) = &uri {
-                if u.user.is_none() && self.is_local(u) && self.draining {
-                    // A balancer's health check must see the node going away.
-                    reject(
-                        self,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Some("Draining"),
-                        &[("Retry-After", b"5")],
-                    );
-                    return;
-                }
                 if u.user.is_none() && self.is_local(u) {
-                    reject(self, StatusCode::OK, None, &[
-                        ("Allow", b"INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"),
-                        ("Accept", b"application/sdp"),
-                    ]);
-                    return;
+                    if self.draining {
+                        // A balancer's health check must see the node going away.
+                        return Err(Rejection::draining());
+                    }
+                    return Err(Rejection::new(StatusCode::OK)
+                        .header("Allow", b"INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK")
+                        .header("Accept", b"application/sdp"));
                 }
             }
         }
         // In-dialog requests (a BYE ending a call) still pass while draining.
         if self.draining && m.to_tag().is_none() {
-            reject(
-                self,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("Draining"),
-                &[("Retry-After", b"5")],
-            );
-            return;
+            return Err(Rejection::draining());
         }
         let scheme_ok = match &uri {
             Some(Uri::Sip(_)) => true,
@@ -624,35 +686,89 @@ impl Proxy {
             _ => false,
         };
         if !scheme_ok {
-            reject(self, StatusCode::UNSUPPORTED_URI_SCHEME, None, &[]);
-            return;
+            return Err(Rejection::new(StatusCode::UNSUPPORTED_URI_SCHEME));
         }
         if m.max_forwards() == Some(0) {
-            reject(self, StatusCode::TOO_MANY_HOPS, None, &[]);
-            return;
+            return Err(Rejection::new(StatusCode::TOO_MANY_HOPS));
         }
-        let loop_hash = loop_hash(&m);
-        if self.is_loop(&m, loop_hash) {
-            reject(self, StatusCode::LOOP_DETECTED, None, &[]);
-            return;
+        let loop_hash = loop_hash(m);
+        if self.is_loop(m, loop_hash) {
+            return Err(Rejection::new(StatusCode::LOOP_DETECTED));
         }
-        let unsupported: Vec<&[u8]> = m.option_tags(HeaderName::ProxyRequire).collect();
-        if !unsupported.is_empty() {
-            let list = unsupported.join(&b", "[..]);
-            reject(
-                self,
-                StatusCode::BAD_EXTENSION,
-                None,
-                &[("Unsupported", &list)],
+        let mut unsupported = m.option_tags(HeaderName::ProxyRequire).peekable();
+        if unsupported.peek().is_some() {
+            let list = unsupported.collect::<Vec<&[u8]>>().join(&b", "[..]);
+            return Err(Rejection::new(StatusCode::BAD_EXTENSION).header("Unsupported", &list));
+        }
+        Ok(Routing {
+            pop_routes,
+            route_flow,
+            loop_hash,
+        })
+    }
+
+    /// Whether a new server transaction from this source fits the budgets.
+    fn admit(&mut self, inbound: Inbound) -> Result<(), Rejection> {
+        let limits = self.config.limits;
+        let refuse = |this: &mut Self, reason: &'static str| {
+            bump(&mut this.stats.refused, reason);
+            Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE).header("Retry-After", b"5"))
+        };
+        if self.tx.alive().1 >= limits.max_transactions {
+            return refuse(self, "transactions");
+        }
+        if inbound.side == Side::Outside {
+            let k = SourceKey::new(inbound.flow.remote.ip(), limits.source_prefix_v6);
+            if self.per_source.get(&k).copied().unwrap_or(0) >= limits.max_transactions_per_source {
+                return refuse(self, "transactions_per_source");
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges a new server transaction to its source until it ends.
+    fn count_server(&mut self, id: ServerTxId, inbound: Inbound) {
+        if inbound.side == Side::Outside {
+            let k = SourceKey::new(
+                inbound.flow.remote.ip(),
+                self.config.limits.source_prefix_v6,
             );
-            return;
+            *self.per_source.entry(k).or_default() += 1;
+            self.server_source.insert(id, k);
         }
+    }
+
+    fn uncount_server(&mut self, id: ServerTxId) {
+        let Some(k) = self.server_source.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_source.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&k);
+            }
+        }
+    }
+
+    /// Routing for a request with a fresh server transaction that passed the checks.
+    #[allow(clippy::too_many_arguments)]
+    fn new_request(
+        &mut self,
+        id: ServerTxId,
+        inbound: Inbound,
+        reply: Flow,
+        m: Message,
+        top_via: Bytes,
+        routing: Routing,
+        now: Instant,
+    ) {
+        let tag = self.new_tag();
         if m.method() == Some(Method::Invite) {
             let trying = m.response(StatusCode::TRYING, None, None, Some(&top_via), &[]);
             self.respond(id, StatusCode::TRYING, trying, now);
         }
         let mut plan = Plan {
-            pop_routes,
+            pop_routes: routing.pop_routes,
             record_route: m.to_tag().is_none()
                 && matches!(
                     m.method(),
@@ -662,18 +778,19 @@ impl Proxy {
             append_route: None,
             remove_last_route: false,
             max_forwards: m.max_forwards().map_or(70, |n| n - 1),
-            loop_hash,
+            loop_hash: routing.loop_hash,
         };
-        let target = self.route_request(&m, inbound, &mut plan, route_flow);
+        let target = self.route_request(&m, inbound, &mut plan, routing.route_flow);
         let ctx_id = self.next_id;
         self.next_id += 1;
-        let target_side = match &target {
-            Target::Flow(_) => Side::Outside,
-            Target::Resolve(_, side) => *side,
+        let (target_side, policy) = match &target {
+            Target::Flow(_) => (Side::Outside, DestPolicy::Upstream),
+            Target::Resolve(_, side, policy) => (*side, *policy),
         };
         let ctx = Ctx {
             server: id,
             inbound,
+            reply,
             top_via,
             to_tag: Bytes::from(tag),
             plan,
@@ -684,35 +801,155 @@ impl Proxy {
                 provisional: false,
                 cancel_pending: false,
                 target_side,
+                policy,
+                candidates: Vec::new(),
+                deadline: now + 64 * self.tx.config().t1,
             }],
             best: None,
             final_sent: false,
             cancelled: false,
             timer_c: None,
             giving_up: false,
+            big: m.raw().len() > UDP_SIZE_LIMIT,
             request: m,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
         match target {
             Target::Flow(flow) => self.send_branch(ctx_id, 0, flow, now),
-            Target::Resolve(t, _) => {
-                if let Some(flow) = self.literal_flow(&t, target_side) {
-                    self.send_branch(ctx_id, 0, flow, now);
-                } else {
-                    let rid = ResolveId(self.next_id);
-                    self.next_id += 1;
-                    self.pending.insert(
-                        rid,
-                        Pending::Branch {
-                            ctx: ctx_id,
-                            branch: 0,
-                        },
-                    );
-                    self.out.push_back(Output::Resolve { id: rid, target: t });
+            Target::Resolve(t, _, _) => match literal_candidates(&t, self.ctxs[&ctx_id].big) {
+                Some(candidates) => self.try_candidates(ctx_id, 0, candidates, now),
+                None => self.resolve(
+                    t,
+                    Pending::Branch {
+                        ctx: ctx_id,
+                        branch: 0,
+                    },
+                    now,
+                ),
+            },
+        }
+    }
+
+    /// Asks the shell to resolve `target` for `waiter`; one lookup per name at a time.
+    fn resolve(&mut self, target: ResolveTarget, waiter: Pending, now: Instant) {
+        if let Some(id) = self.inflight.get(&target).copied() {
+            if let Some((_, waiters)) = self.pending.get_mut(&id) {
+                if waiters.len() < MAX_RESOLVE_WAITERS {
+                    waiters.push(waiter);
+                    return;
                 }
+                bump(&mut self.stats.refused, "resolve_waiters");
+                match waiter {
+                    Pending::Branch { ctx, branch } => {
+                        self.branch_failed(ctx, branch, StatusCode::SERVICE_UNAVAILABLE, now);
+                    }
+                    Pending::Stateless { .. } => self.stats_drop("unresolvable"),
+                }
+                return;
             }
         }
+        let id = ResolveId(self.next_id);
+        self.next_id += 1;
+        self.inflight.insert(target.clone(), id);
+        self.pending.insert(id, (target.clone(), vec![waiter]));
+        self.out.push_back(Output::Resolve { id, target });
+    }
+
+    /// Sends branch `b` to the first usable, allowed candidate; keeps the rest for failover
+    /// (RFC 3263 §4.3). No usable candidate: 403 when the policy refused them, else 503.
+    fn try_candidates(
+        &mut self,
+        ctx_id: u64,
+        b: u32,
+        candidates: Vec<(Transport, SocketAddr)>,
+        now: Instant,
+    ) {
+        let Some(br) = self
+            .ctxs
+            .get(&ctx_id)
+            .and_then(|c| c.branches.get(b as usize))
+        else {
+            return;
+        };
+        let (side, policy) = (br.target_side, br.policy);
+        match self.choose(&candidates, side, policy) {
+            Ok((flow, rest)) => {
+                let rest = candidates[rest..].to_vec();
+                if let Some(br) = self
+                    .ctxs
+                    .get_mut(&ctx_id)
+                    .and_then(|c| c.branches.get_mut(b as usize))
+                {
+                    br.candidates = rest;
+                }
+                self.send_branch(ctx_id, b, flow, now);
+            }
+            Err(status) => self.branch_failed(ctx_id, b, status, now),
+        }
+    }
+
+    /// The first candidate that is usable, allowed by `policy` and has a listener, and the
+    /// index of the candidates after it.
+    fn choose(
+        &mut self,
+        candidates: &[(Transport, SocketAddr)],
+        side: Side,
+        policy: DestPolicy,
+    ) -> Result<(Flow, usize), StatusCode> {
+        let mut forbidden = false;
+        for (i, &(transport, remote)) in candidates.iter().enumerate() {
+            let remote = SocketAddr::new(canonical(remote.ip()), remote.port());
+            if is_unusable(remote.ip()) {
+                continue;
+            }
+            if !self.destination_allowed(remote.ip(), policy) {
+                forbidden = true;
+                continue;
+            }
+            if let Some(flow) = self.pick_flow(transport, remote, side) {
+                return Ok((flow, i + 1));
+            }
+        }
+        if forbidden {
+            bump(&mut self.stats.refused, "destination");
+            Err(StatusCode::FORBIDDEN)
+        } else {
+            Err(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+
+    /// Whether a request may be sent to `ip` (already canonical).
+    fn destination_allowed(&self, ip: IpAddr, policy: DestPolicy) -> bool {
+        if policy == DestPolicy::Upstream {
+            return true;
+        }
+        if !self.config.allowed_destinations.is_empty() {
+            return self
+                .config
+                .allowed_destinations
+                .iter()
+                .any(|n| n.contains(ip));
+        }
+        let special = match ip {
+            IpAddr::V4(a) => a.is_loopback() || a.is_link_local() || a.octets()[0] == 0,
+            // fe80::/10 link-local; ::1 loopback.
+            IpAddr::V6(a) => a.is_loopback() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        !special && !self.is_own_addr(ip)
+    }
+
+    /// The node's own addresses: its listeners' (when bound to one) and its IP aliases.
+    fn is_own_addr(&self, ip: IpAddr) -> bool {
+        self.config
+            .listeners
+            .iter()
+            .any(|l| canonical(l.local.ip()) == ip)
+            || self
+                .config
+                .aliases
+                .iter()
+                .any(|a| a.parse::<IpAddr>().is_ok_and(|x| canonical(x) == ip))
     }
 
     /// The one place a request's next hop is chosen.
@@ -724,7 +961,11 @@ impl Proxy {
         route_flow: Option<Flow>,
     ) -> Target {
         if inbound.side == Side::Outside {
-            return Target::Resolve(self.upstream_target(inbound.flow.transport), Side::Inside);
+            return Target::Resolve(
+                self.config.upstream.clone(),
+                Side::Inside,
+                DestPolicy::Upstream,
+            );
         }
         if let Some(flow) = route_flow {
             return Target::Flow(flow);
@@ -756,49 +997,28 @@ impl Proxy {
                 sips: false,
             },
         };
-        Target::Resolve(target, Side::Outside)
-    }
-
-    fn upstream_target(&self, inbound: Transport) -> ResolveTarget {
-        let mut target = self.config.upstream.clone();
-        target.transport = target.transport.or(Some(match inbound {
-            Transport::Ws => Transport::Tcp,
-            Transport::Wss => Transport::Tls,
-            t => t,
-        }));
-        target
-    }
-
-    /// A flow for an IP-literal target without asking the shell.
-    fn literal_flow(&self, t: &ResolveTarget, side: Side) -> Option<Flow> {
-        let h = t.host.trim_start_matches('[').trim_end_matches(']');
-        let ip: IpAddr = h.parse().ok()?;
-        let transport = t.transport.unwrap_or(if t.sips {
-            Transport::Tls
+        let policy = if target == self.config.upstream {
+            DestPolicy::Upstream
         } else {
-            Transport::Udp
-        });
-        let port = t.port.unwrap_or(transport.default_port());
-        self.pick_flow(&[(transport, SocketAddr::new(ip, port))], side)
+            DestPolicy::Chosen
+        };
+        Target::Resolve(target, Side::Outside, policy)
     }
 
-    fn pick_flow(&self, addrs: &[(Transport, SocketAddr)], side: Side) -> Option<Flow> {
-        addrs.iter().find_map(|&(transport, remote)| {
-            if is_unusable(remote.ip()) {
-                return None;
-            }
-            let l = self
-                .config
-                .listeners
-                .iter()
-                .filter(|l| l.transport == transport)
-                .max_by_key(|l| (l.side == side, l.local.is_ipv4() == remote.is_ipv4()))?;
-            Some(Flow {
-                listener: l.id,
-                transport,
-                remote,
-                conn: None,
-            })
+    /// A listener to reach `remote` over `transport` from, preferring `side` and the
+    /// address family of the remote.
+    fn pick_flow(&self, transport: Transport, remote: SocketAddr, side: Side) -> Option<Flow> {
+        let l = self
+            .config
+            .listeners
+            .iter()
+            .filter(|l| l.transport == transport)
+            .max_by_key(|l| (l.side == side, l.local.is_ipv4() == remote.is_ipv4()))?;
+        Some(Flow {
+            listener: l.id,
+            transport,
+            remote,
+            conn: None,
         })
     }
 
@@ -816,8 +1036,8 @@ impl Proxy {
             self.branch_failed(ctx_id, b, StatusCode::SERVICE_UNAVAILABLE, now);
             return;
         };
-        let loop_hash = ctx.plan.loop_hash;
-        let branch = self.new_branch(loop_hash);
+        let (loop_hash, reply) = (ctx.plan.loop_hash, ctx.reply);
+        let branch = self.new_branch(loop_hash, &reply);
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
@@ -929,7 +1149,7 @@ impl Proxy {
     }
 
     /// ACK for a 2xx, and other requests that are routed without a transaction.
-    fn forward_stateless(&mut self, inbound: Inbound, m: Message) {
+    fn forward_stateless(&mut self, inbound: Inbound, m: Message, now: Instant) {
         let (pop_routes, route_flow) = self.own_routes(&m);
         let mut plan = Plan {
             pop_routes,
@@ -949,22 +1169,22 @@ impl Proxy {
         };
         match self.route_request(&m, inbound, &mut plan, route_flow) {
             Target::Flow(flow) => self.send_stateless(&m, &plan, inbound, flow),
-            Target::Resolve(t, side) => match self.literal_flow(&t, side) {
-                Some(flow) => self.send_stateless(&m, &plan, inbound, flow),
-                None => {
-                    let rid = ResolveId(self.next_id);
-                    self.next_id += 1;
-                    self.pending.insert(
-                        rid,
-                        Pending::Stateless {
-                            request: Box::new(m),
-                            plan,
-                            inbound,
-                            target_side: side,
-                        },
-                    );
-                    self.out.push_back(Output::Resolve { id: rid, target: t });
-                }
+            Target::Resolve(t, side, policy) => match literal_candidates(&t, false) {
+                Some(candidates) => match self.choose(&candidates, side, policy) {
+                    Ok((flow, _)) => self.send_stateless(&m, &plan, inbound, flow),
+                    Err(_) => self.stats_drop("unresolvable"),
+                },
+                None => self.resolve(
+                    t,
+                    Pending::Stateless {
+                        request: Box::new(m),
+                        plan,
+                        inbound,
+                        target_side: side,
+                        policy,
+                    },
+                    now,
+                ),
             },
         }
     }
@@ -975,15 +1195,20 @@ impl Proxy {
         };
         let top = m.top_via();
         let top_via = top.map(|t| self.fixed_top_via(&t, inbound.flow.remote));
-        // A stateless hop's branch must be the same for retransmissions (RFC 3261 §16.11).
-        let branch = format!(
-            "z9hG4bK-{:016x}-a{:x}",
-            plan.loop_hash,
-            stable_hash(&[
+        // A stateless hop's branch must be the same for retransmissions (RFC 3261 §16.11),
+        // and as unpredictable as a stateful one.
+        let mut branch = Vec::with_capacity(48);
+        branch.extend_from_slice(BRANCH_PREFIX);
+        push_hex_u64(&mut branch, plan.loop_hash);
+        branch.push(b'-');
+        push_hex_u64(
+            &mut branch,
+            self.tokens.keyed_hash(&[
                 top.and_then(|t| t.branch()).unwrap_or(b""),
-                m.method_bytes()
-            ])
+                m.method_bytes(),
+            ]),
         );
+        let branch = String::from_utf8_lossy(&branch);
         let via = format!(
             "SIP/2.0/{} {};branch={}",
             flow.transport.via_token(),
@@ -1051,58 +1276,24 @@ impl Proxy {
                 self.branch_response(ctx_id, b, m, now);
             }
             ClientMatch::Absorbed => {}
-            // RFC 3261 §16.7: a response matching no transaction is forwarded by its next Via,
-            // statelessly. From outside it may only go back outside: relaying it inwards would
-            // let anyone make stg write bytes of their choosing to inside hosts.
-            _ => self.forward_response_stateless(inbound, &m),
+            _ => self.stray_response(inbound, &m, &top, status),
         }
     }
 
-    fn forward_response_stateless(&mut self, inbound: Inbound, m: &Message) {
-        let Some(next) = m.vias().nth(1) else {
-            self.drop(inbound, "no_next_via");
-            return;
-        };
-        let Some(transport) = Transport::from_token(next.transport) else {
-            self.drop(inbound, "next_via_transport");
-            return;
-        };
-        let ip = next.received().or_else(|| next.host.ip());
-        let Some(ip) = ip else {
-            self.drop(inbound, "next_via_unresolvable");
-            return;
-        };
-        if is_unusable(ip) {
-            self.drop(inbound, "next_via_broadcast");
-            return;
+    /// A response that matches no transaction. RFC 3261 §16.7 would forward it by its next
+    /// Via; at an edge that makes stg a relay to anywhere a forged Via names (a loopback
+    /// Redis, an inside host, another device's TLS session) and a loop through itself. The
+    /// one legitimate case is a 2xx retransmitted after its transaction ended (RFC 6026):
+    /// its branch is one stg minted, and it goes back on the flow that branch carries.
+    fn stray_response(&mut self, inbound: Inbound, m: &Message, top: &Via<'_>, status: StatusCode) {
+        if status.is_success() && m.via_count() >= 2 {
+            if let Some(flow) = top.branch().and_then(|b| self.tokens.branch_flow(b)) {
+                bump(&mut self.stats.responses_out, class_label(status));
+                self.transmit(flow, m.forward_response());
+                return;
+            }
         }
-        let port = next
-            .rport()
-            .flatten()
-            .or(next.port)
-            .unwrap_or(transport.default_port());
-        let from_outside = inbound.side == Side::Outside;
-        if from_outside && self.is_inside_addr(ip) {
-            self.drop(inbound, "stray_from_outside_to_inside");
-            return;
-        }
-        let Some(flow) = self.pick_flow(&[(transport, SocketAddr::new(ip, port))], Side::Outside)
-        else {
-            self.drop(inbound, "no_listener");
-            return;
-        };
-        if from_outside
-            && self
-                .listener(flow.listener)
-                .is_some_and(|l| l.side == Side::Inside)
-        {
-            self.drop(inbound, "stray_from_outside_to_inside");
-            return;
-        }
-        if let Some(s) = m.status() {
-            bump(&mut self.stats.responses_out, class_label(s));
-        }
-        self.transmit(flow, m.forward_response());
+        self.drop(inbound, "stray_response");
     }
 
     /// RFC 3261 §16.7 for one branch's response.
@@ -1287,6 +1478,27 @@ impl Proxy {
         }
     }
 
+    /// A transport error on branch `b`: the next resolved candidate, if any is left and
+    /// the first attempt's timer B/F has not run out (RFC 3263 §4.3); else a 503.
+    fn failover(&mut self, ctx_id: u64, b: u32, now: Instant) {
+        let next = self
+            .ctxs
+            .get_mut(&ctx_id)
+            .filter(|c| !c.cancelled)
+            .and_then(|c| c.branches.get_mut(b as usize))
+            .filter(|br| now < br.deadline && !br.candidates.is_empty())
+            .map(|br| {
+                br.state = BranchState::Resolving;
+                std::mem::take(&mut br.candidates)
+            });
+        match next {
+            Some(candidates) => {
+                self.try_candidates(ctx_id, b, candidates, now);
+            }
+            None => self.branch_failed(ctx_id, b, StatusCode::SERVICE_UNAVAILABLE, now),
+        }
+    }
+
     // === CANCEL ===
 
     fn cancel_ctx(&mut self, ctx_id: u64, now: Instant) {
@@ -1414,7 +1626,7 @@ impl Proxy {
             }
             TxEvent::ClientTransportError(id) => {
                 if let Some(&(ctx, b)) = self.by_client.get(&id) {
-                    self.branch_failed(ctx, b, StatusCode::SERVICE_UNAVAILABLE, now);
+                    self.failover(ctx, b, now);
                 }
             }
             TxEvent::ClientTerminated(id) => {
@@ -1422,6 +1634,7 @@ impl Proxy {
                 self.accepted.remove(&id);
             }
             TxEvent::ServerTerminated(id) => {
+                self.uncount_server(id);
                 // A context whose server transaction is gone cannot answer anymore.
                 if let Some(ctx) = self.by_server.get(&id).copied() {
                     if let Some(c) = self.ctxs.get_mut(&ctx) {
@@ -1451,18 +1664,43 @@ impl Proxy {
         }
     }
 
-    fn stateless_reply(
-        &mut self,
-        m: &Message,
-        inbound: Inbound,
-        status: StatusCode,
-        reason: Option<&str>,
-        extra: &[(&str, &[u8])],
-    ) {
-        let tag = self.new_tag();
-        let resp = m.response(status, reason, Some(&tag), None, extra);
-        bump(&mut self.stats.responses_out, class_label(status));
-        self.transmit(inbound.flow, resp);
+    /// The proxy's own answer to a request it takes no state for: sent once per request
+    /// received, never retransmitted, with a To-tag that is the same for retransmissions of
+    /// the request (RFC 3261 §8.2.6.2) yet unpredictable. Over UDP from outside the source may
+    /// be spoofed: an answer larger than the request is not sent (no amplification).
+    fn reject(&mut self, m: &Message, top: &Via<'_>, inbound: Inbound, r: Rejection) {
+        let top_via = self.fixed_top_via(top, inbound.flow.remote);
+        let tag = self.stateless_tag(m, top);
+        let extra: Vec<(&str, &[u8])> = r.extra.iter().map(|(n, v)| (*n, &v[..])).collect();
+        let resp = m.response(r.status, r.reason, Some(&tag), Some(&top_via), &extra);
+        if self.unverified(inbound) && resp.len() > m.raw().len() {
+            self.drop(inbound, "amplification");
+            return;
+        }
+        bump(&mut self.stats.responses_out, class_label(r.status));
+        let flow = self.reply_flow(top, inbound);
+        self.transmit(flow, resp);
+    }
+
+    /// The To-tag of a stateless answer: the same for every retransmission of the request and
+    /// for its ACK, unpredictable to anyone else.
+    fn stateless_tag(&self, m: &Message, top: &Via<'_>) -> Vec<u8> {
+        let mut tag = Vec::with_capacity(16);
+        push_hex_u64(
+            &mut tag,
+            self.tokens.keyed_hash(&[
+                m.from_tag().unwrap_or(b""),
+                m.call_id(),
+                &m.cseq().to_be_bytes(),
+                top.branch().unwrap_or(b""),
+            ]),
+        );
+        tag
+    }
+
+    /// A UDP source on the outside: its address may be forged.
+    fn unverified(&self, inbound: Inbound) -> bool {
+        inbound.side == Side::Outside && inbound.flow.transport == Transport::Udp
     }
 
     fn transmit(&mut self, flow: Flow, bytes: Bytes) {
@@ -1595,24 +1833,6 @@ impl Proxy {
             .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
     }
 
-    /// Addresses on the inside: trusted networks, the upstream, inside listeners.
-    fn is_inside_addr(&self, ip: IpAddr) -> bool {
-        self.config.inside_networks.iter().any(|n| n.contains(ip))
-            || self
-                .config
-                .upstream
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                == Ok(ip)
-            || self
-                .config
-                .listeners
-                .iter()
-                .any(|l| l.side == Side::Inside && l.local.ip() == ip)
-    }
-
     fn is_our_via(&self, v: &Via<'_>) -> bool {
         let port = v.port;
         self.config.listeners.iter().any(|l| {
@@ -1623,29 +1843,133 @@ impl Proxy {
     }
 
     fn is_loop(&self, m: &Message, hash: u64) -> bool {
-        let prefix = format!("z9hG4bK-{hash:016x}-");
-        m.vias().any(|v| {
-            self.is_our_via(&v) && v.branch().is_some_and(|b| b.starts_with(prefix.as_bytes()))
-        })
+        let mut prefix = Vec::with_capacity(BRANCH_PREFIX.len() + 17);
+        prefix.extend_from_slice(BRANCH_PREFIX);
+        push_hex_u64(&mut prefix, hash);
+        prefix.push(b'-');
+        m.vias()
+            .any(|v| self.is_our_via(&v) && v.branch().is_some_and(|b| b.starts_with(&prefix)))
     }
 
-    fn new_branch(&mut self, loop_hash: u64) -> Vec<u8> {
+    fn new_branch(&mut self, loop_hash: u64, reply: &Flow) -> Vec<u8> {
         self.counter = self.counter.wrapping_add(1);
-        let mut b = Vec::with_capacity(48);
-        b.extend_from_slice(BRANCH_PREFIX);
-        b.extend_from_slice(format!("{loop_hash:016x}-{:x}", self.counter).as_bytes());
-        b
+        let nonce = self.tokens.prf(self.counter);
+        self.tokens.mint_branch(loop_hash, nonce, reply)
     }
 
+    /// A To-tag: 64 bits from the PRF, as hex.
     fn new_tag(&mut self) -> Vec<u8> {
         self.counter = self.counter.wrapping_add(1);
-        format!("stg{:x}", self.counter).into_bytes()
+        let mut t = Vec::with_capacity(16);
+        push_hex_u64(&mut t, self.tokens.prf(self.counter));
+        t
     }
 }
 
 enum Target {
     Flow(Flow),
-    Resolve(ResolveTarget, Side),
+    Resolve(ResolveTarget, Side, DestPolicy),
+}
+
+/// Who chose a destination, which decides where it may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DestPolicy {
+    /// The configuration (the upstream) or a flow token: anywhere usable.
+    Upstream,
+    /// A message (Route, Request-URI): only where [`ProxyConfig::allowed_destinations`]
+    /// lets it.
+    Chosen,
+}
+
+/// What routing needs from a request that passed the checks.
+struct Routing {
+    pop_routes: usize,
+    route_flow: Option<Flow>,
+    loop_hash: u64,
+}
+
+/// An answer the proxy gives itself, statelessly.
+struct Rejection {
+    status: StatusCode,
+    reason: Option<&'static str>,
+    extra: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Rejection {
+    fn new(status: StatusCode) -> Self {
+        Self {
+            status,
+            reason: None,
+            extra: Vec::new(),
+        }
+    }
+
+    fn draining() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE)
+            .reason("Draining")
+            .header("Retry-After", b"5")
+    }
+
+    fn reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: &[u8]) -> Self {
+        self.extra.push((name, value.to_vec()));
+        self
+    }
+}
+
+/// RFC 3261 §18.1.1: a request larger than this (with no known path MTU) goes over a
+/// congestion-controlled transport.
+const UDP_SIZE_LIMIT: usize = 1300;
+
+/// Requests that may wait for one DNS answer; beyond it they fail at once (a DNS outage
+/// must not turn into unbounded memory).
+const MAX_RESOLVE_WAITERS: usize = 1024;
+
+/// Candidates for a target with an IP-literal host, without asking the shell (RFC 3263
+/// §4.1, §4.2): the given transport; else TLS for `sips:`; else UDP, or TCP first when the
+/// request is too big for UDP (RFC 3261 §18.1.1, with UDP as the fallback it allows).
+fn literal_candidates(t: &ResolveTarget, big: bool) -> Option<Vec<(Transport, SocketAddr)>> {
+    let h = t.host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = h.parse().ok()?;
+    let transports: &[Transport] = match (t.transport, t.sips, big) {
+        (Some(tr), _, _) => {
+            let port = t.port.unwrap_or(tr.default_port());
+            return Some(vec![(tr, SocketAddr::new(ip, port))]);
+        }
+        (None, true, _) => &[Transport::Tls],
+        (None, false, true) => &[Transport::Tcp, Transport::Udp],
+        (None, false, false) => &[Transport::Udp],
+    };
+    Some(
+        transports
+            .iter()
+            .map(|&tr| (tr, SocketAddr::new(ip, t.port.unwrap_or(tr.default_port()))))
+            .collect(),
+    )
+}
+
+/// RFC 3261 §18.1.1 on resolved candidates: when the target named no transport and the
+/// request is too big for UDP, each UDP address is tried over TCP first.
+fn size_rule(
+    t: &ResolveTarget,
+    result: &[(Transport, SocketAddr)],
+    big: bool,
+) -> Vec<(Transport, SocketAddr)> {
+    if !big || t.transport.is_some() {
+        return result.to_vec();
+    }
+    let mut out = Vec::with_capacity(result.len() * 2);
+    for &(tr, a) in result {
+        if tr == Transport::Udp {
+            out.push((Transport::Tcp, a));
+        }
+        out.push((tr, a));
+    }
+    out
 }
 
 fn uri_target(u: &SipUri<'_>) -> ResolveTarget {

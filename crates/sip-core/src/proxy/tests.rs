@@ -66,6 +66,8 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
         transactions: TransactionConfig::default(),
         flow_key: [7; 16],
         seed: 1,
+        limits: super::ProxyLimits::default(),
+        allowed_destinations: Vec::new(),
     }
 }
 
@@ -393,6 +395,15 @@ impl Req {
             headers: Vec::new(),
             ..self.clone()
         }
+    }
+
+    /// The headers a real device adds (what makes a request larger than the proxy's own
+    /// answer to it, which the amplification rule requires over UDP from outside).
+    fn realistic(self) -> Self {
+        self.header("Contact: <sip:alice@192.168.1.10:5060;transport=udp>;+sip.instance=\"<urn:uuid:0b8bd3c2-6b7e-4a59-9c9e-1f6c2d1e7a11>\"")
+            .header("User-Agent: LinphoneAndroid/5.2.0 (SM-A525F) LinphoneSDK/5.3.0")
+            .header("Allow: INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, NOTIFY, MESSAGE, SUBSCRIBE, INFO, PRACK, UPDATE")
+            .header("Supported: replaces, outbound, gruu")
     }
 
     fn build(&self) -> Bytes {
@@ -853,7 +864,7 @@ fn cancel_from_another_address_cancels_nothing() {
 /// Sends `r` from the device to a fresh proxy; the one response it gets, on the device's flow.
 fn answered_here(r: &Req) -> Message {
     let mut sim = Sim::new(udp_upstream());
-    let (flow, resp) = only(&sim.input(device(), r.build()));
+    let (flow, resp) = only(&sim.input(device(), r.clone().realistic().build()));
     assert_eq!(flow, device().flow);
     assert_eq!(resp.via_count(), 1);
     resp
@@ -973,64 +984,89 @@ fn response_whose_top_via_is_not_ours_is_dropped() {
     assert_eq!(sim.proxy.stats().dropped.get("via_not_ours"), Some(&1));
 }
 
+/// Every response that matches no transaction is dropped after one parse, whatever its
+/// next Via names: the device's own address, an inside host (written IPv4-mapped to slip
+/// past the inside networks), loopback (a Redis), a broadcast address.
 #[test]
-fn stray_response_is_forwarded_by_the_next_via() {
+fn stray_response_is_dropped_whatever_its_vias_say() {
     let mut sim = Sim::new(udp_upstream());
-    // RFC 3261 §16.7: no transaction matches, so it goes on statelessly, to the received
-    // address and rport of the next Via (RFC 3581).
-    let resp = raw_response(
-        "SIP/2.0 180 Ringing",
-        &[
-            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
-            "SIP/2.0/UDP 192.168.1.10:5060;branch=z9hG4bK-up;received=203.0.113.7;rport=40000",
-        ],
-    );
-    let (flow, fwd) = only(&sim.input(pbx_udp(), resp));
-    assert_eq!(flow, device().flow);
-    assert_eq!(code(&fwd), 180);
-    assert_eq!(fwd.via_count(), 1);
+    let nexts = [
+        "SIP/2.0/UDP 192.168.1.10:5060;branch=z9hG4bK-up;received=203.0.113.7;rport=40000",
+        "SIP/2.0/TCP [::ffff:10.0.0.6]:5060;branch=z9hG4bK-up",
+        "SIP/2.0/TCP 127.0.0.1:6379;branch=z9hG4bK-up",
+        "SIP/2.0/UDP 255.255.255.255:5060;branch=z9hG4bK-up",
+        "SIP/2.0/TLS 203.0.113.7:40000;branch=z9hG4bK-up",
+    ];
+    for (i, next) in nexts.iter().enumerate() {
+        for from in [pbx_udp(), outside(OTHER)] {
+            let ours = format!("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray{i}");
+            for status in ["SIP/2.0 180 Ringing", "SIP/2.0 200 OK"] {
+                let outs = sim.input(from, raw_response(status, &[ours.as_str(), next]));
+                nothing_sent(&outs);
+                assert!(matches!(
+                    &events(&outs)[..],
+                    [Event::Dropped {
+                        reason: "stray_response",
+                        ..
+                    }]
+                ));
+            }
+        }
+    }
+    assert_eq!(sim.proxy.stats().dropped.get("stray_response"), Some(&20));
+    assert_idle(&sim);
 }
 
+/// One response with thousands of Vias naming stg costs one parse and a drop, not a pass
+/// through the proxy per Via.
 #[test]
-fn stray_response_to_a_broadcast_address_is_dropped() {
+fn looping_response_is_one_parse_then_a_drop() {
     let mut sim = Sim::new(udp_upstream());
-    let resp = raw_response(
-        "SIP/2.0 200 OK",
-        &[
-            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
-            "SIP/2.0/UDP 255.255.255.255:5060;branch=z9hG4bK-up",
-        ],
-    );
-    let outs = sim.input(pbx_udp(), resp);
-    nothing_sent(&outs);
-    assert_eq!(
-        sim.proxy.stats().dropped.get("next_via_broadcast"),
-        Some(&1)
-    );
-}
-
-#[test]
-fn stray_response_from_outside_is_not_relayed_inside() {
-    let mut sim = Sim::new(udp_upstream());
-    // Every request stg sends towards the outside is stateful, so a response from outside
-    // that matches no transaction is forged or stale; forwarding it would let anyone on the
-    // internet make stg open a TCP connection to any inside host and write bytes of their
-    // choosing (a body can ride along) — the open relay the edge policy rules out.
-    let resp = raw_response(
-        "SIP/2.0 200 OK",
-        &[
-            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-stray",
-            "SIP/2.0/TCP 10.0.0.9:5060;branch=z9hG4bK-up",
-        ],
-    );
+    // One Via header with 2,800 values (a header per Via would hit the header-count limit).
+    let vias: Vec<String> = (0..2800)
+        .map(|i| format!("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-l{i}"))
+        .collect();
+    let joined = vias.join(",");
+    let resp = raw_response("SIP/2.0 200 OK", &[joined.as_str()]);
+    assert!(resp.len() > 60_000);
     nothing_sent(&sim.input(outside(OTHER), resp));
-    assert_eq!(
-        sim.proxy
-            .stats()
-            .dropped
-            .get("stray_from_outside_to_inside"),
-        Some(&1)
-    );
+    assert_eq!(sim.proxy.stats().dropped.get("stray_response"), Some(&1));
+    assert_eq!(sim.proxy.stats().responses_in.get("2xx"), Some(&1));
+}
+
+/// RFC 6026: a 2xx retransmitted after the client transaction has ended still reaches the
+/// caller, on exactly the flow its request came from (the branch carries it under a MAC),
+/// whatever the response's other Vias say. A branch stg did not mint gets nowhere.
+#[test]
+fn late_2xx_goes_back_on_the_flow_its_branch_names() {
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite());
+    let ok = answer_2xx(&fwd);
+    only(&sim.input(pbx_udp(), ok.clone()));
+    sim.settle();
+    assert_idle(&sim);
+    let (flow, late) = only(&sim.input(pbx_udp(), ok.clone()));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&late), 200);
+    assert_eq!(late.via_count(), 1);
+    // The same 2xx with its second Via pointed at a victim still goes to the device only.
+    let text = String::from_utf8_lossy(&ok).into_owned();
+    let dev_via = String::from_utf8_lossy(fwd.vias().nth(1).unwrap().raw).into_owned();
+    let redirected = text.replace(&dev_via, "SIP/2.0/TCP 127.0.0.1:6379;branch=z9hG4bK-x");
+    assert_ne!(redirected, text);
+    let (flow, _) = only(&sim.input(outside(OTHER), Bytes::from(redirected)));
+    assert_eq!(flow, device().flow);
+    // A branch changed in one digit names nothing.
+    let b = String::from_utf8(branch(&fwd)).unwrap();
+    let mut forged_b = b.clone().into_bytes();
+    let last = forged_b.len() - 1;
+    forged_b[last] = if forged_b[last] == b'0' { b'1' } else { b'0' };
+    let forged = text.replace(&b, std::str::from_utf8(&forged_b).unwrap());
+    nothing_sent(&sim.input(pbx_udp(), Bytes::from(forged)));
+    // Only 2xx: a late non-2xx is a stray.
+    let late_486 = text.replace("SIP/2.0 200 OK", "SIP/2.0 486 Busy Here");
+    nothing_sent(&sim.input(pbx_udp(), Bytes::from(late_486)));
+    assert_eq!(sim.proxy.stats().dropped.get("stray_response"), Some(&2));
 }
 
 // === 9. retransmissions ===
@@ -1108,7 +1144,7 @@ fn send_failure_towards_a_tcp_upstream_gives_503() {
 fn drain_refuses_new_requests_and_fails_health_checks() {
     let mut sim = Sim::new(udp_upstream());
     sim.proxy.start_drain();
-    let inv = invite();
+    let inv = invite().realistic();
     let (flow, resp) = only(&sim.input(device(), inv.build()));
     assert_eq!(flow, device().flow);
     assert_eq!(code(&resp), 503);
@@ -1117,7 +1153,8 @@ fn drain_refuses_new_requests_and_fails_health_checks() {
         Some(&b"5"[..])
     );
     // The balancer's health check sees the node going away.
-    let (_, health) = only(&sim.input(device(), req("OPTIONS", "sip:127.0.0.1:5060").build()));
+    let health = req("OPTIONS", "sip:127.0.0.1:5060").realistic();
+    let (_, health) = only(&sim.input(device(), health.build()));
     assert_eq!(code(&health), 503);
     nothing_sent(&sim.input(device(), inv.ack_for(&resp).build()));
     sim.settle();
@@ -1229,4 +1266,275 @@ fn strict_router_before_us_is_undone() {
         "the last Route became the Request-URI"
     );
     let _ = token(&fwd);
+}
+
+// === 13. hardening: bounded work, no reflection, no fingerprint, destination filter ===
+
+/// The proxy's own rejections are sent once per request received, with no transaction:
+/// Timer G never retransmits them (a spoofed source would get 11 copies of each).
+#[test]
+fn rejections_are_sent_once_and_keep_no_state() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite().max_forwards(0).realistic();
+    let (flow, resp) = only(&sim.input(device(), inv.build()));
+    assert_eq!((flow, code(&resp)), (device().flow, 483));
+    assert_eq!(sim.proxy.transactions_alive(), (0, 0));
+    assert!(sent_log(&sim.settle()).is_empty());
+    // A retransmission gets the same answer again, with the same To-tag (RFC 3261 §8.2.6.2).
+    let (_, again) = only(&sim.input(device(), inv.build()));
+    assert_eq!(again.to_tag(), resp.to_tag());
+    assert_eq!(sim.proxy.stats().responses_out.get("4xx"), Some(&2));
+}
+
+/// Over UDP from outside the source may be forged: stg never sends more bytes for its own
+/// answer than the request carried. Over a stream, or from the inside, it answers anyway.
+#[test]
+fn own_answers_never_amplify_towards_a_spoofable_source() {
+    let mut sim = Sim::new(udp_upstream());
+    let small = [
+        invite().max_forwards(0),
+        invite().uri("nobody:opaque"),
+        invite().header("Proxy-Require: foo"),
+        req("OPTIONS", "sip:127.0.0.1:5060"),
+    ];
+    for (i, r) in small.iter().enumerate() {
+        let r = r.clone().call_id(&format!("amp-{i}"));
+        let bytes = r.build();
+        let outs = sim.input(device(), bytes.clone());
+        let sent_bytes: usize = outs
+            .iter()
+            .map(|o| match o {
+                Output::Transmit { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            sent_bytes <= bytes.len(),
+            "{i}: {sent_bytes} bytes out for {} in",
+            bytes.len()
+        );
+    }
+    assert!(sim.proxy.stats().dropped.get("amplification") >= Some(&1));
+    // The inside is not spoofable from the internet: it gets its answer.
+    let (_, resp) = only(&sim.input(pbx_udp(), small[0].build()));
+    assert_eq!(code(&resp), 483);
+    // Unparsable requests follow the same rule: a minimal one gets nothing back.
+    let bad = "INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK-1\r\nCSeq: x\r\n\r\n";
+    nothing_sent(&sim.input(device(), Bytes::from(bad)));
+}
+
+fn message(i: usize) -> Req {
+    req("MESSAGE", "sip:bob@example.com")
+        .call_id(&format!("msg-{i}"))
+        .branch(&format!("z9hG4bK-msg-{i}"))
+        .realistic()
+}
+
+/// Live server transactions are budgeted per outside source and in total; a request over
+/// budget gets 503 with Retry-After and costs no state; budgets come back as transactions
+/// end.
+#[test]
+fn transactions_are_capped_per_source_and_in_total() {
+    let mut cfg = udp_upstream();
+    cfg.limits.max_transactions_per_source = 3;
+    cfg.limits.max_transactions = 5;
+    let mut sim = Sim::new(cfg);
+    for i in 0..3 {
+        let (flow, fwd) = only(&sim.input(device(), message(i).build()));
+        assert_eq!(
+            (flow.remote, fwd.method()),
+            (addr(PBX), Some(Method::Message))
+        );
+    }
+    let (flow, busy) = only(&sim.input(device(), message(3).build()));
+    assert_eq!((flow, code(&busy)), (device().flow, 503));
+    assert!(busy.header_values_by_name(b"Retry-After").next().is_some());
+    assert_eq!(sim.proxy.transactions_alive(), (3, 3));
+    // Another address has its own budget, up to the global cap.
+    for i in 4..6 {
+        let (flow, _) = only(&sim.input(outside(OTHER), message(i).build()));
+        assert_eq!(flow.remote, addr(PBX));
+    }
+    let (_, busy) = only(&sim.input(outside(OTHER), message(6).build()));
+    assert_eq!(code(&busy), 503);
+    let refused = &sim.proxy.stats().refused;
+    assert_eq!(refused.get("transactions_per_source"), Some(&1));
+    assert_eq!(refused.get("transactions"), Some(&1));
+    // IPv6: one /64 is one source.
+    // Timer F ends them all (408s), timer J frees the budgets.
+    sim.settle();
+    assert_idle(&sim);
+    let (flow, _) = only(&sim.input(device(), message(7).build()));
+    assert_eq!(flow.remote, addr(PBX));
+}
+
+#[test]
+fn ipv6_sources_share_a_budget_per_64() {
+    let mut cfg = udp_upstream();
+    cfg.limits.max_transactions_per_source = 2;
+    let mut sim = Sim::new(cfg);
+    let a = outside("[2001:db8:1:2::a]:5060");
+    let b = outside("[2001:db8:1:2::b]:5060");
+    let c = outside("[2001:db8:1:3::c]:5060");
+    only(&sim.input(a, message(0).build()));
+    only(&sim.input(b, message(1).build()));
+    let (flow, busy) = only(&sim.input(b, message(2).build()));
+    assert_eq!((flow, code(&busy)), (b.flow, 503));
+    let (flow, _) = only(&sim.input(c, message(3).build()));
+    assert_eq!(flow.remote, addr(PBX));
+}
+
+/// Tags and branches come from a keyed PRF: no product name, no visible counter.
+#[test]
+fn tags_and_branches_give_nothing_away() {
+    let mut sim = Sim::new(udp_upstream());
+    let mut tags = Vec::new();
+    for i in 0..2 {
+        let r = req("OPTIONS", "sip:127.0.0.1:5060")
+            .call_id(&format!("tag-{i}"))
+            .realistic();
+        let (_, resp) = only(&sim.input(device(), r.build()));
+        tags.push(resp.to_tag().expect("a tag").to_vec());
+    }
+    let mut branches = Vec::new();
+    for i in 0..2 {
+        let (_, fwd) = only(&sim.input(device(), message(i).build()));
+        branches.push(String::from_utf8(branch(&fwd)).unwrap());
+    }
+    for t in &tags {
+        assert_eq!(t.len(), 16);
+        assert!(t.iter().all(u8::is_ascii_hexdigit));
+        assert!(!String::from_utf8_lossy(t).contains("stg"));
+    }
+    let n = |t: &[u8]| u64::from_str_radix(std::str::from_utf8(t).unwrap(), 16).unwrap();
+    assert!(n(&tags[0]).abs_diff(n(&tags[1])) > 1 << 20, "{tags:?}");
+    // Past the cookie and the loop hash, the branches share no prefix worth the name.
+    let tail = |b: &str| b[25..].to_owned();
+    let common = tail(&branches[0])
+        .chars()
+        .zip(tail(&branches[1]).chars())
+        .take_while(|(x, y)| x == y)
+        .count();
+    assert!(common < 6, "{branches:?}");
+}
+
+fn pbx_request(uri: &str, i: usize) -> Req {
+    req("MESSAGE", uri)
+        .via(&format!("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-pbx-{i}"))
+        .call_id(&format!("pbx-{i}"))
+}
+
+/// A request whose destination a message chose (routing from the inside) never reaches
+/// loopback, link-local or the node itself unless the configuration names them; the PBX
+/// gets a 403.
+#[test]
+fn inside_routing_has_a_destination_filter() {
+    let mut sim = Sim::new(udp_upstream());
+    let forbidden = [
+        "sip:x@127.0.0.1:6379;transport=tcp",
+        "sip:x@[::ffff:127.0.0.1]:6379",
+        "sip:x@[::1]:5060",
+        "sip:x@169.254.169.254:80;transport=tcp",
+        "sip:x@10.0.0.1:5061",
+    ];
+    for (i, uri) in forbidden.iter().enumerate() {
+        let (flow, resp) = only(&sim.input(pbx_udp(), pbx_request(uri, i).build()));
+        assert_eq!((flow, code(&resp)), (pbx_udp().flow, 403), "{uri}");
+    }
+    assert_eq!(sim.proxy.stats().refused.get("destination"), Some(&5));
+    let (flow, _) = only(&sim.input(pbx_udp(), pbx_request("sip:x@192.0.2.10", 9).build()));
+    assert_eq!(flow.remote, addr("192.0.2.10:5060"));
+
+    let mut cfg = udp_upstream();
+    cfg.allowed_destinations = vec![crate::net::IpNetwork {
+        addr: "127.0.0.0".parse().unwrap(),
+        prefix_len: 8,
+    }];
+    let mut sim = Sim::new(cfg);
+    let (flow, _) = only(&sim.input(pbx_udp(), pbx_request(forbidden[1], 0).build()));
+    assert_eq!(flow.remote, addr("127.0.0.1:6379"));
+    let (_, resp) = only(&sim.input(pbx_udp(), pbx_request("sip:x@192.0.2.10", 1).build()));
+    assert_eq!(code(&resp), 403);
+}
+
+/// While a name is being resolved, every request for it waits for the same lookup.
+#[test]
+fn one_lookup_per_name_at_a_time() {
+    let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Udp)));
+    let first = sim.input(device(), message(0).build());
+    let id = resolve_request(&first);
+    for i in 1..5 {
+        let outs = sim.input(device(), message(i).build());
+        assert!(outs.iter().all(|o| !matches!(o, Output::Resolve { .. })));
+    }
+    let outs = sim.resolved(id, &[(Transport::Udp, addr(PBX))]);
+    assert_eq!(sent(&outs).len(), 5);
+    // The next request after the answer asks again (the shell caches).
+    resolve_request(&sim.input(device(), message(9).build()));
+}
+
+/// RFC 3263 §4.1: a numeric upstream with no transport means UDP, whatever the device used;
+/// RFC 3261 §18.1.1: a request over 1300 bytes goes over TCP first, UDP if TCP fails.
+#[test]
+fn upstream_transport_follows_rfc_3263_and_the_size_rule() {
+    let mut sim = Sim::new(config("10.0.0.5", None));
+    let (flow, _) = only(&sim.input(device(), message(0).build()));
+    assert_eq!((flow.transport, flow.remote), (Transport::Udp, addr(PBX)));
+    let big = message(1).header(&format!("X-Pad: {}", "p".repeat(1400)));
+    let outs = sim.input(device(), big.build());
+    let (flow, on_fail) = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit {
+                flow,
+                on_fail: Some(r),
+                ..
+            } => Some((*flow, *r)),
+            _ => None,
+        })
+        .expect("the MESSAGE");
+    assert_eq!(
+        (flow.transport, flow.listener),
+        (Transport::Tcp, ListenerId(1))
+    );
+    let (flow, fwd) = only(&sim.send_failed(on_fail));
+    assert_eq!((flow.transport, flow.remote), (Transport::Udp, addr(PBX)));
+    assert_eq!(fwd.method(), Some(Method::Message));
+}
+
+/// RFC 3263 §4.3: a transport error on one resolved target moves on to the next.
+#[test]
+fn transport_error_fails_over_to_the_next_target() {
+    let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Tcp)));
+    let outs = sim.input(device(), message(0).build());
+    let id = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Resolve { id, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    let second = addr("10.0.0.6:5060");
+    let outs = sim.resolved(id, &[(Transport::Tcp, addr(PBX)), (Transport::Tcp, second)]);
+    let on_fail = |outs: &[Output]| {
+        outs.iter()
+            .find_map(|o| match o {
+                Output::Transmit {
+                    flow,
+                    on_fail: Some(r),
+                    ..
+                } => Some((flow.remote, *r)),
+                _ => None,
+            })
+            .expect("a send")
+    };
+    let (to, r) = on_fail(&outs);
+    assert_eq!(to, addr(PBX));
+    let outs = sim.send_failed(r);
+    let (to, r) = on_fail(&outs);
+    assert_eq!(to, second);
+    let (flow, resp) = only(&sim.send_failed(r));
+    assert_eq!((flow, code(&resp)), (device().flow, 503));
+    sim.settle();
+    assert_idle(&sim);
 }
