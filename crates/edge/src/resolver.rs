@@ -16,10 +16,15 @@
 //! transport is upgraded (UDP/TCP to TLS, WS to WSS), and NAPTR/SRV only consider TLS.
 //!
 //! The list is a failover list (RFC 3263 §4.3): the caller tries the entries in order. Caching,
-//! honouring the records' TTLs, is hickory's own.
+//! honouring the records' TTLs, is hickory's own; [`Resolver::lookup`] adds a deadline and a
+//! short negative cache of its own, so that while a name cannot be resolved (a DNS outage
+//! times out rather than answering) a flood of requests costs one lookup every few seconds,
+//! not six queries each. The core already asks once per name at a time.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ServerOrderingStrategy,
@@ -61,12 +66,31 @@ pub enum ResolveError {
     /// The system resolver configuration could not be read.
     #[error("DNS resolver configuration: {0}")]
     Config(String),
+    /// The lookup took longer than its deadline.
+    #[error("DNS lookup for SIP host {host} timed out")]
+    Timeout {
+        /// The host as given.
+        host: String,
+    },
+    /// The same lookup failed a moment ago and is not retried yet.
+    #[error("DNS lookup for SIP host {host} failed recently: not retried for a few seconds")]
+    Cached {
+        /// The host as given.
+        host: String,
+    },
 }
+
+/// How long a failed lookup is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// Most failed lookups remembered; beyond it the oldest go (names are chosen by messages).
+const NEGATIVE_CAP: usize = 1024;
 
 /// RFC 3263 resolver. Cheap to clone: every clone shares one hickory resolver and its cache.
 #[derive(Clone, Debug)]
 pub struct Resolver {
     dns: Arc<TokioResolver>,
+    failed: Arc<Mutex<HashMap<ResolveTarget, tokio::time::Instant>>>,
 }
 
 impl Resolver {
@@ -104,7 +128,59 @@ impl Resolver {
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(Self {
             dns: Arc::new(builder.build()),
+            failed: Arc::default(),
         })
+    }
+
+    /// [`Self::resolve`] bounded by `deadline`, with failures remembered for a few seconds
+    /// (a failure answered from memory is [`ResolveError::Cached`]).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is recorded until the lookup ends.
+    pub async fn lookup(
+        &self,
+        target: &ResolveTarget,
+        deadline: Duration,
+    ) -> Result<Vec<(Transport, SocketAddr)>, ResolveError> {
+        let now = tokio::time::Instant::now();
+        {
+            let failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failed.get(target).is_some_and(|&until| now < until) {
+                return Err(ResolveError::Cached {
+                    host: target.host.clone(),
+                });
+            }
+        }
+        let result = match tokio::time::timeout(deadline, self.resolve(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(ResolveError::Timeout {
+                host: target.host.clone(),
+            }),
+        };
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if result.is_ok() {
+            failed.remove(target);
+        } else {
+            let now = tokio::time::Instant::now();
+            failed.retain(|_, until| *until > now);
+            if failed.len() >= NEGATIVE_CAP {
+                if let Some(oldest) = failed
+                    .iter()
+                    .min_by_key(|(_, u)| **u)
+                    .map(|(k, _)| k.clone())
+                {
+                    failed.remove(&oldest);
+                }
+            }
+            failed.insert(target.clone(), now + NEGATIVE_TTL);
+        }
+        result
     }
 
     /// RFC 3263 §4: the addresses to try, in preference order, each with its transport.
@@ -396,6 +472,46 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+
+    /// While a name cannot be resolved (a nameserver that swallows every query), a burst
+    /// of lookups costs one bounded attempt; the rest are answered from the negative cache.
+    #[tokio::test]
+    async fn failed_lookups_are_remembered_briefly() {
+        let hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        hole.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let r = Resolver::new(&[hole.local_addr().unwrap()], 64).expect("resolver");
+        let target = ResolveTarget {
+            host: "pbx.example.test".into(),
+            port: None,
+            transport: None,
+            sips: false,
+        };
+        let first = r.lookup(&target, Duration::from_millis(300)).await;
+        assert!(
+            matches!(first, Err(ResolveError::Timeout { .. })),
+            "{first:?}"
+        );
+        let mut buf = [0u8; 512];
+        let mut queries = 0;
+        while hole.recv_from(&mut buf).is_ok() {
+            queries += 1;
+        }
+        assert!(queries >= 1);
+        let started = Instant::now();
+        for _ in 0..50 {
+            let again = r.lookup(&target, Duration::from_millis(300)).await;
+            assert!(
+                matches!(again, Err(ResolveError::Cached { .. })),
+                "{again:?}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(
+            hole.recv_from(&mut buf).is_err(),
+            "no query while remembered"
+        );
+    }
 
     /// dnsmasq on 127.0.0.1:`port`, killed (by its own PID) on drop.
     struct Dnsmasq {

@@ -23,7 +23,7 @@ fn udp_tcp_node(name: &str, upstream: SocketAddr, extra_sip: &str) -> (StgNode, 
 
 fn request(method: &str, ruri: &str, call_id: &str, via_port: u16) -> String {
     format!(
-        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{via_port};branch=z9hG4bK-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{via_port};branch=z9hG4bK-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:bob@example.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\nContact: <sip:alice@127.0.0.1:{via_port}>\r\nUser-Agent: it-client/1.0\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
@@ -195,7 +195,9 @@ fn metrics_are_scraped_from_the_admin_listener() {
         Some(StatusCode::OK)
     );
     c.send_to(
-        b"INVITE <sip:x@example.com> SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\r\n",
+        // Malformed (a bracketed Request-URI), with the headers a real client sends: an
+        // answer larger than the request would not be sent to an unverified UDP source.
+        b"INVITE <sip:x@example.com> SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: m2\r\nCSeq: 1 INVITE\r\nUser-Agent: it-client/1.0\r\nContact: <sip:a@127.0.0.1:5999>\r\nContent-Length: 0\r\n\r\n",
         addr,
     )
     .unwrap();

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use stg_sip_msg::framer::{Frame, Framer};
@@ -153,6 +153,16 @@ fn read_tcp_response(s: &mut TcpStream, wait: Duration) -> Result<Option<Answer>
     }
 }
 
+const AMPLIFICATION: &str = "stg_sip_dropped_total{reason=\"amplification\"}";
+
+/// A counter's value in a Prometheus text scrape (0 when absent).
+fn counter(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn node(port: u16, upstream: SocketAddr) -> StgNode {
     StgNode::start(
         "torture",
@@ -183,6 +193,7 @@ fn torture_messages_over_udp_and_tcp() {
     assert_eq!(corpus.len(), 49 + 12);
 
     let mut results = Vec::new();
+    let mut amplification_drops = 0;
     for tcp in [false, true] {
         for (sub, name) in &corpus {
             let raw = load(sub, name);
@@ -216,6 +227,23 @@ fn torture_messages_over_udp_and_tcp() {
                 read_udp_response(&c, Duration::from_millis(wait))
             };
             match want {
+                Expect::Reply(_) if got.is_none() && !tcp => {
+                    // Over UDP from outside an answer larger than the request is not sent
+                    // (no reflection amplification): the drop must be counted as such.
+                    let before = amplification_drops;
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    loop {
+                        amplification_drops = counter(&stg.metrics(), AMPLIFICATION);
+                        if amplification_drops > before {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{sub}/{name} tcp=false: no answer, and not counted as an amplification drop"
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
                 Expect::Reply(code) => {
                     let m = got.unwrap_or_else(|| {
                         panic!("{sub}/{name} tcp={tcp}: expected {code}, got no answer")
@@ -239,9 +267,12 @@ fn torture_messages_over_udp_and_tcp() {
                         .unwrap_or_else(|| {
                             panic!("{sub}/{name} tcp={tcp}: not forwarded upstream")
                         });
+                    // RFC 3263 §4.1: a numeric upstream with no transport is UDP; RFC 3261
+                    // §18.1.1: over 1300 bytes, TCP.
                     assert_eq!(
-                        seen.tcp, tcp,
-                        "{name}: upstream transport follows the inbound one"
+                        seen.tcp,
+                        raw.len() > 1300,
+                        "{name}: upstream transport per RFC 3263 and the size rule"
                     );
                     check_forwarded(name, &raw, &seen.raw, tcp);
                     if let Some(m) = &got {
@@ -280,8 +311,10 @@ fn torture_messages_over_udp_and_tcp() {
 }
 
 /// The suite's responses carry a top Via that is not stg's (discarded, RFC 3261 §18.1.2).
-/// With stg's own Via on top, unreason and noreason go to the next Via; scalarlg and bigcode
-/// are malformed and still dropped; and a next Via at the broadcast address is never used.
+/// With stg's own Via on top they match no transaction: unreason and noreason are dropped
+/// as strays whatever their next Via says (an edge relays nothing no transaction asked
+/// for), scalarlg and bigcode are malformed, and a next Via at the broadcast address is
+/// never used.
 fn responses_with_our_via(stg_addr: SocketAddr) {
     let l198 = UdpSocket::bind("192.0.2.198:5060").unwrap();
     let l105 = UdpSocket::bind("192.0.2.105:5060").unwrap();
@@ -316,20 +349,10 @@ fn responses_with_our_via(stg_addr: SocketAddr) {
         got(&l198).is_none() && got(&l105).is_none(),
         "a response with a foreign top Via was forwarded"
     );
-    for (name, listener) in [("unreason", &l198), ("noreason", &l105)] {
+    for name in ["unreason", "noreason"] {
         sender
             .send_to(&with_our_via(&load("rfc4475", name), false), stg_addr)
             .unwrap();
-        let fwd = got(listener)
-            .unwrap_or_else(|| panic!("{name} with stg's Via: not forwarded by the next Via"));
-        let m = Message::parse(fwd).unwrap();
-        assert_eq!(m.via_count(), 1, "{name}: stg's Via removed");
-        assert_eq!(
-            m.reason_phrase(),
-            Message::parse(load("rfc4475", name))
-                .unwrap()
-                .reason_phrase()
-        );
     }
     for name in ["scalarlg", "bigcode"] {
         sender

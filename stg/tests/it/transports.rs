@@ -276,7 +276,7 @@ fn proxy_protocol_v2_from_haproxy() {
     let stg = StgNode::start(
         "haproxy",
         &format!(
-            "[sip]\nupstream = \"sip:{}\"\nload_balancers = [\"127.0.0.5\"]\n\n[[sip.listen]]\ntransport = \"tcp\"\naddress = \"{stg_addr}\"\nproxy_protocol = true\n",
+            "[sip]\nupstream = \"sip:{};transport=tcp\"\nload_balancers = [\"127.0.0.5\"]\n\n[[sip.listen]]\ntransport = \"tcp\"\naddress = \"{stg_addr}\"\nproxy_protocol = true\n",
             uas.addr
         ),
     );

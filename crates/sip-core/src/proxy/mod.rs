@@ -1672,10 +1672,15 @@ impl Proxy {
         let top_via = self.fixed_top_via(top, inbound.flow.remote);
         let tag = self.stateless_tag(m, top);
         let extra: Vec<(&str, &[u8])> = r.extra.iter().map(|(n, v)| (*n, &v[..])).collect();
-        let resp = m.response(r.status, r.reason, Some(&tag), Some(&top_via), &extra);
+        let mut resp = m.response(r.status, r.reason, Some(&tag), Some(&top_via), &extra);
         if self.unverified(inbound) && resp.len() > m.raw().len() {
-            self.drop(inbound, "amplification");
-            return;
+            // The optional headers (Allow, Unsupported, Retry-After) go first; an answer
+            // still larger than the request is not sent at all.
+            resp = m.response(r.status, r.reason, Some(&tag), Some(&top_via), &[]);
+            if resp.len() > m.raw().len() {
+                self.drop(inbound, "amplification");
+                return;
+            }
         }
         bump(&mut self.stats.responses_out, class_label(r.status));
         let flow = self.reply_flow(top, inbound);
