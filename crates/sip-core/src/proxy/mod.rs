@@ -372,12 +372,20 @@ pub struct Proxy {
     counter: u64,
     stats: Stats,
     draining: bool,
+    /// `host:port` of each listener as written in Via and Record-Route, made once.
+    host_ports: Vec<Bytes>,
 }
 
 impl Proxy {
     /// A proxy with no state.
     pub fn new(config: ProxyConfig) -> Self {
+        let host_ports = config
+            .listeners
+            .iter()
+            .map(|l| Bytes::from(host_port(l)))
+            .collect();
         Self {
+            host_ports,
             tokens: FlowTokens::new(config.flow_key),
             tx: Transactions::new(config.transactions),
             counter: config.seed,
@@ -1041,22 +1049,25 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        let via = format!(
-            "SIP/2.0/{} {};branch={};rport",
-            flow.transport.via_token(),
-            host_port(&out_l),
-            String::from_utf8_lossy(&branch)
-        );
+        let host_port = self.host_port(out_l.id);
+        let mut via = Vec::with_capacity(24 + host_port.len() + branch.len());
+        via.extend_from_slice(b"SIP/2.0/");
+        via.extend_from_slice(flow.transport.via_token().as_bytes());
+        via.push(b' ');
+        via.extend_from_slice(&host_port);
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(&branch);
+        via.extend_from_slice(b";rport");
         let rr = if ctx.plan.record_route {
             self.record_routes(ctx.inbound, flow)
         } else {
             Vec::new()
         };
-        let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
+        let rr_refs: Vec<&[u8]> = rr.iter().map(Vec::as_slice).collect();
         let bytes = ctx.request.forward_request(&RequestEdit {
             request_uri: ctx.plan.request_uri.as_deref(),
             top_via: Some(&ctx.top_via),
-            via: via.as_bytes(),
+            via: &via,
             record_route: &rr_refs,
             pop_routes: ctx.plan.pop_routes,
             append_route: ctx.plan.append_route.as_deref(),
@@ -1071,7 +1082,7 @@ impl Proxy {
         };
         let key = TxKey::new(
             Bytes::from(branch),
-            Bytes::from(host_port(&out_l)),
+            host_port,
             ctx.request.slice(ctx.request.cseq_method()),
         );
         let dest = Dest {
@@ -1114,22 +1125,20 @@ impl Proxy {
     /// Record-Route values, top first: the outbound listener's, then the inbound one's when
     /// they differ (RFC 3261 §16.6 step 4, doubled across listeners). The entry facing the
     /// outside carries the flow token of the device's flow.
-    fn record_routes(&self, inbound: Inbound, out: Flow) -> Vec<String> {
+    fn record_routes(&self, inbound: Inbound, out: Flow) -> Vec<Vec<u8>> {
         let entry = |l: &Listener, token: Option<&Flow>| {
-            let user = token.map(|f| self.tokens.encode(f));
-            let scheme = "sip";
-            match user {
-                Some(u) => format!(
-                    "<{scheme}:{u}@{};transport={};lr>",
-                    host_port(l),
-                    l.transport.param()
-                ),
-                None => format!(
-                    "<{scheme}:{};transport={};lr>",
-                    host_port(l),
-                    l.transport.param()
-                ),
+            let host_port = self.host_port(l.id);
+            let mut e = Vec::with_capacity(96 + host_port.len());
+            e.extend_from_slice(b"<sip:");
+            if let Some(f) = token {
+                e.extend_from_slice(self.tokens.encode(f).as_bytes());
+                e.push(b'@');
             }
+            e.extend_from_slice(&host_port);
+            e.extend_from_slice(b";transport=");
+            e.extend_from_slice(l.transport.param().as_bytes());
+            e.extend_from_slice(b";lr>");
+            e
         };
         let (Some(in_l), Some(out_l)) = (
             self.listener(inbound.flow.listener),
@@ -1208,17 +1217,19 @@ impl Proxy {
                 m.method_bytes(),
             ]),
         );
-        let branch = String::from_utf8_lossy(&branch);
-        let via = format!(
-            "SIP/2.0/{} {};branch={}",
-            flow.transport.via_token(),
-            host_port(&l),
-            branch
-        );
+
+        let host_port = self.host_port(l.id);
+        let mut via = Vec::with_capacity(24 + host_port.len() + branch.len());
+        via.extend_from_slice(b"SIP/2.0/");
+        via.extend_from_slice(flow.transport.via_token().as_bytes());
+        via.push(b' ');
+        via.extend_from_slice(&host_port);
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(&branch);
         let bytes = m.forward_request(&RequestEdit {
             request_uri: plan.request_uri.as_deref(),
             top_via: top_via.as_deref(),
-            via: via.as_bytes(),
+            via: &via,
             record_route: &[],
             pop_routes: plan.pop_routes,
             append_route: plan.append_route.as_deref(),
@@ -1728,6 +1739,13 @@ impl Proxy {
         }));
     }
 
+    fn host_port(&self, id: ListenerId) -> Bytes {
+        self.host_ports
+            .get(usize::from(id.0))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn listener(&self, id: ListenerId) -> Option<&Listener> {
         self.config.listeners.get(usize::from(id.0))
     }
@@ -1771,7 +1789,8 @@ impl Proxy {
             s.extend_from_slice(src.ip().to_string().as_bytes());
         }
         if wants_rport {
-            s.extend_from_slice(format!(";rport={}", src.port()).as_bytes());
+            s.extend_from_slice(b";rport=");
+            push_u16(&mut s, src.port());
         }
         Bytes::from(s)
     }
@@ -1785,7 +1804,7 @@ impl Proxy {
         let mut sent_by = Vec::with_capacity(top.sent_by().len() + 48);
         sent_by.extend_from_slice(top.sent_by());
         sent_by.push(b'|');
-        sent_by.extend_from_slice(src.to_string().as_bytes());
+        push_addr(&mut sent_by, src);
         let sent_by = Bytes::from(sent_by);
         match top.branch() {
             Some(b) if b.starts_with(b"z9hG4bK") => TxKey::new(m.slice(b), sent_by, method),
@@ -1985,6 +2004,43 @@ fn uri_target(u: &SipUri<'_>) -> ResolveTarget {
         transport: u.transport().and_then(Transport::from_token),
         sips: u.sips,
     }
+}
+
+/// `addr` as `a.b.c.d:port` (IPv6 through `Display`, rare enough).
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u16(out, u16::from(o));
+            }
+        }
+        IpAddr::V6(a) => {
+            out.push(b'[');
+            out.extend_from_slice(a.to_string().as_bytes());
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    push_u16(out, addr.port());
+}
+
+/// `n` in decimal.
+fn push_u16(out: &mut Vec<u8>, n: u16) {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn host_port(l: &Listener) -> String {
