@@ -264,6 +264,7 @@ impl Node {
             per_source = shared.caps.per_source,
             "connection caps"
         );
+        metrics::gauge!("stg_connections_max").set(shared.caps.accepted as f64);
         let tasks = shared.tasks.clone();
         let core = Core {
             proxy,
