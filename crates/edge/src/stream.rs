@@ -9,7 +9,9 @@
 //! consumed everything, and a small one is used until data comes.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read buffer of a connection that has nothing buffered: enough for keep-alives and most
 /// single messages, small enough that 100,000 idle devices cost little.
-const IDLE_READ: usize = 1024;
+const IDLE_READ: usize = 512;
 
 /// Read buffer of a connection in the middle of a message or a burst.
 const BUSY_READ: usize = 16 * 1024;
@@ -161,7 +163,8 @@ async fn handle_accepted(
             tracing::warn!(%peer, "PROXY protocol listener: connection from an address not in sip.load_balancers refused");
             return Err("proxy_protocol_unlisted_source");
         }
-        let remote = match timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)).await {
+        let header = Box::pin(timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)));
+        let remote = match header.await {
             Ok(Ok(Some(real))) => real,
             Ok(Ok(None)) => peer,
             Ok(Err(reason)) => return Err(reason),
@@ -185,24 +188,35 @@ async fn handle_accepted(
         outbound: false,
     };
     tracing::debug!(conn = meta.id.0, %remote, transport = %l.transport, "connection accepted");
-    match l.transport {
-        Transport::Tcp => {
-            serve_stream(sock, meta, shared, BytesMut::new(), Vec::new()).await;
+    // Each stage is boxed, and nothing of a finished stage stays in this future across the
+    // next: a task's future is as large as everything it may hold at once, and every idle
+    // connection would carry that size.
+    let serving: Pin<Box<dyn Future<Output = ()> + Send>> = match l.transport {
+        Transport::Tcp => Box::pin(serve(sock, meta, shared)),
+        Transport::Tls => match Box::pin(crate::tls::accept(&shared, sock)).await {
+            Ok(tls) => Box::pin(serve(tls, meta, shared)),
+            Err(e) => return handshake_failed(&shared, remote, &e),
+        },
+        Transport::Ws => Box::pin(crate::ws::serve_ws(sock, meta, shared)),
+        Transport::Wss => match Box::pin(crate::tls::accept(&shared, sock)).await {
+            Ok(tls) => Box::pin(crate::ws::serve_ws(tls, meta, shared)),
+            Err(e) => return handshake_failed(&shared, remote, &e),
+        },
+        Transport::Udp => {
+            shared.release(remote.ip());
+            return Ok(());
         }
-        Transport::Tls => match crate::tls::accept(&shared, sock).await {
-            Ok(tls) => {
-                serve_stream(tls, meta, shared, BytesMut::new(), Vec::new()).await;
-            }
-            Err(e) => return handshake_failed(&shared, remote, &e),
-        },
-        Transport::Ws => crate::ws::serve_ws(sock, meta, shared).await,
-        Transport::Wss => match crate::tls::accept(&shared, sock).await {
-            Ok(tls) => crate::ws::serve_ws(tls, meta, shared).await,
-            Err(e) => return handshake_failed(&shared, remote, &e),
-        },
-        Transport::Udp => shared.release(remote.ip()),
-    }
+    };
+    serving.await;
     Ok(())
+}
+
+/// [`serve_stream`] for an accepted connection.
+async fn serve<S>(io: S, meta: ConnMeta, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_stream(io, meta, shared, BytesMut::new(), Vec::new()).await;
 }
 
 /// A failed TLS handshake on an accepted connection: released, logged (throttled).
@@ -449,10 +463,17 @@ async fn connect_and_send(
         outbound: true,
     };
     match flow.transport {
-        Transport::Tls => match crate::tls::connect(&shared, sock, flow.remote).await {
+        Transport::Tls => match Box::pin(crate::tls::connect(&shared, sock, flow.remote)).await {
             Ok(tls) => {
                 drop(permit);
-                serve_stream(tls, meta, shared, BytesMut::new(), vec![bytes]).await;
+                Box::pin(serve_stream(
+                    tls,
+                    meta,
+                    shared,
+                    BytesMut::new(),
+                    vec![bytes],
+                ))
+                .await;
             }
             Err(e) => {
                 drop(permit);
@@ -465,7 +486,14 @@ async fn connect_and_send(
         },
         _ => {
             drop(permit);
-            serve_stream(sock, meta, shared, BytesMut::new(), vec![bytes]).await;
+            Box::pin(serve_stream(
+                sock,
+                meta,
+                shared,
+                BytesMut::new(),
+                vec![bytes],
+            ))
+            .await;
         }
     }
 }
@@ -788,5 +816,19 @@ mod tests {
         timeout(Duration::from_secs(5), shared.tasks.wait())
             .await
             .unwrap();
+    }
+
+    /// Every idle connection carries its task's future: it must hold the current stage
+    /// (boxed) only, not the largest of all stages (the WSS one is several KiB).
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let shared = shared_with(|_| {});
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let peer = sock.local_addr().unwrap();
+        let mut tls = listener();
+        tls.transport = Transport::Wss;
+        let task = handle_accepted(sock, peer, tls, shared);
+        assert!(size_of_val(&task) < 1024, "{}", size_of_val(&task));
     }
 }
