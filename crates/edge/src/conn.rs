@@ -7,10 +7,10 @@
 //! an IPv4 address or an IPv6 prefix), keeps the outbound connections being opened (sends to
 //! one destination wait for one connection), and holds the log throttle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use stg_sip_core::net::{ConnId, Flow, ListenerId, Side, Transport};
 use stg_sip_core::proxy::{Inbound, SendRef};
 use stg_sip_msg::framer::FramerLimits;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -110,8 +110,73 @@ impl ConnMeta {
     }
 }
 
+/// A connection's write queue: at most [`WRITE_QUEUE`] messages. Unlike a channel it holds
+/// no memory while empty and never used (a tokio channel allocates a block of slots at
+/// once, about 1 KiB per idle connection).
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: Mutex<VecDeque<Bytes>>,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl Outbox {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `bytes`; gives them back when the queue is full or closed.
+    fn push(&self, bytes: Bytes) -> Result<(), Bytes> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(bytes);
+        }
+        let mut q = self.queue();
+        if q.len() >= WRITE_QUEUE {
+            return Err(bytes);
+        }
+        q.push_back(bytes);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next message to write; None once the connection is to close.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message leaves the queue only in the poll that returns it.
+    pub(crate) async fn recv(&self) -> Option<Bytes> {
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let next = {
+                let mut q = self.queue();
+                let next = q.pop_front();
+                if q.is_empty() && q.capacity() > 8 {
+                    // A burst grew it; an idle connection keeps nothing of it.
+                    *q = VecDeque::new();
+                }
+                next
+            };
+            if let Some(bytes) = next {
+                return Some(bytes);
+            }
+            // A push between the pop above and this wait leaves a permit: not lost.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Makes [`recv`](Self::recv) return None: the connection closes.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.ready.notify_one();
+    }
+}
+
 struct Entry {
-    tx: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
 }
 
 /// Where an outbound connection goes.
@@ -335,19 +400,32 @@ impl Shared {
 
     /// Registers a connection; returns the receiver of the bytes to write to it and, for an
     /// outbound one, the sends that waited for it.
-    pub(crate) fn register(&self, meta: ConnMeta) -> (mpsc::Receiver<Bytes>, Vec<Queued>) {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    pub(crate) fn register(&self, meta: ConnMeta) -> (Arc<Outbox>, Vec<Queued>) {
+        let outbox = Arc::new(Outbox::default());
         let mut t = self.table();
         let dest = (meta.transport, meta.remote);
         t.by_addr.insert(dest, meta.id);
-        t.by_id.insert(meta.id, Entry { tx });
+        t.by_id.insert(
+            meta.id,
+            Entry {
+                outbox: outbox.clone(),
+            },
+        );
         let queued = if meta.outbound {
             t.connecting.remove(&dest).unwrap_or_default()
         } else {
             Vec::new()
         };
         metrics::gauge!("stg_connections", "transport" => meta.transport.param()).increment(1.0);
-        (rx, queued)
+        (outbox, queued)
+    }
+
+    /// Asks every connection to close (the node is stopping): each finishes the write in
+    /// progress, within `sip.write_timeout`, and closes.
+    pub(crate) fn close_all(&self) {
+        for entry in self.table().by_id.values() {
+            entry.outbox.close();
+        }
     }
 
     /// Removes a connection (its task ended) and frees its slot.
@@ -379,9 +457,7 @@ impl Shared {
         let Some(entry) = id.and_then(|id| t.by_id.get(&id)) else {
             return Err(bytes);
         };
-        entry.tx.try_send(bytes).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
-        })
+        entry.outbox.push(bytes)
     }
 
     /// Number of live connections.

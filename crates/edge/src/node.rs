@@ -22,6 +22,9 @@ use crate::{admin, udp, EdgeError};
 /// flood turns into backpressure on the sockets instead of memory.
 const CORE_QUEUE: usize = 16 * 1024;
 
+/// How long connections get to close once the core has stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest an RFC 3263 lookup may take before the request is answered 503.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -237,7 +240,8 @@ impl Node {
         .map_err(|e| EdgeError::Dns(e.to_string()))?;
         let handle = admin::install_recorder();
         if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
-            shared.tasks.spawn(admin::serve(listener, handle));
+            // Not tracked: it serves until the process ends.
+            tokio::spawn(admin::serve(listener, handle));
         }
         let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
         let mut udp_rx = Vec::new();
@@ -265,7 +269,7 @@ impl Node {
             "connection caps"
         );
         metrics::gauge!("stg_connections_max").set(shared.caps.accepted as f64);
-        let tasks = shared.tasks.clone();
+        let after = shared.clone();
         let core = Core {
             proxy,
             shared,
@@ -276,9 +280,16 @@ impl Node {
         };
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
             .await;
-        // Connections left when the core is done end with the process; the tracker only
-        // stops taking tasks.
-        tasks.close();
+        // The core is done: connections close (a TLS close_notify, a WebSocket Close), and
+        // the tasks get a moment to finish before the process ends.
+        after.close_all();
+        after.tasks.close();
+        if tokio::time::timeout(CLOSE_GRACE, after.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(left = after.tasks.len(), "tasks still running at exit");
+        }
         Ok(())
     }
 }

@@ -279,7 +279,7 @@ pub(crate) async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut rx, queued) = shared.register(meta);
+    let (outbox, queued) = shared.register(meta);
     let mut out: VecDeque<Bytes> = first.into_iter().collect();
     out.extend(queued.into_iter().map(|(bytes, _)| bytes));
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -357,7 +357,7 @@ where
                     write_deadline = None;
                 }
             },
-            next = rx.recv(), if take_more => match next {
+            next = outbox.recv(), if take_more => match next {
                 Some(bytes) => {
                     current = bytes;
                     write_deadline = Some(Instant::now() + write_timeout);
@@ -830,5 +830,41 @@ mod tests {
         tls.transport = Transport::Wss;
         let task = handle_accepted(sock, peer, tls, shared);
         assert!(size_of_val(&task) < 1024, "{}", size_of_val(&task));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_queues_are_bounded_and_close_all_ends_every_connection() {
+        let shared = shared_with(|_| {});
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            Vec::new(),
+        ));
+        tokio::task::yield_now().await;
+        let flow = m.flow();
+        // The task does not run meanwhile (one thread): the queue fills up.
+        for i in 0..crate::conn::WRITE_QUEUE {
+            assert!(
+                shared.send_stream(&flow, Bytes::from_static(b"x")).is_ok(),
+                "{i}"
+            );
+        }
+        assert!(shared.send_stream(&flow, Bytes::from_static(b"y")).is_err());
+        let mut got = vec![0u8; crate::conn::WRITE_QUEUE];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == b'x'));
+        shared.close_all();
+        assert_eq!(task.await.unwrap(), Closed::Ended);
+        assert_eq!(shared.connection_count(), 0);
+        assert_eq!(shared.admitted(), 0);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

@@ -88,7 +88,7 @@ where
         Err(_) => return refused(&shared, &meta, reason, "timed out"),
     };
     let write_timeout = shared.write_timeout();
-    let (mut rx, _) = shared.register(meta);
+    let (outbox, _) = shared.register(meta);
     tracing::debug!(conn = meta.id.0, remote = %meta.remote, "WebSocket connection open");
     let idle = shared.idle_timeout();
     let mut deadline = Instant::now() + idle;
@@ -144,7 +144,7 @@ where
                     }
                 }
             }
-            out = rx.recv() => {
+            out = outbox.recv() => {
                 let Some(bytes) = out else { break };
                 if !bounded(write_timeout, ws.send(outbound(bytes))).await {
                     break;
