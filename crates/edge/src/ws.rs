@@ -42,9 +42,10 @@ const SUBPROTOCOL: &str = "sip";
 /// How long sending our Close frame may take before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Read buffer per connection. tungstenite allocates it up front (128 KiB by default): with
-/// thousands of idle phones connected, the default would cost gigabytes for nothing.
-const READ_BUFFER: usize = 16 * 1024;
+/// Read buffer per connection. tungstenite allocates it up front and keeps it (128 KiB by
+/// default): with thousands of idle phones connected, even 16 KiB each would cost more than
+/// everything else a connection holds. Larger messages are read in several steps.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Serves one WebSocket connection from the HTTP upgrade to the close.
 ///
