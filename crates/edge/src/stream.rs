@@ -117,6 +117,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, l: StreamListener, shared
             }
         };
         backoff = ACCEPT_BACKOFF.0;
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: one address, one form,
+        // for the limits, the table and the core alike.
+        let peer = canonical(peer);
         if let Some(n) = errors.recovered() {
             tracing::warn!(failures = n, listener = l.id.0, "accept works again");
         }
@@ -137,6 +140,11 @@ pub(crate) async fn accept_loop(listener: TcpListener, l: StreamListener, shared
             }
         });
     }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Closes a connection that was not admitted, at once and with a reset (no TIME_WAIT kept
@@ -165,7 +173,7 @@ async fn handle_accepted(
         }
         let header = Box::pin(timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)));
         let remote = match header.await {
-            Ok(Ok(Some(real))) => real,
+            Ok(Ok(Some(real))) => canonical(real),
             Ok(Ok(None)) => peer,
             Ok(Err(reason)) => return Err(reason),
             Err(_) => return Err("proxy_protocol_timeout"),
@@ -296,7 +304,14 @@ where
     let closed = 'conn: loop {
         loop {
             match framer.decode(&mut buf) {
-                Ok(Some(Frame::Message(m))) => shared.deliver(&meta, m).await,
+                Ok(Some(Frame::Message(m))) => {
+                    // A busy core makes this wait; the peer is not to blame for the time.
+                    let waited = Instant::now();
+                    shared.deliver(&meta, m).await;
+                    if let Some(w) = &mut write_deadline {
+                        *w += waited.elapsed();
+                    }
+                }
                 // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong; one
                 // pong stands for any number of pings not yet answered.
                 Ok(Some(Frame::Ping)) => pong_due = true,
@@ -572,6 +587,14 @@ mod tests {
     async fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
         let mut b = [0u8; 16];
         matches!(timeout(within, sock.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5060".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:5060".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
     }
 
     #[test]
