@@ -168,6 +168,18 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     init_logging(&config);
+    // Before anything is bound: every connection is a descriptor, and systemd's default soft
+    // limit (1024) would stop the node near a thousand devices.
+    match stg_edge::raise_nofile_limit() {
+        Ok(l) if l.soft > l.before => tracing::info!(
+            from = l.before,
+            to = l.soft,
+            hard = l.hard,
+            "open-file limit raised"
+        ),
+        Ok(l) => tracing::info!(soft = l.soft, hard = l.hard, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -104,8 +104,33 @@ pub struct SipConfig {
     pub max_headers: usize,
     /// Largest body accepted, in bytes; at most `max_message_size`. Default 60000.
     pub max_body_size: usize,
-    /// Most simultaneous connections from one source address. Default 64.
+    /// Most simultaneous stream connections (TCP, TLS, WS, WSS) in all. Default 100000; the
+    /// node also keeps this below its open-file limit, less a reserve.
+    pub max_connections: usize,
+    /// Most simultaneous connections from one source: one IPv4 address, or one IPv6 prefix
+    /// of [`source_prefix_v6`](Self::source_prefix_v6) bits. Default 64.
     pub max_connections_per_source: usize,
+    /// The IPv6 prefix length that counts as one source for the per-source limits (a
+    /// device usually holds a whole /64). Default 64; 1 to 128.
+    pub source_prefix_v6: u8,
+    /// Most outbound TCP/TLS connection attempts in flight at once. Default 256.
+    pub max_pending_connects: usize,
+    /// Longest a write to a stream connection may take before the connection is closed; also
+    /// its `TCP_USER_TIMEOUT`. Default 10 s.
+    pub write_timeout: Duration,
+    /// Origins (`https://host[:port]`) whose pages may open a WebSocket; a WebSocket upgrade
+    /// with any other `Origin` is refused (403). An upgrade without `Origin` (a native
+    /// client) is accepted. Stored lower case. Default none.
+    pub ws_allowed_origins: Vec<String>,
+    /// Most live transactions in the proxy core. Default 20000.
+    pub max_transactions: usize,
+    /// Most live transactions started by one source (as for
+    /// [`max_connections_per_source`](Self::max_connections_per_source)). Default 200.
+    pub max_transactions_per_source: usize,
+    /// Networks that requests routed from the inside may be sent to. Empty (the default):
+    /// any address except loopback, link-local, unspecified, multicast and the node's own.
+    /// The configured upstream is always allowed.
+    pub allowed_destinations: Vec<IpNet>,
     /// A connection with no traffic for this long is closed. Default 10 minutes.
     pub idle_timeout: Duration,
     /// Give up connecting to a TCP/TLS/WS peer after this long. Default 5 s.
@@ -128,6 +153,15 @@ impl SipConfig {
     /// [`load_balancers`](Self::load_balancers).
     pub fn is_load_balancer(&self, ip: IpAddr) -> bool {
         contains(&self.load_balancers, ip)
+    }
+
+    /// Whether a WebSocket upgrade carrying `Origin: origin` may proceed, i.e. `origin` is in
+    /// [`ws_allowed_origins`](Self::ws_allowed_origins) (compared case-insensitively).
+    pub fn is_allowed_origin(&self, origin: &str) -> bool {
+        let origin = origin.trim();
+        self.ws_allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
     }
 }
 
@@ -167,7 +201,15 @@ impl Default for SipConfig {
             max_message_size: 65535,
             max_headers: 256,
             max_body_size: 60000,
+            max_connections: 100_000,
             max_connections_per_source: 64,
+            source_prefix_v6: 64,
+            max_pending_connects: 256,
+            write_timeout: Duration::from_secs(10),
+            ws_allowed_origins: Vec::new(),
+            max_transactions: 20_000,
+            max_transactions_per_source: 200,
+            allowed_destinations: Vec::new(),
             idle_timeout: Duration::from_secs(600),
             tcp_connect_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),

@@ -122,7 +122,15 @@ struct RawSip {
     max_message_size: Option<usize>,
     max_headers: Option<usize>,
     max_body_size: Option<usize>,
+    max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
+    source_prefix_v6: Option<u8>,
+    max_pending_connects: Option<usize>,
+    write_timeout: Option<Parse<Duration>>,
+    ws_allowed_origins: Option<Vec<String>>,
+    max_transactions: Option<usize>,
+    max_transactions_per_source: Option<usize>,
+    allowed_destinations: Option<Vec<Parse<IpNet>>>,
     idle_timeout: Option<Parse<Duration>>,
     tcp_connect_timeout: Option<Parse<Duration>>,
     tls_handshake_timeout: Option<Parse<Duration>>,
@@ -145,9 +153,32 @@ impl RawSip {
         sip.max_message_size = self.max_message_size.unwrap_or(sip.max_message_size);
         sip.max_headers = self.max_headers.unwrap_or(sip.max_headers);
         sip.max_body_size = self.max_body_size.unwrap_or(sip.max_body_size);
+        sip.max_connections = self.max_connections.unwrap_or(sip.max_connections);
         sip.max_connections_per_source = self
             .max_connections_per_source
             .unwrap_or(sip.max_connections_per_source);
+        sip.source_prefix_v6 = self.source_prefix_v6.unwrap_or(sip.source_prefix_v6);
+        sip.max_pending_connects = self
+            .max_pending_connects
+            .unwrap_or(sip.max_pending_connects);
+        set(&mut sip.write_timeout, self.write_timeout);
+        if let Some(origins) = self.ws_allowed_origins {
+            sip.ws_allowed_origins = origins
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    check_origin(&o)
+                        .map_err(|why| invalid(format!("sip.ws_allowed_origins[{i}]"), why))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        sip.max_transactions = self.max_transactions.unwrap_or(sip.max_transactions);
+        sip.max_transactions_per_source = self
+            .max_transactions_per_source
+            .unwrap_or(sip.max_transactions_per_source);
+        if let Some(v) = self.allowed_destinations {
+            sip.allowed_destinations = nets(v);
+        }
         set(&mut sip.idle_timeout, self.idle_timeout);
         set(&mut sip.tcp_connect_timeout, self.tcp_connect_timeout);
         set(&mut sip.tls_handshake_timeout, self.tls_handshake_timeout);
@@ -160,14 +191,30 @@ impl RawSip {
         for (key, value) in [
             ("sip.max_message_size", sip.max_message_size),
             ("sip.max_headers", sip.max_headers),
+            ("sip.max_connections", sip.max_connections),
             (
                 "sip.max_connections_per_source",
                 sip.max_connections_per_source,
+            ),
+            ("sip.max_pending_connects", sip.max_pending_connects),
+            ("sip.max_transactions", sip.max_transactions),
+            (
+                "sip.max_transactions_per_source",
+                sip.max_transactions_per_source,
             ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if !(1..=128).contains(&sip.source_prefix_v6) {
+            return Err(invalid(
+                "sip.source_prefix_v6",
+                format!(
+                    "{} is not a prefix length from 1 to 128",
+                    sip.source_prefix_v6
+                ),
+            ));
         }
         if sip.max_body_size > sip.max_message_size {
             return Err(invalid(
@@ -182,6 +229,7 @@ impl RawSip {
             ("sip.idle_timeout", sip.idle_timeout),
             ("sip.tcp_connect_timeout", sip.tcp_connect_timeout),
             ("sip.tls_handshake_timeout", sip.tls_handshake_timeout),
+            ("sip.write_timeout", sip.write_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
@@ -190,6 +238,26 @@ impl RawSip {
         check_listeners(&sip)?;
         Ok(sip)
     }
+}
+
+/// A WebSocket origin as browsers send it (RFC 6454 §6.2): `http://` or `https://`, a host,
+/// an optional port, nothing after; returned in lower case.
+fn check_origin(text: &str) -> Result<String, String> {
+    const FORM: &str =
+        "expected an origin like https://webcall.example.com or https://192.0.2.7:8443";
+    let lower = text.trim().to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?}: {FORM}"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{text:?}: {FORM} (scheme, host and port only; no path, not even a trailing /)"
+        ));
+    }
+    <HostPort as crate::text::FromText>::from_text(rest)
+        .map(|_| lower.clone())
+        .map_err(|why| format!("{text:?}: {why}"))
 }
 
 fn check_listeners(sip: &SipConfig) -> Result<(), Invalid> {

@@ -650,3 +650,87 @@ fn load_names_the_file() {
     assert!(e.to_string().starts_with(&missing.display().to_string()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// === edge hardening limits ===
+
+#[test]
+fn hardening_limits_parse_and_check() {
+    let config = parse(
+        r#"
+        [sip]
+        max_connections = 5000
+        max_connections_per_source = 8
+        source_prefix_v6 = 56
+        max_pending_connects = 32
+        write_timeout = "3s"
+        ws_allowed_origins = ["HTTPS://WebCall.Example.com", "http://192.0.2.7:8080"]
+        max_transactions = 100
+        max_transactions_per_source = 10
+        allowed_destinations = ["10.0.0.0/8", "2001:db8::/32"]
+        "#,
+    );
+    let sip = &config.sip;
+    assert_eq!(sip.max_connections, 5000);
+    assert_eq!(sip.max_connections_per_source, 8);
+    assert_eq!(sip.source_prefix_v6, 56);
+    assert_eq!(sip.max_pending_connects, 32);
+    assert_eq!(sip.write_timeout, Duration::from_secs(3));
+    assert_eq!(
+        sip.ws_allowed_origins,
+        ["https://webcall.example.com", "http://192.0.2.7:8080"]
+    );
+    assert!(sip.is_allowed_origin("https://webcall.example.com"));
+    assert!(sip.is_allowed_origin("https://WEBCALL.example.com"));
+    assert!(!sip.is_allowed_origin("https://evil.example"));
+    assert!(!sip.is_allowed_origin("null"));
+    assert_eq!(sip.max_transactions, 100);
+    assert_eq!(sip.max_transactions_per_source, 10);
+    assert_eq!(sip.allowed_destinations.len(), 2);
+
+    for key in [
+        "max_connections",
+        "max_pending_connects",
+        "max_transactions",
+        "max_transactions_per_source",
+    ] {
+        assert_invalid(
+            &format!("[sip]\n{key} = 0\n"),
+            &format!("sip.{key}"),
+            "at least 1",
+        );
+    }
+    assert_invalid(
+        "[sip]\nsource_prefix_v6 = 0\n",
+        "sip.source_prefix_v6",
+        "1 to 128",
+    );
+    assert_invalid(
+        "[sip]\nsource_prefix_v6 = 129\n",
+        "sip.source_prefix_v6",
+        "1 to 128",
+    );
+    assert_invalid(
+        "[sip]\nwrite_timeout = \"0s\"\n",
+        "sip.write_timeout",
+        "zero",
+    );
+    for bad in [
+        "webcall.example.com",
+        "https://webcall.example.com/",
+        "https://webcall.example.com/path",
+        "ftp://x.example",
+        "https://",
+        "https://bad host",
+    ] {
+        assert_invalid(
+            &format!("[sip]\nws_allowed_origins = [\"https://ok.example\", \"{bad}\"]\n"),
+            "sip.ws_allowed_origins[1]",
+            "origin",
+        );
+    }
+    assert_invalid(
+        "[sip]\nallowed_destinations = [\"10.0.0.0/33\"]\n",
+        "sip.allowed_destinations[0]",
+        "invalid network",
+    );
+}

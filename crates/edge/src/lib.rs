@@ -13,21 +13,33 @@
 //!   token names it; a connection id is never reused within a process.
 //! - PROXY protocol headers are read only on listeners marked for it, and only from the
 //!   configured balancer addresses; anyone else is refused before a byte is read.
+//! - Every table is bounded: connections in all and per source, outbound connects in flight,
+//!   sends waiting for a connection, each connection's write queue and write time, and the
+//!   log throttle's sources.
 //! - Nothing here blocks the core task: UDP sends use `try_send_to`, stream sends go through
 //!   bounded per-connection queues.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod conn;
+mod limits;
 mod node;
 pub mod proxy_protocol;
 pub mod resolver;
 mod stream;
+mod throttle;
 pub mod tls;
 mod udp;
 mod ws;
 
+pub use limits::{raise_nofile_limit, NofileLimits};
 pub use node::{BoundListener, Node};
+
+/// The time as the shell knows it: tokio's clock (so `tokio::time::pause` drives the core,
+/// the timers and the limits alike), as the `std` instant the sans-IO core takes.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,9 @@ use crate::{admin, udp, EdgeError};
 /// flood turns into backpressure on the sockets instead of memory.
 const CORE_QUEUE: usize = 16 * 1024;
 
+/// How long connections get to close once the core has stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest an RFC 3263 lookup may take before the request is answered 503.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -239,6 +242,7 @@ impl Node {
         .map_err(|e| EdgeError::Dns(e.to_string()))?;
         let handle = admin::install_recorder();
         if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
+            // Not tracked: it serves until the process ends.
             tokio::spawn(admin::serve(listener, handle));
         }
         let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
@@ -252,10 +256,22 @@ impl Node {
                 }
                 Socket::Tcp(listener, sl) => {
                     udp_sockets.push(None);
-                    tokio::spawn(stream::accept_loop(listener, sl, shared.clone()));
+                    shared
+                        .tasks
+                        .spawn(stream::accept_loop(listener, sl, shared.clone()));
                 }
             }
         }
+        tracing::info!(
+            max_connections = self.config.sip.max_connections,
+            open_file_limit = ?crate::limits::nofile_soft(),
+            reserve = crate::conn::FD_RESERVE,
+            effective = shared.caps.accepted,
+            per_source = shared.caps.per_source,
+            "connection caps"
+        );
+        metrics::gauge!("stg_connections_max").set(shared.caps.accepted as f64);
+        let after = shared.clone();
         let core = Core {
             proxy,
             shared,
@@ -266,6 +282,16 @@ impl Node {
         };
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
             .await;
+        // The core is done: connections close (a TLS close_notify, a WebSocket Close), and
+        // the tasks get a moment to finish before the process ends.
+        after.close_all();
+        after.tasks.close();
+        if tokio::time::timeout(CLOSE_GRACE, after.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(left = after.tasks.len(), "tasks still running at exit");
+        }
         Ok(())
     }
 }
@@ -324,7 +350,7 @@ impl Core {
                     }
                 }
                 (inbound, bytes) = udp_rx.recv(&shared) => {
-                    let now = std::time::Instant::now();
+                    let now = crate::now();
                     self.proxy.handle_input(inbound, bytes, now);
                     // Drain what the kernel already holds before flushing and sleeping.
                     for _ in 0..64 {
@@ -336,7 +362,7 @@ impl Core {
                     self.flush();
                 }
                 () = &mut sleep => {
-                    self.proxy.handle_timeout(std::time::Instant::now());
+                    self.proxy.handle_timeout(crate::now());
                     self.flush();
                 }
                 _ = drain.cancelled(), if drain_deadline.is_none() => {
@@ -345,7 +371,10 @@ impl Core {
                     accept_stop.cancel();
                     drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
                 }
-                _ = stats_tick.tick() => self.export_stats(),
+                _ = stats_tick.tick() => {
+                    self.export_stats();
+                    self.shared.log_summaries();
+                }
             }
             if let Some(deadline) = drain_deadline {
                 if self.proxy.is_idle() {
@@ -367,7 +396,7 @@ impl Core {
     }
 
     fn handle(&mut self, input: CoreInput) {
-        let now = std::time::Instant::now();
+        let now = crate::now();
         match input {
             CoreInput::Message { inbound, bytes } => self.proxy.handle_input(inbound, bytes, now),
             CoreInput::SendFailed(r) => self.proxy.handle_send_failed(r, now),
@@ -393,7 +422,7 @@ impl Core {
                     Output::Resolve { id, target } => {
                         let resolver = self.resolver.clone();
                         let tx = self.shared.core_tx.clone();
-                        tokio::spawn(async move {
+                        self.shared.tasks.spawn(async move {
                             // NAPTR, SRV and A/AAAA run in sequence: with an unreachable DNS
                             // server that can outlast timer B, so the caller is answered
                             // (503) within a bound of our own.
@@ -413,14 +442,14 @@ impl Core {
                             let _ = tx.send(CoreInput::Resolved { id, result }).await;
                         });
                     }
-                    Output::Event(e) => log_event(&e),
+                    Output::Event(e) => self.log_event(&e),
                     _ => {}
                 }
             }
             if failed.is_empty() {
                 return;
             }
-            let now = std::time::Instant::now();
+            let now = crate::now();
             for r in failed {
                 self.proxy.handle_send_failed(r, now);
             }
@@ -461,15 +490,33 @@ impl Core {
                     .get(usize::from(flow.listener.0))
                     .copied()
                     .unwrap_or(Side::Outside);
-                tokio::spawn(stream::connect_and_send(
-                    flow,
-                    bytes,
-                    on_fail,
-                    self.shared.clone(),
-                    side,
-                ));
-                true
+                stream::send_or_connect(&self.shared, flow, bytes, on_fail, side)
             }
+        }
+    }
+
+    /// Logs what the core reports, throttled per reason and source (the counters the
+    /// lines stand for are exact in the metrics).
+    fn log_event(&self, e: &Event) {
+        match e {
+            Event::Malformed {
+                remote,
+                reason,
+                detail,
+                answered,
+            } if self
+                .shared
+                .may_log("malformed messages", reason, remote.ip()) =>
+            {
+                tracing::info!(%remote, reason, detail, answered, "malformed SIP message");
+            }
+            Event::Dropped { remote, reason }
+                if tracing::enabled!(tracing::Level::DEBUG)
+                    && self.shared.may_log("dropped messages", reason, remote.ip()) =>
+            {
+                tracing::debug!(%remote, reason, "message dropped");
+            }
+            _ => {}
         }
     }
 
@@ -504,18 +551,5 @@ impl Core {
         metrics::gauge!("stg_sip_transactions", "role" => "client").set(c as f64);
         metrics::gauge!("stg_sip_transactions", "role" => "server").set(sv as f64);
         metrics::gauge!("stg_connections_total_open").set(self.shared.connection_count() as f64);
-    }
-}
-
-fn log_event(e: &Event) {
-    match e {
-        Event::Malformed {
-            remote,
-            reason,
-            detail,
-            answered,
-        } => tracing::info!(%remote, reason, detail, answered, "malformed SIP message"),
-        Event::Dropped { remote, reason } => tracing::debug!(%remote, reason, "message dropped"),
-        _ => {}
     }
 }

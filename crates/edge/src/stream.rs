@@ -1,23 +1,51 @@
 //! Stream transports (TCP, and TLS through [`crate::tls`]): accept, PROXY protocol v2,
-//! admission, framing, keep-alives, idle timeout, and outbound connections to the inside.
+//! admission, framing, keep-alives, idle and write timeouts, and outbound connections.
+//!
+//! A connection's task reads, frames and writes in one `select!`: a write in progress never
+//! keeps the task from reading or from noticing its deadlines. Each message must be written
+//! within `sip.write_timeout` (also the socket's `TCP_USER_TIMEOUT`), or the connection is
+//! closed: a peer that stops reading cannot pin it, nor the memory queued for it. An idle
+//! connection holds no full-size read buffer: it is dropped whenever the framer has
+//! consumed everything, and a small one is used until data comes.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use stg_sip_core::net::{Flow, ListenerId, Side, Transport};
 use stg_sip_core::proxy::SendRef;
 use stg_sip_msg::framer::{Frame, Framer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::conn::{ConnMeta, CoreInput, Shared};
+use crate::conn::{ConnMeta, Connect, CoreInput, Queued, Shared};
 use crate::proxy_protocol::{self, Parsed};
 
 /// How long a balancer may take to send its PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read buffer of a connection that has nothing buffered: enough for keep-alives and most
+/// single messages, small enough that 100,000 idle devices cost little.
+const IDLE_READ: usize = 512;
+
+/// Read buffer of a connection in the middle of a message or a burst.
+const BUSY_READ: usize = 16 * 1024;
+
+/// How long closing (TLS close_notify, FIN) may take before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Back-off after a failed `accept()` (EMFILE and friends): doubles from the first value up
+/// to the second, and starts again after a success.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// At most one warning about failed accepts per this long; the rest are counted in it.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A stream listener as its accept loop needs it.
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +56,46 @@ pub(crate) struct StreamListener {
     pub(crate) proxy_protocol: bool,
 }
 
-/// Accepts connections until shutdown; each gets its own task.
+/// Failed accepts, summarised: the first is logged, then at most one line per
+/// [`ACCEPT_ERROR_LOG_EVERY`] with how many failed since.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Notes one failure at `now`; `Some(n)`: log now, for `n` failures.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_ERROR_LOG_EVERY);
+        if !due {
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+
+    /// An accept succeeded: the failures not yet logged, if any.
+    fn recovered(&mut self) -> Option<u64> {
+        self.last_log = None;
+        Some(std::mem::take(&mut self.unlogged)).filter(|&n| n > 0)
+    }
+}
+
+/// Nagle off, and `sip.write_timeout` as `TCP_USER_TIMEOUT`: data the peer does not
+/// acknowledge for that long ends the connection in the kernel too.
+pub(crate) fn prepare_socket(sock: &TcpStream, shared: &Shared) {
+    let _ = sock.set_nodelay(true);
+    let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(shared.write_timeout()));
+}
+
+/// Accepts connections until shutdown; each admitted one gets its own task.
 pub(crate) async fn accept_loop(listener: TcpListener, l: StreamListener, shared: Arc<Shared>) {
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -38,20 +104,57 @@ pub(crate) async fn accept_loop(listener: TcpListener, l: StreamListener, shared
         let (sock, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                metrics::counter!("stg_accept_errors_total").increment(1);
+                if let Some(n) = errors.failed(Instant::now()) {
+                    tracing::warn!(error = %e, failures = n, listener = l.id.0, retry_in = ?backoff, "accept failed");
+                }
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 continue;
             }
         };
-        let _ = sock.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(reason) = handle_accepted(sock, peer, l, shared).await {
+        backoff = ACCEPT_BACKOFF.0;
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: one address, one form,
+        // for the limits, the table and the core alike.
+        let peer = canonical(peer);
+        if let Some(n) = errors.recovered() {
+            tracing::warn!(failures = n, listener = l.id.0, "accept works again");
+        }
+        prepare_socket(&sock, &shared);
+        // Behind a balancer the source is known only after its header; elsewhere the
+        // newcomer is refused here, at once, before a task or a byte of buffer exists.
+        if !l.proxy_protocol {
+            if let Err(refused) = shared.admit(peer.ip()) {
+                refuse(&shared, sock, peer, refused.reason());
+                continue;
+            }
+        }
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            if let Err(reason) = handle_accepted(sock, peer, l, shared2).await {
                 tracing::debug!(%peer, reason, "connection refused");
                 metrics::counter!("stg_connections_refused_total", "reason" => reason).increment(1);
             }
         });
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Closes a connection that was not admitted, at once and with a reset (no TIME_WAIT kept
+/// for a flood), and counts it.
+fn refuse(shared: &Shared, sock: TcpStream, peer: SocketAddr, reason: &'static str) {
+    let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+    drop(sock);
+    metrics::counter!("stg_connections_refused_total", "reason" => reason).increment(1);
+    if shared.may_log("refused connections", reason, peer.ip()) {
+        tracing::info!(%peer, reason, "connection refused");
     }
 }
 
@@ -68,46 +171,73 @@ async fn handle_accepted(
             tracing::warn!(%peer, "PROXY protocol listener: connection from an address not in sip.load_balancers refused");
             return Err("proxy_protocol_unlisted_source");
         }
-        match timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)).await {
-            Ok(Ok(Some(real))) => real,
+        let header = Box::pin(timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)));
+        let remote = match header.await {
+            Ok(Ok(Some(real))) => canonical(real),
             Ok(Ok(None)) => peer,
             Ok(Err(reason)) => return Err(reason),
             Err(_) => return Err("proxy_protocol_timeout"),
+        };
+        if let Err(refused) = shared.admit(remote.ip()) {
+            let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+            return Err(refused.reason());
         }
+        remote
     } else {
+        // Admitted by the accept loop.
         peer
     };
-    shared.admit(remote.ip()).map_err(|_| "per_source_limit")?;
     let meta = ConnMeta {
         id: shared.next_conn_id(),
         listener: l.id,
         transport: l.transport,
         remote,
         side: shared.side_of(l.side, remote.ip()),
+        outbound: false,
     };
     tracing::debug!(conn = meta.id.0, %remote, transport = %l.transport, "connection accepted");
-    match l.transport {
-        Transport::Tcp => serve_stream(sock, meta, shared, BytesMut::new(), None).await,
-        Transport::Tls => match crate::tls::accept(&shared, sock).await {
-            Ok(tls) => serve_stream(tls, meta, shared, BytesMut::new(), None).await,
-            Err(e) => {
-                shared.release(remote.ip());
-                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                return Err("tls_handshake");
-            }
+    // Each stage is boxed, and nothing of a finished stage stays in this future across the
+    // next: a task's future is as large as everything it may hold at once, and every idle
+    // connection would carry that size.
+    let serving: Pin<Box<dyn Future<Output = ()> + Send>> = match l.transport {
+        Transport::Tcp => Box::pin(serve(sock, meta, shared)),
+        Transport::Tls => match Box::pin(crate::tls::accept(&shared, sock)).await {
+            Ok(tls) => Box::pin(serve(tls, meta, shared)),
+            Err(e) => return handshake_failed(&shared, remote, &e),
         },
-        Transport::Ws => crate::ws::serve_ws(sock, meta, shared).await,
-        Transport::Wss => match crate::tls::accept(&shared, sock).await {
-            Ok(tls) => crate::ws::serve_ws(tls, meta, shared).await,
-            Err(e) => {
-                shared.release(remote.ip());
-                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                return Err("tls_handshake");
-            }
+        Transport::Ws => Box::pin(crate::ws::serve_ws(sock, meta, shared)),
+        Transport::Wss => match Box::pin(crate::tls::accept(&shared, sock)).await {
+            Ok(tls) => Box::pin(crate::ws::serve_ws(tls, meta, shared)),
+            Err(e) => return handshake_failed(&shared, remote, &e),
         },
-        Transport::Udp => shared.release(remote.ip()),
-    }
+        Transport::Udp => {
+            shared.release(remote.ip());
+            return Ok(());
+        }
+    };
+    serving.await;
     Ok(())
+}
+
+/// [`serve_stream`] for an accepted connection.
+async fn serve<S>(io: S, meta: ConnMeta, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_stream(io, meta, shared, BytesMut::new(), Vec::new()).await;
+}
+
+/// A failed TLS handshake on an accepted connection: released, logged (throttled).
+fn handshake_failed(
+    shared: &Shared,
+    remote: SocketAddr,
+    e: &std::io::Error,
+) -> Result<(), &'static str> {
+    shared.release(remote.ip());
+    if shared.may_log("TLS handshake failures", "tls_handshake", remote.ip()) {
+        tracing::info!(%remote, error = %e, "TLS handshake failed");
+    }
+    Err("tls_handshake")
 }
 
 /// Reads exactly one PROXY v2 header; `Ok(None)` for LOCAL (a balancer health check).
@@ -132,140 +262,632 @@ async fn read_proxy_header(sock: &mut TcpStream) -> Result<Option<SocketAddr>, &
     }
 }
 
+/// Why a connection task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// EOF, a read or write error, a fatal framing error, or the table dropped it.
+    Ended,
+    Idle,
+    WriteTimeout,
+}
+
 /// Runs one stream connection: frames inbound bytes into messages for the core and writes
-/// what the core queues for it, until EOF, a fatal framing error, or the idle timeout.
+/// what the core queues for it, until EOF, a fatal framing error, the idle timeout or the
+/// write timeout.
 ///
 /// `first` is written before anything else (the request an outbound connection was opened
-/// for).
+/// for); the sends that waited for an outbound connection follow it.
 pub(crate) async fn serve_stream<S>(
     io: S,
     meta: ConnMeta,
     shared: Arc<Shared>,
     initial: BytesMut,
-    first: Option<Bytes>,
-) where
+    first: Vec<Bytes>,
+) -> Closed
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rx = shared.register(meta);
+    let (outbox, queued) = shared.register(meta);
+    let mut out: VecDeque<Bytes> = first.into_iter().collect();
+    out.extend(queued.into_iter().map(|(bytes, _)| bytes));
     let (mut rd, mut wr) = tokio::io::split(io);
-    if let Some(first) = first {
-        if wr.write_all(&first).await.is_err() {
-            shared.unregister(&meta);
-            return;
-        }
-    }
     let mut framer = Framer::new(shared.framer_limits);
     let mut buf = initial;
     let idle = shared.idle_timeout();
-    let mut deadline = Instant::now() + idle;
-    'conn: loop {
+    let write_timeout = shared.write_timeout();
+    let mut idle_deadline = Instant::now() + idle;
+    // The message being written (what is left of it), and whether a flush is due after it.
+    let mut current = Bytes::new();
+    let mut flushing = false;
+    let mut write_deadline: Option<Instant> = None;
+    let mut pong_due = false;
+    let closed = 'conn: loop {
         loop {
             match framer.decode(&mut buf) {
-                Ok(Some(Frame::Message(m))) => shared.deliver(&meta, m).await,
-                Ok(Some(Frame::Ping)) => {
-                    // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong.
-                    if wr.write_all(b"\r\n").await.is_err() {
-                        break 'conn;
+                Ok(Some(Frame::Message(m))) => {
+                    // A busy core makes this wait; the peer is not to blame for the time.
+                    let waited = Instant::now();
+                    shared.deliver(&meta, m).await;
+                    if let Some(w) = &mut write_deadline {
+                        *w += waited.elapsed();
                     }
                 }
+                // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong; one
+                // pong stands for any number of pings not yet answered.
+                Ok(Some(Frame::Ping)) => pong_due = true,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
                     metrics::counter!("stg_sip_framing_errors_total", "reason" => e.reason())
                         .increment(1);
-                    tracing::info!(conn = meta.id.0, remote = %meta.remote, error = %e, "framing error");
+                    if shared.may_log("framing errors", e.reason(), meta.remote.ip()) {
+                        tracing::info!(conn = meta.id.0, remote = %meta.remote, error = %e, "framing error");
+                    }
                     if e.is_fatal() {
-                        break 'conn;
+                        break 'conn Closed::Ended;
                     }
                 }
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        if current.is_empty() && !flushing {
+            let next = out
+                .pop_front()
+                .or_else(|| std::mem::take(&mut pong_due).then(|| Bytes::from_static(b"\r\n")));
+            if let Some(next) = next {
+                current = next;
+                write_deadline = Some(Instant::now() + write_timeout);
+            }
         }
+        // Nothing buffered: let the full-size buffer go (the messages split from it keep
+        // what they need) and wait with a small one.
+        if buf.is_empty() && buf.capacity() > IDLE_READ {
+            buf = BytesMut::new();
+        }
+        let want = if buf.is_empty() { IDLE_READ } else { BUSY_READ };
+        if buf.capacity() - buf.len() < want / 4 {
+            buf.reserve(want);
+        }
+        let writing = !current.is_empty();
+        let take_more = !writing && !flushing && out.is_empty() && !pong_due;
+        let deadline = write_deadline.map_or(idle_deadline, |w| w.min(idle_deadline));
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => deadline = Instant::now() + idle,
+                Ok(0) | Err(_) => break Closed::Ended,
+                Ok(_) => idle_deadline = Instant::now() + idle,
             },
-            out = rx.recv() => match out {
-                Some(bytes) => {
-                    if wr.write_all(&bytes).await.is_err() {
-                        break;
-                    }
+            w = async {
+                if flushing {
+                    wr.flush().await.map(|()| None)
+                } else {
+                    wr.write(&current).await.map(Some)
                 }
-                None => break,
+            }, if writing || flushing => match w {
+                Err(_) | Ok(Some(0)) => break Closed::Ended,
+                Ok(Some(n)) => {
+                    current.advance(n);
+                    flushing = current.is_empty();
+                }
+                Ok(None) => {
+                    flushing = false;
+                    write_deadline = None;
+                }
             },
-            _ = sleep_until(deadline) => {
-                tracing::debug!(conn = meta.id.0, remote = %meta.remote, "idle timeout");
-                metrics::counter!("stg_connections_idle_closed_total").increment(1);
-                break;
+            next = outbox.recv(), if take_more => match next {
+                Some(bytes) => {
+                    current = bytes;
+                    write_deadline = Some(Instant::now() + write_timeout);
+                }
+                None => break Closed::Ended,
+            },
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                if write_deadline.is_some_and(|w| now >= w) {
+                    break Closed::WriteTimeout;
+                }
+                if now >= idle_deadline {
+                    break Closed::Idle;
+                }
             }
         }
+    };
+    match closed {
+        Closed::Ended => {}
+        Closed::Idle => {
+            tracing::debug!(conn = meta.id.0, remote = %meta.remote, "idle timeout");
+            metrics::counter!("stg_connections_idle_closed_total").increment(1);
+        }
+        Closed::WriteTimeout => {
+            tracing::debug!(conn = meta.id.0, remote = %meta.remote, timeout = ?write_timeout, "write timeout");
+            metrics::counter!("stg_connections_closed_total", "reason" => "write_timeout")
+                .increment(1);
+        }
     }
-    let _ = wr.shutdown().await;
+    // Unregistered first: nothing more is queued for a connection that is closing.
     shared.unregister(&meta);
+    if closed != Closed::WriteTimeout {
+        // Best effort, and bounded: the peer may be gone, or no longer reading.
+        let _ = timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+    }
     tracing::debug!(conn = meta.id.0, remote = %meta.remote, "connection closed");
+    closed
+}
+
+/// A send to a peer with no live connection: waits for the connection being opened to it,
+/// or opens one (within `sip.max_pending_connects`). False when it surely failed (then the
+/// caller tells the core).
+pub(crate) fn send_or_connect(
+    shared: &Arc<Shared>,
+    flow: Flow,
+    bytes: Bytes,
+    on_fail: Option<SendRef>,
+    side: Side,
+) -> bool {
+    if !matches!(flow.transport, Transport::Tcp | Transport::Tls) {
+        // WebSocket peers are only reachable over the connection they opened.
+        return false;
+    }
+    match shared.begin_connect((flow.transport, flow.remote), bytes, on_fail) {
+        Connect::Merged => {
+            metrics::counter!("stg_connects_merged_total").increment(1);
+            true
+        }
+        Connect::Refused(reason) => {
+            metrics::counter!("stg_connects_refused_total", "reason" => reason).increment(1);
+            if shared.may_log("refused connects", reason, flow.remote.ip()) {
+                tracing::info!(remote = %flow.remote, transport = %flow.transport, reason, "outbound connect refused");
+            }
+            false
+        }
+        Connect::Start(permit, bytes) => {
+            shared.tasks.spawn(connect_and_send(
+                flow,
+                bytes,
+                on_fail,
+                shared.clone(),
+                side,
+                permit,
+            ));
+            true
+        }
+    }
 }
 
 /// Opens a connection for a send the core asked for (to the PBX, or a peer with no live
-/// connection), then serves it like an accepted one.
-pub(crate) async fn connect_and_send(
+/// connection), then serves it like an accepted one. `permit` is held while connecting.
+async fn connect_and_send(
     flow: Flow,
     bytes: Bytes,
     on_fail: Option<SendRef>,
     shared: Arc<Shared>,
     side: Side,
+    permit: OwnedSemaphorePermit,
 ) {
-    let fail = |shared: &Shared| {
-        if let Some(r) = on_fail {
-            let _ = shared.core_tx.try_send(CoreInput::SendFailed(r));
-        }
-    };
-    if !matches!(flow.transport, Transport::Tcp | Transport::Tls) {
-        // WebSocket peers are only reachable over the connection they opened.
-        fail(&shared);
+    let dest = (flow.transport, flow.remote);
+    let Ok(sock) = connect(&flow, &shared).await else {
+        drop(permit);
+        let waiting = shared.fail_connect(dest);
+        fail(&shared, on_fail, waiting).await;
         return;
-    }
-    let connect = timeout(
-        shared.config.sip.tcp_connect_timeout,
-        TcpStream::connect(flow.remote),
-    )
-    .await;
-    let sock = match connect {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(remote = %flow.remote, error = %e, "connect failed");
-            fail(&shared);
-            return;
-        }
-        Err(_) => {
-            tracing::info!(remote = %flow.remote, "connect timed out");
-            fail(&shared);
-            return;
-        }
     };
-    let _ = sock.set_nodelay(true);
-    if shared.admit(flow.remote.ip()).is_err() {
-        fail(&shared);
-        return;
-    }
     let meta = ConnMeta {
         id: shared.next_conn_id(),
         listener: flow.listener,
         transport: flow.transport,
         remote: flow.remote,
         side: shared.side_of(side, flow.remote.ip()),
+        outbound: true,
     };
     match flow.transport {
-        Transport::Tls => match crate::tls::connect(&shared, sock, flow.remote).await {
-            Ok(tls) => serve_stream(tls, meta, shared, BytesMut::new(), Some(bytes)).await,
+        Transport::Tls => match Box::pin(crate::tls::connect(&shared, sock, flow.remote)).await {
+            Ok(tls) => {
+                drop(permit);
+                Box::pin(serve_stream(
+                    tls,
+                    meta,
+                    shared,
+                    BytesMut::new(),
+                    vec![bytes],
+                ))
+                .await;
+            }
             Err(e) => {
-                tracing::info!(remote = %flow.remote, error = %e, "TLS connect failed");
-                shared.release(flow.remote.ip());
-                fail(&shared);
+                drop(permit);
+                if shared.may_log("failed connects", "tls", flow.remote.ip()) {
+                    tracing::info!(remote = %flow.remote, error = %e, "TLS connect failed");
+                }
+                let waiting = shared.fail_connect(dest);
+                fail(&shared, on_fail, waiting).await;
             }
         },
-        _ => serve_stream(sock, meta, shared, BytesMut::new(), Some(bytes)).await,
+        _ => {
+            drop(permit);
+            Box::pin(serve_stream(
+                sock,
+                meta,
+                shared,
+                BytesMut::new(),
+                vec![bytes],
+            ))
+            .await;
+        }
+    }
+}
+
+/// The TCP connect of [`connect_and_send`], within `sip.tcp_connect_timeout`.
+async fn connect(flow: &Flow, shared: &Shared) -> Result<TcpStream, ()> {
+    let connect = timeout(
+        shared.config.sip.tcp_connect_timeout,
+        TcpStream::connect(flow.remote),
+    )
+    .await;
+    let reason = match connect {
+        Ok(Ok(sock)) => {
+            prepare_socket(&sock, shared);
+            return Ok(sock);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    if shared.may_log("failed connects", "connect", flow.remote.ip()) {
+        tracing::info!(remote = %flow.remote, error = %reason, "connect failed");
+    }
+    Err(())
+}
+
+/// Tells the core that a send, and those that waited with it, failed.
+async fn fail(shared: &Shared, on_fail: Option<SendRef>, waiting: Vec<Queued>) {
+    let refs = on_fail
+        .into_iter()
+        .chain(waiting.into_iter().filter_map(|(_, r)| r));
+    for r in refs {
+        let _ = shared.core_tx.send(CoreInput::SendFailed(r)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use stg_sip_core::net::ConnId;
+    use tokio::net::TcpSocket;
+
+    use super::*;
+    use crate::conn::tests::shared_with;
+
+    fn meta(id: u64, remote: SocketAddr) -> ConnMeta {
+        ConnMeta {
+            id: ConnId(id),
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote,
+            side: Side::Outside,
+            outbound: false,
+        }
+    }
+
+    fn listener() -> StreamListener {
+        StreamListener {
+            id: ListenerId(0),
+            transport: Transport::Tcp,
+            side: Side::Outside,
+            proxy_protocol: false,
+        }
+    }
+
+    /// Connects from `from` (any 127/8 address) to `to`.
+    async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        sock.connect(to).await.unwrap()
+    }
+
+    /// Whether the server closed `sock` within `within` (EOF or reset), rather than keeping
+    /// it open.
+    async fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
+        let mut b = [0u8; 16];
+        matches!(timeout(within, sock.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5060".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:5060".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn accept_errors_are_summarised() {
+        let mut e = AcceptErrors::default();
+        let t0 = Instant::now();
+        assert_eq!(e.failed(t0), Some(1));
+        for i in 1..1000 {
+            assert_eq!(e.failed(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), Some(1000));
+        assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), None);
+        assert_eq!(e.recovered(), Some(1));
+        assert_eq!(e.recovered(), None);
+        assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), Some(1));
+    }
+
+    #[tokio::test]
+    async fn the_65th_connection_from_one_source_is_refused_at_once() {
+        let shared = shared_with(|_| {});
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(accept_loop(l, listener(), shared.clone()));
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(connect_from("127.0.0.1", addr).await);
+        }
+        for _ in 0..200 {
+            if shared.admitted() == 64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shared.admitted(), 64);
+        let mut late = connect_from("127.0.0.1", addr).await;
+        assert!(closed_within(&mut late, Duration::from_secs(2)).await);
+        // Another source is served meanwhile, and the 64 stay open.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        assert!(!closed_within(&mut other, Duration::from_millis(200)).await);
+        assert!(!closed_within(&mut held[0], Duration::from_millis(50)).await);
+        assert_eq!(shared.admitted(), 65);
+        // One leaves: the source may connect again.
+        drop(held.pop());
+        for _ in 0..200 {
+            if shared.admitted() == 64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut again = connect_from("127.0.0.1", addr).await;
+        assert!(!closed_within(&mut again, Duration::from_millis(200)).await);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_global_cap_newcomers_are_refused_at_once() {
+        let shared = shared_with(|c| c.sip.max_connections = 3);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(accept_loop(l, listener(), shared.clone()));
+        let mut held = Vec::new();
+        for i in 1..=3 {
+            held.push(connect_from(&format!("127.0.0.{i}"), addr).await);
+        }
+        for _ in 0..200 {
+            if shared.admitted() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut late = connect_from("127.0.0.4", addr).await;
+        assert!(closed_within(&mut late, Duration::from_secs(2)).await);
+        assert_eq!(shared.admitted(), 3);
+    }
+
+    #[tokio::test]
+    async fn accepted_and_connected_sockets_get_the_user_timeout() {
+        let shared = shared_with(|c| c.sip.write_timeout = Duration::from_millis(1500));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        for sock in [&client, &server] {
+            prepare_socket(sock, &shared);
+            let t = socket2::SockRef::from(sock).tcp_user_timeout().unwrap();
+            assert_eq!(t, Some(Duration::from_millis(1500)));
+        }
+    }
+
+    /// A peer that never reads, on an in-memory pipe of 1 KiB: the write of a larger
+    /// message never completes.
+    async fn non_reading_peer(
+        configure: impl FnOnce(&mut stg_config::Config),
+    ) -> (Closed, Duration, Arc<Shared>) {
+        let shared = shared_with(configure);
+        let (server, _client) = tokio::io::duplex(1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let start = Instant::now();
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            vec![Bytes::from(vec![b'x'; 64 * 1024])],
+        ));
+        let closed = task.await.unwrap();
+        assert!(!shared.is_registered(m.id));
+        assert_eq!(shared.admitted(), 0);
+        (closed, start.elapsed(), shared)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_closed_after_the_write_timeout() {
+        let (closed, took, _) = non_reading_peer(|c| {
+            c.sip.write_timeout = Duration::from_secs(10);
+        })
+        .await;
+        assert_eq!(closed, Closed::WriteTimeout);
+        assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(11));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_fires_while_a_write_is_stuck() {
+        let (closed, took, _) = non_reading_peer(|c| {
+            c.sip.write_timeout = Duration::from_secs(3600);
+            c.sip.idle_timeout = Duration::from_secs(30);
+        })
+        .await;
+        assert_eq!(closed, Closed::Idle);
+        assert!(took >= Duration::from_secs(30) && took < Duration::from_secs(31));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_goes_on_while_a_write_is_stuck() {
+        let shared = shared_with(|c| c.sip.write_timeout = Duration::from_secs(10));
+        let (core_tx, mut core_rx) = tokio::sync::mpsc::channel(8);
+        // A harness of its own: the core queue is needed here.
+        let shared = Arc::new(Shared::new(
+            core_tx,
+            shared.config.clone(),
+            CancellationToken::new(),
+            None,
+        ));
+        let (server, mut client) = tokio::io::duplex(1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let task = tokio::spawn(serve_stream(
+            server,
+            meta(1, remote),
+            shared.clone(),
+            BytesMut::new(),
+            vec![Bytes::from(vec![b'x'; 64 * 1024])],
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client
+            .write_all(b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let got = timeout(Duration::from_secs(1), core_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, CoreInput::Message { .. }));
+        assert_eq!(task.await.unwrap(), Closed::WriteTimeout);
+    }
+
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn sends_to_one_destination_share_one_connect() {
+        let shared = shared_with(|_| {});
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let flow = Flow {
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote: l.local_addr().unwrap(),
+            conn: None,
+        };
+        // Sent back to back, before the connect could finish: one connection carries all.
+        for i in 0..3 {
+            let bytes = Bytes::from(format!("message {i}\r\n"));
+            assert!(send_or_connect(&shared, flow, bytes, None, Side::Inside));
+        }
+        let (mut peer, _) = timeout(Duration::from_secs(5), l.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got = vec![0u8; 33];
+        timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"message 0\r\nmessage 1\r\nmessage 2\r\n");
+        assert!(timeout(Duration::from_millis(200), l.accept())
+            .await
+            .is_err());
+        // Outbound: counted in all, not against 127.0.0.1 as a source.
+        assert_eq!(shared.admitted(), 1);
+        for _ in 0..64 {
+            shared.admit(IpAddr::from([127, 0, 0, 1])).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_frees_its_slot_and_beyond_the_bound_sends_fail_at_once() {
+        let shared = shared_with(|c| c.sip.max_pending_connects = 1);
+        // A port nothing listens on: refused at once on loopback.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        // A listener that never accepts holds the connect open... but loopback completes
+        // connects in the kernel, so use two destinations back to back instead.
+        let flow = |remote| Flow {
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote,
+            conn: None,
+        };
+        assert!(send_or_connect(
+            &shared,
+            flow(dead),
+            Bytes::from_static(b"a"),
+            None,
+            Side::Inside
+        ));
+        let other: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(!send_or_connect(
+            &shared,
+            flow(other),
+            Bytes::from_static(b"b"),
+            None,
+            Side::Inside
+        ));
+        for _ in 0..200 {
+            if shared.admitted() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(shared.admitted(), 0);
+        shared.tasks.close();
+        timeout(Duration::from_secs(5), shared.tasks.wait())
+            .await
+            .unwrap();
+    }
+
+    /// Every idle connection carries its task's future: it must hold the current stage
+    /// (boxed) only, not the largest of all stages (the WSS one is several KiB).
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let shared = shared_with(|_| {});
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let peer = sock.local_addr().unwrap();
+        let mut tls = listener();
+        tls.transport = Transport::Wss;
+        let task = handle_accepted(sock, peer, tls, shared);
+        assert!(size_of_val(&task) < 1024, "{}", size_of_val(&task));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_queues_are_bounded_and_close_all_ends_every_connection() {
+        let shared = shared_with(|_| {});
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            Vec::new(),
+        ));
+        tokio::task::yield_now().await;
+        let flow = m.flow();
+        // The task does not run meanwhile (one thread): the queue fills up.
+        for i in 0..crate::conn::WRITE_QUEUE {
+            assert!(
+                shared.send_stream(&flow, Bytes::from_static(b"x")).is_ok(),
+                "{i}"
+            );
+        }
+        assert!(shared.send_stream(&flow, Bytes::from_static(b"y")).is_err());
+        let mut got = vec![0u8; crate::conn::WRITE_QUEUE];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == b'x'));
+        shared.close_all();
+        assert_eq!(task.await.unwrap(), Closed::Ended);
+        assert_eq!(shared.connection_count(), 0);
+        assert_eq!(shared.admitted(), 0);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

@@ -12,10 +12,12 @@
 //! With `[tls] files` the chain and key come from those PEM files. Without, a self-signed
 //! certificate is created once in [`stg_config::NodeConfig::tls_dir`] (`cert.pem`, and
 //! `key.pem` with mode 0600) and reused on later starts; every load logs a warning naming
-//! it. Its subject alternative names are the hostname, `localhost`, and each address of a
-//! TLS or WSS listener (and its `advertise` host, and `node.aliases`), addresses both as
-//! iPAddress **and as dNSName** entries: RFC 5280 §4.2.1.6 puts addresses in iPAddress, but
-//! linphonec (mbedTLS) matches the host it dialled against dNSName entries only. If the
+//! it. It names only what the configuration gives: each address of a TLS or WSS listener
+//! (wildcards name nothing), its `advertise` host, `node.aliases` and `node.id` when set,
+//! addresses both as iPAddress **and as dNSName** entries: RFC 5280 §4.2.1.6 puts addresses
+//! in iPAddress, but linphonec (mbedTLS) matches the host it dialled against dNSName entries
+//! only. Its common name is `node.id`, or else the first of those names. Never the machine's
+//! hostname nor a product name: the certificate is the first thing a scanner sees. If the
 //! configuration later names the node otherwise (a new listener address), a warning lists the
 //! names the existing certificate lacks; it is not replaced by itself, since clients pin it.
 //! Delete the two files to have them made anew (at start or on reload).
@@ -425,19 +427,14 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 // === self-signed certificate ===
 
 impl Names {
-    /// The hostname, `localhost`, and the addresses and advertised hosts of the TLS and WSS
-    /// listeners plus the node's aliases; addresses go in both lists (see the module docs).
+    /// The addresses and advertised hosts of the TLS and WSS listeners, the node's aliases
+    /// and its id; addresses go in both lists (see the module docs).
     fn for_node(config: &Config) -> Self {
-        let hostname = hostname();
         let mut names = Self {
-            common_name: hostname.clone().unwrap_or_else(|| "stg".to_owned()),
+            common_name: String::new(),
             dns: Vec::new(),
             ips: Vec::new(),
         };
-        if let Some(h) = hostname {
-            names.add_dns(h);
-        }
-        names.add_dns("localhost".to_owned());
         let secure = config
             .sip
             .listen
@@ -455,6 +452,21 @@ impl Names {
         for alias in &config.node.aliases {
             names.add_host(alias);
         }
+        if let Some(id) = &config.node.id {
+            // An id that is a host name can name the node; any token can be its CN.
+            if id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                names.add_dns(id.clone());
+            }
+        }
+        names.common_name = match (&config.node.id, names.dns.first()) {
+            (Some(id), _) => id.clone(),
+            (None, Some(first)) => first.clone(),
+            // Only wildcard listeners and nothing advertised: a neutral name.
+            (None, None) => "sip-edge".to_owned(),
+        };
         names
     }
 
@@ -518,15 +530,6 @@ fn der_length(len: usize) -> Vec<u8> {
     let mut out = vec![0x80 | (bytes.len() - skip) as u8];
     out.extend(&bytes[skip..]);
     out
-}
-
-/// The kernel's hostname, if it has one.
-fn hostname() -> Option<String> {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .find(|s| !s.is_empty() && s != "(none)")
 }
 
 /// Returns the paths of the self-signed certificate and key in `dir`, creating both unless
@@ -870,11 +873,11 @@ mod tests {
         let key_pem = fs::read(&key_path).unwrap();
 
         // The default TLS listener is on 127.0.0.1: a dNSName SAN (context tag 2, IA5String)
-        // for linphonec and an iPAddress SAN (tag 7) for everyone else, and localhost.
+        // for linphonec and an iPAddress SAN (tag 7) for everyone else; nothing else.
         let der = CertificateDer::from_pem_slice(&cert_pem).unwrap();
         assert!(contains(&der, b"\x82\x09127.0.0.1"));
         assert!(contains(&der, b"\x87\x04\x7f\x00\x00\x01"));
-        assert!(contains(&der, b"\x82\x09localhost"));
+        assert!(!contains(&der, b"localhost"));
 
         // A second start reuses both files as they are.
         let again = TlsStore::load(&config).unwrap();
@@ -882,13 +885,69 @@ mod tests {
         assert_eq!(fs::read(&key_path).unwrap(), key_pem);
         drop(again);
 
-        // Clients that trust it reach it by IP address or as localhost.
+        // Clients that trust it reach it by IP address.
         let addr = echo_server(shared(config, Some(Arc::new(store)))).await;
-        for name in ["127.0.0.1", "localhost"] {
+        for name in ["127.0.0.1"] {
             let c = client(std::slice::from_ref(&der), rustls::ALL_VERSIONS, &[], false);
             let mut tls = handshake(addr, c, name).await.unwrap();
             round_trip(&mut tls, b"OPTIONS").await;
         }
+    }
+
+    /// The DER of a UTF8String common name (`2.5.4.3`, then tag 12).
+    fn common_name(name: &str) -> Vec<u8> {
+        let mut v = b"\x06\x03\x55\x04\x03\x0c".to_vec();
+        v.extend(der_length(name.len()));
+        v.extend(name.as_bytes());
+        v
+    }
+
+    #[test]
+    fn the_self_signed_certificate_names_only_the_listeners_or_the_id() {
+        let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let tmp = TempDir::new("names");
+        let mut config = config_in(&tmp.0, None);
+        config.sip.listen[2].address = "192.0.2.5:5061".parse().unwrap();
+        config.sip.listen[4].address = "0.0.0.0:5063".parse().unwrap();
+        config.sip.listen[4].advertise = Some(stg_config::HostPort {
+            host: Host::Domain("sip.example.com".to_owned()),
+            port: None,
+        });
+        let names = Names::for_node(&config);
+        assert_eq!(names.dns, ["192.0.2.5", "sip.example.com"]);
+        assert_eq!(names.ips, ["192.0.2.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(names.common_name, "192.0.2.5");
+        let store = TlsStore::load(&config).unwrap();
+        let der = read_chain(&store.certificate_path()).unwrap().remove(0);
+        assert!(contains(&der, &common_name("192.0.2.5")));
+        for leak in [hostname.as_str(), "localhost", "stg"] {
+            if leak.is_empty() {
+                continue;
+            }
+            let mut dns = vec![0x82];
+            dns.extend(der_length(leak.len()));
+            dns.extend(leak.as_bytes());
+            assert!(!contains(&der, &dns), "{leak} in a SAN");
+            assert!(!contains(&der, &common_name(leak)), "{leak} as CN");
+        }
+
+        // With node.id: the CN, and a name too.
+        config.node.id = Some("edge-7.example.net".to_owned());
+        let names = Names::for_node(&config);
+        assert_eq!(names.common_name, "edge-7.example.net");
+        assert!(names.dns.contains(&"edge-7.example.net".to_owned()));
+        // Wildcards only, no id: a neutral CN and no names.
+        config.node.id = None;
+        config.sip.listen[2].address = "[::]:5061".parse().unwrap();
+        config.sip.listen[4].advertise = None;
+        let names = Names::for_node(&config);
+        assert_eq!(names.common_name, "sip-edge");
+        assert!(names.dns.is_empty() && names.ips.is_empty());
+        let fresh = TempDir::new("names-wild");
+        config.node.data_dir = fresh.0.clone();
+        TlsStore::load(&config).unwrap();
     }
 
     #[test]

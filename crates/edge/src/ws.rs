@@ -4,15 +4,23 @@
 //! The HTTP upgrade (RFC 6455 §4.2) must offer the `sip` subprotocol, and the answer names it
 //! (RFC 7118 §4.1); anything else gets 400. After that every Text or Binary message carries
 //! exactly one SIP message (RFC 7118 §5), so no stream framer is needed: each goes to the core
-//! as is, unless it exceeds `sip.max_message_size`, in which case it is counted
-//! (`stg_sip_framing_errors_total{reason="too_large"}`) and dropped. Outgoing messages go as
+//! as is. A message (or a fragment of one) over `sip.max_message_size` is counted
+//! (`stg_sip_framing_errors_total{reason="too_large"}`) and ends the connection: nothing
+//! larger is ever buffered, partial messages included. Outgoing messages go as
 //! Text when they are valid UTF-8 and as Binary otherwise (RFC 7118 §5.1). WebSocket pings
 //! are answered; so is a `CRLFCRLF` message, the RFC 5626 §3.5.1 keep-alive some SIP stacks
-//! send over WebSocket too. A connection silent for `sip.idle_timeout` is closed.
+//! send over WebSocket too. A connection silent for `sip.idle_timeout` is closed, and so is
+//! one whose writes take longer than `sip.write_timeout`.
+//!
+//! A browser names the page that opens a WebSocket in `Origin` (RFC 6455 §4.1, §10.2): an
+//! upgrade with an `Origin` not in `sip.ws_allowed_origins` gets 403
+//! (`stg_connections_refused_total{reason="ws_origin"}`), so no other web page can drive its
+//! visitors' browsers as SIP clients. Native clients send no `Origin` and pass.
 //!
 //! A WebSocket peer can only be reached over the connection it opened (stream.rs never dials
 //! one), so this module only serves accepted connections.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +29,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::header::{ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -31,17 +39,13 @@ use crate::conn::{ConnMeta, Shared};
 /// The subprotocol RFC 7118 §4.1 registers for SIP.
 const SUBPROTOCOL: &str = "sip";
 
-/// Messages up to this multiple of `sip.max_message_size` are read whole and then dropped
-/// (the connection survives one oversized message, as with the stream framer); beyond it
-/// tungstenite stops reading and the connection is closed, so memory stays bounded.
-const OVERSIZE_FACTOR: usize = 4;
-
 /// How long sending our Close frame may take before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Read buffer per connection. tungstenite allocates it up front (128 KiB by default): with
-/// thousands of idle phones connected, the default would cost gigabytes for nothing.
-const READ_BUFFER: usize = 16 * 1024;
+/// Read buffer per connection. tungstenite allocates it up front and keeps it (128 KiB by
+/// default): with thousands of idle phones connected, even 16 KiB each would cost more than
+/// everything else a connection holds. Larger messages are read in several steps.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Serves one WebSocket connection from the HTTP upgrade to the close.
 ///
@@ -59,17 +63,33 @@ where
         .read_buffer_size(READ_BUFFER)
         // Each message is flushed as it is sent: no point in buffering up to 128 KiB.
         .write_buffer_size(0)
-        .max_message_size(Some(max.saturating_mul(OVERSIZE_FACTOR)))
-        .max_frame_size(Some(max.saturating_mul(OVERSIZE_FACTOR)));
+        // A partial message is buffered up to the limit and no further.
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     // The upgrade gets the same bound as a TLS handshake: both are what a client must finish
     // before it may send SIP, and a slow one holds a connection slot meanwhile.
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, negotiate, Some(ws_config));
-    let mut ws = match timeout(shared.config.sip.tls_handshake_timeout, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return refused(&shared, &meta, &e.to_string()),
-        Err(_) => return refused(&shared, &meta, "timed out"),
+    let bad_origin = AtomicBool::new(false);
+    #[expect(
+        clippy::result_large_err,
+        reason = "the signature is tungstenite's Callback; it runs once per connection"
+    )]
+    let callback = |request: &Request, response: Response| {
+        negotiate(&shared.config.sip, &bad_origin, request, response)
     };
-    let mut rx = shared.register(meta);
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(ws_config));
+    let upgraded = timeout(shared.config.sip.tls_handshake_timeout, upgrade).await;
+    let reason = if bad_origin.load(Ordering::Relaxed) {
+        "ws_origin"
+    } else {
+        "ws_handshake"
+    };
+    let mut ws = match upgraded {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return refused(&shared, &meta, reason, &e.to_string()),
+        Err(_) => return refused(&shared, &meta, reason, "timed out"),
+    };
+    let write_timeout = shared.write_timeout();
+    let (outbox, _) = shared.register(meta);
     tracing::debug!(conn = meta.id.0, remote = %meta.remote, "WebSocket connection open");
     let idle = shared.idle_timeout();
     let mut deadline = Instant::now() + idle;
@@ -82,6 +102,9 @@ where
                         if let WsError::Capacity(_) = e {
                             metrics::counter!("stg_sip_framing_errors_total", "reason" => "too_large")
                                 .increment(1);
+                            if shared.may_log("framing errors", "too_large", meta.remote.ip()) {
+                                tracing::info!(conn = meta.id.0, remote = %meta.remote, error = %e, limit = max, "WebSocket message too large, connection closed");
+                            }
                         }
                         tracing::debug!(conn = meta.id.0, remote = %meta.remote, error = %e, "WebSocket error");
                         break;
@@ -95,7 +118,7 @@ where
                     Message::Ping(_) => {
                         // tungstenite queued the Pong (RFC 6455 §5.5.3); send it now rather
                         // than with the next read.
-                        if ws.flush().await.is_err() {
+                        if !bounded(write_timeout, ws.flush()).await {
                             break;
                         }
                         continue;
@@ -107,7 +130,8 @@ where
                     Inbound::Sip => shared.deliver(&meta, bytes).await,
                     Inbound::KeepAlive => {
                         // RFC 5626 §3.5.1: a double CRLF is answered with a single CRLF.
-                        if ws.send(Message::Text(Utf8Bytes::from_static("\r\n"))).await.is_err() {
+                        let pong = Message::Text(Utf8Bytes::from_static("\r\n"));
+                        if !bounded(write_timeout, ws.send(pong)).await {
                             break;
                         }
                     }
@@ -115,13 +139,15 @@ where
                     Inbound::TooLarge => {
                         metrics::counter!("stg_sip_framing_errors_total", "reason" => "too_large")
                             .increment(1);
-                        tracing::info!(conn = meta.id.0, remote = %meta.remote, size = bytes.len(), limit = max, "WebSocket message too large, dropped");
+                        if shared.may_log("framing errors", "too_large", meta.remote.ip()) {
+                            tracing::info!(conn = meta.id.0, remote = %meta.remote, size = bytes.len(), limit = max, "WebSocket message too large, dropped");
+                        }
                     }
                 }
             }
-            out = rx.recv() => {
+            out = outbox.recv() => {
                 let Some(bytes) = out else { break };
-                if ws.send(outbound(bytes)).await.is_err() {
+                if !bounded(write_timeout, ws.send(outbound(bytes))).await {
                     break;
                 }
             }
@@ -138,20 +164,52 @@ where
     tracing::debug!(conn = meta.id.0, remote = %meta.remote, "WebSocket connection closed");
 }
 
-/// A failed upgrade: the connection was admitted but never registered.
-fn refused(shared: &Shared, meta: &ConnMeta, error: &str) {
-    shared.release(meta.remote.ip());
-    tracing::debug!(conn = meta.id.0, remote = %meta.remote, error, "WebSocket upgrade failed");
-    metrics::counter!("stg_connections_refused_total", "reason" => "ws_handshake").increment(1);
+/// Runs one write within `limit`; false when it failed or timed out (counted: the
+/// connection is then closed). Reading waits meanwhile, for `limit` at most.
+async fn bounded<F>(limit: Duration, write: F) -> bool
+where
+    F: std::future::Future<Output = Result<(), WsError>>,
+{
+    match timeout(limit, write).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            metrics::counter!("stg_connections_closed_total", "reason" => "write_timeout")
+                .increment(1);
+            false
+        }
+    }
 }
 
-/// The upgrade callback: accepts only a request offering `sip`, and answers with it
+/// A failed upgrade: the connection was admitted but never registered.
+fn refused(shared: &Shared, meta: &ConnMeta, reason: &'static str, error: &str) {
+    shared.release(meta.remote.ip());
+    tracing::debug!(conn = meta.id.0, remote = %meta.remote, error, "WebSocket upgrade failed");
+    metrics::counter!("stg_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// The upgrade callback: refuses a browser from an origin not allowed (403, and notes it in
+/// `bad_origin`), then accepts only a request offering `sip`, and answers with it
 /// (RFC 7118 §4.1, RFC 6455 §4.2.2 item 5.4).
 #[expect(
     clippy::result_large_err,
     reason = "the signature is tungstenite's Callback; it runs once per connection"
 )]
-fn negotiate(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+fn negotiate(
+    sip: &stg_config::SipConfig,
+    bad_origin: &AtomicBool,
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
+    // Several Origin fields are as suspect as a wrong one: each must be allowed.
+    let mut origins = request.headers().get_all(ORIGIN).iter().peekable();
+    let allowed = origins.peek().is_none()
+        || origins.all(|o| o.to_str().is_ok_and(|o| sip.is_allowed_origin(o)));
+    if !allowed {
+        bad_origin.store(true, Ordering::Relaxed);
+        let mut refusal = ErrorResponse::new(Some("origin not allowed".to_owned()));
+        *refusal.status_mut() = StatusCode::FORBIDDEN;
+        return Err(refusal);
+    }
     if !offers_sip(request) {
         let mut refusal = ErrorResponse::new(Some(
             "SIP over WebSocket requires the \"sip\" subprotocol (RFC 7118)".to_owned(),
@@ -230,10 +288,23 @@ mod tests {
         builder.body(()).unwrap()
     }
 
+    #[expect(clippy::result_large_err, reason = "tungstenite's Callback result")]
+    fn negotiate_default(request: &Request) -> Result<Response, ErrorResponse> {
+        let flag = AtomicBool::new(false);
+        let r = negotiate(
+            &stg_config::SipConfig::default(),
+            &flag,
+            request,
+            Response::new(()),
+        );
+        assert!(!flag.load(Ordering::Relaxed));
+        r
+    }
+
     #[test]
     fn only_an_offer_of_sip_is_accepted_and_answered_with_sip() {
         for offers in [&["sip"][..], &["foo, sip"], &["foo", "bar ,sip , baz"]] {
-            let answer = negotiate(&request(offers), Response::new(())).unwrap();
+            let answer = negotiate_default(&request(offers)).unwrap();
             assert_eq!(
                 answer
                     .headers()
@@ -244,9 +315,70 @@ mod tests {
             );
         }
         for offers in [&[][..], &["sips"], &["SIP"], &["xsip, sip2"], &[""]] {
-            let refusal = negotiate(&request(offers), Response::new(())).unwrap_err();
+            let refusal = negotiate_default(&request(offers)).unwrap_err();
             assert_eq!(refusal.status(), StatusCode::BAD_REQUEST, "{offers:?}");
         }
+    }
+
+    #[test]
+    fn only_listed_origins_may_open_a_websocket() {
+        let sip = stg_config::SipConfig {
+            ws_allowed_origins: vec!["https://webcall.example.com".to_owned()],
+            ..Default::default()
+        };
+        let with_origins = |origins: &[&str]| {
+            let mut builder = Request::builder()
+                .uri("/")
+                .header(SEC_WEBSOCKET_PROTOCOL, "sip");
+            for o in origins {
+                builder = builder.header(ORIGIN, *o);
+            }
+            let flag = AtomicBool::new(false);
+            let r = negotiate(&sip, &flag, &builder.body(()).unwrap(), Response::new(()));
+            (
+                r.map(|_| ()).map_err(|e| e.status()),
+                flag.load(Ordering::Relaxed),
+            )
+        };
+        // Native clients send no Origin.
+        assert_eq!(with_origins(&[]), (Ok(()), false));
+        assert_eq!(
+            with_origins(&["https://webcall.example.com"]),
+            (Ok(()), false)
+        );
+        assert_eq!(
+            with_origins(&["https://WebCall.example.com"]),
+            (Ok(()), false)
+        );
+        for bad in [
+            &["https://evil.example"][..],
+            &["null"],
+            &["https://webcall.example.com.evil.example"],
+            &["http://webcall.example.com"],
+            &["https://webcall.example.com", "https://evil.example"],
+        ] {
+            assert_eq!(
+                with_origins(bad),
+                (Err(StatusCode::FORBIDDEN), true),
+                "{bad:?}"
+            );
+        }
+        // The default allows no page at all.
+        let flag = AtomicBool::new(false);
+        let req = Request::builder()
+            .uri("/")
+            .header(SEC_WEBSOCKET_PROTOCOL, "sip")
+            .header(ORIGIN, "https://webcall.example.com")
+            .body(())
+            .unwrap();
+        let refusal = negotiate(
+            &stg_config::SipConfig::default(),
+            &flag,
+            &req,
+            Response::new(()),
+        )
+        .unwrap_err();
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
     }
 
     #[test]
@@ -280,10 +412,16 @@ mod tests {
     }
 
     fn harness(max_message_size: usize) -> (Harness, tokio::io::DuplexStream) {
+        harness_with(|c| c.sip.max_message_size = max_message_size)
+    }
+
+    fn harness_with(
+        configure: impl FnOnce(&mut stg_config::Config),
+    ) -> (Harness, tokio::io::DuplexStream) {
         let (core_tx, core) = mpsc::channel(16);
         let mut config = stg_config::Config::default();
-        config.sip.max_message_size = max_message_size;
         config.sip.tls_handshake_timeout = Duration::from_secs(5);
+        configure(&mut config);
         let shared = Arc::new(Shared::new(
             core_tx,
             Arc::new(config),
@@ -296,6 +434,7 @@ mod tests {
             transport: Transport::Ws,
             remote: SocketAddr::from(([192, 0, 2, 1], 40000)),
             side: Side::Outside,
+            outbound: false,
         };
         shared.admit(meta.remote.ip()).unwrap();
         let (server, client) = tokio::io::duplex(256 * 1024);
@@ -315,10 +454,22 @@ mod tests {
         io: tokio::io::DuplexStream,
         protocol: Option<&str>,
     ) -> Result<WebSocketStream<tokio::io::DuplexStream>, WsError> {
+        open_from(io, protocol, None).await
+    }
+
+    async fn open_from(
+        io: tokio::io::DuplexStream,
+        protocol: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<WebSocketStream<tokio::io::DuplexStream>, WsError> {
         let mut req = "ws://192.0.2.10/".into_client_request().unwrap();
         if let Some(p) = protocol {
             req.headers_mut()
                 .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(p).unwrap());
+        }
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert(ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         tokio_tungstenite::client_async(req, io)
             .await
@@ -363,15 +514,10 @@ mod tests {
             &b"MESSAGE sip:a SIP/2.0\r\n\r\n\xff"[..]
         );
 
-        // Too large: counted and dropped, the connection goes on.
-        ws.send(Message::text("x".repeat(1025))).await.unwrap();
-        ws.send(Message::text("OPTIONS sip:a SIP/2.0\r\n\r\n"))
-            .await
-            .unwrap();
-        assert_eq!(
-            next_core(&mut h).await,
-            &b"OPTIONS sip:a SIP/2.0\r\n\r\n"[..]
-        );
+        // Exactly the limit passes.
+        let largest = format!("OPTIONS sip:a SIP/2.0\r\n\r\n{}", "x".repeat(1024 - 25));
+        ws.send(Message::text(largest.clone())).await.unwrap();
+        assert_eq!(next_core(&mut h).await, largest.as_bytes());
 
         // What the core sends to the connection's flow.
         let flow = Flow {
@@ -435,5 +581,73 @@ mod tests {
         for _ in 0..h.shared.config.sip.max_connections_per_source {
             h.shared.admit(h.meta.remote.ip()).unwrap();
         }
+    }
+
+    /// Waits for the connection task to end and checks it let everything go.
+    async fn ended(h: Harness) {
+        timeout(Duration::from_secs(5), h.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.shared.connection_count(), 0);
+        assert_eq!(h.shared.admitted(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_closes_the_connection() {
+        let (h, io) = harness(1024);
+        let mut ws = open(io, Some("sip")).await.unwrap();
+        let _ = ws.send(Message::text("x".repeat(1025))).await;
+        // The server closes: the client sees the end of the stream.
+        let end = timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        end.await.unwrap();
+        ended(h).await;
+    }
+
+    #[tokio::test]
+    async fn a_partial_message_is_not_buffered_beyond_the_limit() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let (h, io) = harness(1024);
+        let mut ws = open(io, Some("sip")).await.unwrap();
+        // Fragments of one message, never finished: the second one passes the limit.
+        for _ in 0..2 {
+            let fragment = Frame::message(vec![b'x'; 600], OpCode::Data(Data::Text), false);
+            let _ = ws.send(Message::Frame(fragment)).await;
+        }
+        let end = timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        end.await.unwrap();
+        ended(h).await;
+    }
+
+    #[tokio::test]
+    async fn an_unlisted_origin_gets_403_no_origin_passes() {
+        let allow = |c: &mut stg_config::Config| {
+            c.sip.ws_allowed_origins = vec!["https://webcall.example.com".to_owned()];
+        };
+        let (h, io) = harness_with(allow);
+        let err = open_from(io, Some("sip"), Some("https://evil.example"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WsError::Http(r) if r.status() == StatusCode::FORBIDDEN),
+            "{err:?}"
+        );
+        ended(h).await;
+
+        let (h, io) = harness_with(allow);
+        let ws = open_from(io, Some("sip"), Some("https://webcall.example.com")).await;
+        drop(ws.unwrap());
+        ended(h).await;
+
+        // No Origin (a native client): 101 even with the default, empty list.
+        let (h, io) = harness_with(|_| {});
+        let ws = open_from(io, Some("sip"), None).await;
+        drop(ws.unwrap());
+        ended(h).await;
     }
 }
