@@ -39,7 +39,9 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-/// A request from `local` (its Via names it, with `rport`).
+/// A request from `local` (its Via names it, with `rport`), padded to 600 bytes as a real
+/// phone's would be: stg's own answer to it is then smaller than the request, so the
+/// amplification rule never holds it back.
 fn request(
     method: &str,
     uri: &str,
@@ -47,10 +49,12 @@ fn request(
     transport: &str,
     local: SocketAddr,
 ) -> SipMessage {
-    SipMessage::request(method, uri, call_id).via(&format!(
-        "{};rport",
-        via(transport, &local.to_string(), &format!("z9hG4bK-{call_id}"))
-    ))
+    SipMessage::request(method, uri, call_id)
+        .via(&format!(
+            "{};rport",
+            via(transport, &local.to_string(), &format!("z9hG4bK-{call_id}"))
+        ))
+        .padded_to(600)
 }
 
 /// A response that matches no transaction: stg's own listener on top (so it is not simply
