@@ -173,6 +173,16 @@ impl Drop for Victim {
     }
 }
 
+/// A child spawned with pipes (so not a testkit `Process`), killed by its PID on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 // === 1. stray responses ===
 
 /// A 200 OK from outside whose next Via is a Redis on loopback, with a folded header line
@@ -325,12 +335,15 @@ fn case01c_stray_response_cannot_enter_another_devices_tls_session() {
             listeners(&[("udp", stg_addr), ("tls", tls_addr)])
         ),
     );
-    let mut device = Command::new(PYTHON)
-        .args(["-c", TLS_DEVICE, "127.0.0.1", &tls.to_string(), ""])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 (Debian package python3) is needed");
+    let mut device = KillOnDrop(
+        Command::new(PYTHON)
+            .args(["-c", TLS_DEVICE, "127.0.0.1", &tls.to_string(), ""])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (Debian package python3) is needed"),
+    );
+    let device = &mut device.0;
     let (tx, rx) = std::sync::mpsc::channel();
     let out = device.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -366,8 +379,6 @@ fn case01c_stray_response_cannot_enter_another_devices_tls_session() {
     attacker.send_to(&m.build(), stg_addr).unwrap();
     writeln!(stdin, "listen").unwrap();
     let heard = next();
-    let _ = device.kill();
-    let _ = device.wait();
     assert_eq!(
         heard, "nothing",
         "a forged response from 127.0.0.9 was written into the device's TLS session"
