@@ -769,6 +769,7 @@ fn case05a_transactions_are_capped_per_source() {
             }
         })
     };
+    let drops_before = udp_socket_drops(stg_addr);
     let started = Instant::now();
     let sent = message_flood(
         &attacker,
@@ -778,14 +779,16 @@ fn case05a_transactions_are_capped_per_source() {
         Duration::from_secs(15),
     );
     let took = started.elapsed();
+    let lost = udp_socket_drops(stg_addr) - drops_before;
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (with_ra, without_ra, other) = answers.join().unwrap();
     let max_rss = rss.join().unwrap();
     device.join().unwrap();
     println!(
-        "{sent} MESSAGEs in {took:?}: RSS {rss_start} -> max {max_rss} KiB; 503 with \
-         Retry-After {with_ra}, without {without_ra}, other answers {other}"
+        "{sent} MESSAGEs in {took:?} ({lost} lost at stg's socket): RSS {rss_start} -> max \
+         {max_rss} KiB; 503 with Retry-After {with_ra}, without {without_ra}, other answers \
+         {other}"
     );
     assert!(
         max_rss < 64 * 1024,
@@ -801,11 +804,20 @@ fn case05a_transactions_are_capped_per_source() {
         refused >= with_ra as f64,
         "{refused} refusals counted, {with_ra} 503s received"
     );
-    assert_eq!(
+    // When stg's socket overflowed, any datagram may have been lost in the kernel, the
+    // device's too: then one check in four may go unanswered.
+    let (served, unserved) = (
+        served.load(Ordering::Relaxed),
         unserved.load(Ordering::Relaxed),
-        0,
-        "the device at 127.0.0.2 was not served ({} times served)",
-        served.load(Ordering::Relaxed)
+    );
+    assert!(
+        if lost == 0 {
+            unserved == 0
+        } else {
+            served >= 3 * unserved && served > 0
+        },
+        "the device at 127.0.0.2 went unserved {unserved} times (served {served}; {lost} \
+         datagrams lost at stg's socket)"
     );
 }
 
@@ -1004,7 +1016,9 @@ fn case06b_connections_are_capped_per_source_and_per_v6_prefix() {
     );
     // Admitted or refused at once: an OPTIONS on it gets a 200, or the connection closes.
     let try_conn = |src: &str, to: SocketAddr, tag: String| -> (Option<TcpStream>, bool) {
-        let mut s = connect_from(src, to);
+        let Ok(mut s) = try_connect_from(src, to) else {
+            return (None, false);
+        };
         let local = s.local_addr().unwrap();
         let m = request("OPTIONS", &format!("sip:{to}"), &tag, "TCP", local).build();
         let _ = s.write_all(&m);
@@ -1102,8 +1116,10 @@ fn case07_websocket_origin_allowlist() {
 
 // === 8. fingerprints ===
 
-/// `z9hG4bK`-less tails of two identifiers, split into alphanumeric runs; any pair of runs
-/// that are both hex numbers less than a million apart (and different) is a counter.
+/// Whether two identifiers (To-tags, or branches without `z9hG4bK`) carry a counter: split
+/// into alphanumeric runs, a pair of runs at the same place whose trailing hex digits (at
+/// least 6 of them, so random runs almost never collide) are different numbers less than
+/// 1,000 apart. Counters also hide behind a fixed prefix (`stg1f3a9c`, `stg1f3a9d`).
 fn looks_sequential(a: &str, b: &str) -> bool {
     let runs = |s: &str| -> Vec<String> {
         s.split(|c: char| !c.is_ascii_alphanumeric())
@@ -1111,8 +1127,6 @@ fn looks_sequential(a: &str, b: &str) -> bool {
             .map(str::to_string)
             .collect()
     };
-    let (ra, rb) = (runs(a), runs(b));
-    // Counters also hide behind a fixed prefix ("stg1f", "stg20"): compare trailing hex.
     let trailing_hex = |r: &str| -> Option<u64> {
         let start = r
             .char_indices()
@@ -1121,11 +1135,32 @@ fn looks_sequential(a: &str, b: &str) -> bool {
             .last()?
             .0;
         let tail = &r[start..];
-        (tail.len() <= 16).then(|| u64::from_str_radix(tail, 16).ok())?
+        let tail = &tail[tail.len().saturating_sub(16)..];
+        (tail.len() >= 6).then(|| u64::from_str_radix(tail, 16).ok())?
     };
-    ra.iter().zip(rb.iter()).any(|(x, y)| {
-        matches!((trailing_hex(x), trailing_hex(y)), (Some(p), Some(q)) if p != q && p.abs_diff(q) < 1_000_000)
+    runs(a).iter().zip(runs(b).iter()).any(|(x, y)| {
+        matches!(
+            (trailing_hex(x), trailing_hex(y)),
+            (Some(p), Some(q)) if p != q && p.abs_diff(q) < 1_000
+        )
     })
+}
+
+#[test]
+fn sequential_identifiers_are_recognised() {
+    assert!(looks_sequential(
+        "stg30f5c12463265028",
+        "stg30f5c12463265029"
+    ));
+    assert!(looks_sequential(
+        "-f5134c54dffdc28b-c0b50ee137c7f04a",
+        "-4f03d24c92b1bf64-c0b50ee137c7f04c"
+    ));
+    assert!(!looks_sequential("9f2c41d07be5", "03aa7e51c9d4"));
+    assert!(!looks_sequential(
+        "-f5134c54dffdc28b-v1",
+        "-4f03d24c92b1bf64-v1"
+    ));
 }
 
 fn common_prefix(a: &str, b: &str) -> usize {
