@@ -10,52 +10,24 @@
 //! Every flood is bounded in count and in time.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stg_testkit::sip::{header_values, status_code, via, SipMessage};
 
 use crate::harness::{
-    connect_from, free_port, free_port_on, read_sip, recv_all, sh, try_connect_from,
-    udp_socket_drops, Netns, Redis, StgNode, StgOpts,
+    addr, connect_from, free_port, listeners, read_sip, recv_all, recv_until, request, rss_sampler,
+    sh, tcp_device_served, try_connect_from, udp_device_served, udp_socket_drops,
+    udp_socket_with_big_buffer, KillOnDrop, Netns, Redis, StgNode, StgOpts, Victim,
 };
 use crate::uas::Uas;
 
 const PYTHON: &str = "/usr/bin/python3";
 
 // === helpers ===
-
-/// `[[sip.listen]]` tables for `(transport, address)` pairs.
-fn listeners(list: &[(&str, SocketAddr)]) -> String {
-    list.iter()
-        .map(|(t, a)| format!("\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"{a}\"\n"))
-        .collect()
-}
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-/// A request from `local` (its Via names it, with `rport`), padded to 600 bytes as a real
-/// phone's would be: stg's own answer to it is then smaller than the request, so the
-/// amplification rule never holds it back.
-fn request(
-    method: &str,
-    uri: &str,
-    call_id: &str,
-    transport: &str,
-    local: SocketAddr,
-) -> SipMessage {
-    SipMessage::request(method, uri, call_id)
-        .via(&format!(
-            "{};rport",
-            via(transport, &local.to_string(), &format!("z9hG4bK-{call_id}"))
-        ))
-        .padded_to(600)
-}
 
 /// A response that matches no transaction: stg's own listener on top (so it is not simply
 /// discarded), then the Via naming where an attacker wants it to go.
@@ -67,120 +39,6 @@ fn stray_response(stg: SocketAddr, next_via: &str, call_id: &str) -> SipMessage 
             &format!("z9hG4bK-stray-{call_id}"),
         ))
         .via(next_via)
-}
-
-/// A legitimate device at `from_ip` asks the node for OPTIONS over UDP: `true` when a 200
-/// comes back (three tries of a second).
-fn udp_device_served(stg: SocketAddr, from_ip: &str, tag: &str) -> bool {
-    let sock = UdpSocket::bind((from_ip, 0)).unwrap();
-    let local = sock.local_addr().unwrap();
-    for i in 0..3 {
-        let cid = format!("legit-{tag}-{i}");
-        let m = request("OPTIONS", &format!("sip:{stg}"), &cid, "UDP", local).build();
-        sock.send_to(&m, stg).unwrap();
-        let got = recv_until(&sock, Duration::from_secs(1), |raw| {
-            header_values(raw, "Call-ID").first().map(String::as_str) == Some(cid.as_str())
-                && status_code(raw).is_some_and(|s| s >= 200)
-        });
-        if let Some(raw) = got {
-            return status_code(&raw) == Some(200);
-        }
-    }
-    false
-}
-
-/// A legitimate device at `from_ip` opens a TCP connection and asks the node for OPTIONS:
-/// `true` when a 200 comes back within two seconds.
-fn tcp_device_served(stg: SocketAddr, from_ip: &str, tag: &str) -> bool {
-    let Ok(mut s) = try_connect_from(from_ip, stg) else {
-        return false;
-    };
-    let local = s.local_addr().unwrap();
-    let m = request(
-        "OPTIONS",
-        &format!("sip:{stg}"),
-        &format!("legit-{tag}"),
-        "TCP",
-        local,
-    );
-    if s.write_all(&m.build()).is_err() {
-        return false;
-    }
-    matches!(read_sip(&mut s, Duration::from_secs(2)), Ok(Some(r)) if status_code(&r) == Some(200))
-}
-
-/// The first datagram within `wait` for which `want` holds.
-fn recv_until(sock: &UdpSocket, wait: Duration, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + wait;
-    let mut buf = vec![0u8; 65535];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        let (n, _) = sock.recv_from(&mut buf).ok()?;
-        if want(&buf[..n]) {
-            return Some(buf[..n].to_vec());
-        }
-    }
-    None
-}
-
-/// A TCP and a UDP listener on one address that record whether anything reached them.
-struct Victim {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Victim {
-    fn start(ip: &str) -> Self {
-        let port = free_port_on(ip);
-        let addr = addr(ip, port);
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let udp = UdpSocket::bind(addr).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let (h, s) = (hits.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65535];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    h.lock().unwrap().push(format!(
-                        "UDP from {from}: {:?}",
-                        String::from_utf8_lossy(&buf[..n.min(60)])
-                    ));
-                }
-                if let Ok((_, from)) = tcp.accept() {
-                    h.lock()
-                        .unwrap()
-                        .push(format!("TCP connection from {from}"));
-                }
-            }
-        });
-        Self { addr, hits, stop }
-    }
-
-    fn hits(&self) -> Vec<String> {
-        self.hits.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Victim {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A child spawned with pipes (so not a testkit `Process`), killed by its PID on drop.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // === 1. stray responses ===
@@ -707,25 +565,6 @@ fn count_answers(
     })
 }
 
-/// Samples a process's RSS every 100 ms until stopped; returns the highest, KiB.
-fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut max = 0;
-        while !stop.load(Ordering::Relaxed) {
-            max = max.max(stg_testkit::procfs::rss_kib(pid).unwrap_or(0));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        max
-    })
-}
-
-fn big_socket(ip: &str) -> UdpSocket {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    let _ = s.set_recv_buffer_size(8 << 20);
-    s.bind(&addr(ip, 0).into()).unwrap();
-    s.into()
-}
-
 /// 30,000 × 4 KB MESSAGEs from one outside source to a silent upstream, with the default
 /// caps: RSS stays under 64 MB, requests beyond `sip.max_transactions_per_source` (200) get
 /// 503 + Retry-After and are counted, and a device at another address is served.
@@ -750,7 +589,7 @@ fn case05a_transactions_are_capped_per_source() {
         },
     );
     let rss_start = stg.rss_kib();
-    let attacker = big_socket("127.0.0.9");
+    let attacker = udp_socket_with_big_buffer("127.0.0.9");
     let stop = Arc::new(AtomicBool::new(false));
     let answers = count_answers(attacker.try_clone().unwrap(), stop.clone());
     let rss = rss_sampler(stg.pid(), stop.clone());
@@ -848,7 +687,7 @@ fn case05b_transactions_are_capped_globally() {
     let mut counters = Vec::new();
     let mut socks = Vec::new();
     for i in 11..16 {
-        let s = big_socket(&format!("127.0.0.{i}"));
+        let s = udp_socket_with_big_buffer(&format!("127.0.0.{i}"));
         counters.push(count_answers(s.try_clone().unwrap(), stop.clone()));
         socks.push(s);
     }

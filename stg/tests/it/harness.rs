@@ -3,10 +3,14 @@
 //! drop, the loopback-only namespace, SIP text) live in `stg-testkit`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use stg_testkit::sip::{header_values, status_code, via, SipMessage};
 
 pub(crate) use stg_testkit::netns::Netns;
 pub(crate) use stg_testkit::process::Process as Peer;
@@ -248,7 +252,7 @@ pub(crate) fn read_sip(s: &mut TcpStream, wait: Duration) -> Result<Option<Vec<u
     let mut chunk = [0u8; 16384];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let cl: usize = stg_testkit::sip::header_values(&buf, "Content-Length")
+            let cl: usize = header_values(&buf, "Content-Length")
                 .first()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
@@ -374,4 +378,172 @@ impl Redis {
             .expect("INFO stats without total_connections_received");
         total.saturating_sub(self.own_calls.get())
     }
+}
+
+// === for the attack tests ===
+
+/// `[[sip.listen]]` tables for `(transport, address)` pairs.
+pub(crate) fn listeners(list: &[(&str, SocketAddr)]) -> String {
+    list.iter()
+        .map(|(t, a)| format!("\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"{a}\"\n"))
+        .collect()
+}
+
+pub(crate) fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A request from `local` (its Via names it, with `rport`), padded to 600 bytes as a real
+/// phone's would be: stg's own answer to it is then smaller than the request, so the
+/// amplification rule never holds it back.
+pub(crate) fn request(
+    method: &str,
+    uri: &str,
+    call_id: &str,
+    transport: &str,
+    local: SocketAddr,
+) -> SipMessage {
+    SipMessage::request(method, uri, call_id)
+        .via(&format!(
+            "{};rport",
+            via(transport, &local.to_string(), &format!("z9hG4bK-{call_id}"))
+        ))
+        .padded_to(600)
+}
+
+/// A legitimate device at `from_ip` asks the node for OPTIONS over UDP: `true` when a 200
+/// comes back (three tries of a second).
+pub(crate) fn udp_device_served(stg: SocketAddr, from_ip: &str, tag: &str) -> bool {
+    let sock = UdpSocket::bind((from_ip, 0)).unwrap();
+    let local = sock.local_addr().unwrap();
+    for i in 0..3 {
+        let cid = format!("legit-{tag}-{i}");
+        let m = request("OPTIONS", &format!("sip:{stg}"), &cid, "UDP", local).build();
+        sock.send_to(&m, stg).unwrap();
+        let got = recv_until(&sock, Duration::from_secs(1), |raw| {
+            header_values(raw, "Call-ID").first().map(String::as_str) == Some(cid.as_str())
+                && status_code(raw).is_some_and(|s| s >= 200)
+        });
+        if let Some(raw) = got {
+            return status_code(&raw) == Some(200);
+        }
+    }
+    false
+}
+
+/// A legitimate device at `from_ip` opens a TCP connection and asks the node for OPTIONS:
+/// `true` when a 200 comes back within two seconds.
+pub(crate) fn tcp_device_served(stg: SocketAddr, from_ip: &str, tag: &str) -> bool {
+    let Ok(mut s) = try_connect_from(from_ip, stg) else {
+        return false;
+    };
+    let local = s.local_addr().unwrap();
+    let m = request(
+        "OPTIONS",
+        &format!("sip:{stg}"),
+        &format!("legit-{tag}"),
+        "TCP",
+        local,
+    );
+    if s.write_all(&m.build()).is_err() {
+        return false;
+    }
+    matches!(read_sip(&mut s, Duration::from_secs(2)), Ok(Some(r)) if status_code(&r) == Some(200))
+}
+
+/// The first datagram within `wait` for which `want` holds.
+pub(crate) fn recv_until(
+    sock: &UdpSocket,
+    wait: Duration,
+    want: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 65535];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        if want(&buf[..n]) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+/// A TCP and a UDP listener on one address that record whether anything reached them.
+pub(crate) struct Victim {
+    pub(crate) addr: SocketAddr,
+    hits: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Victim {
+    pub(crate) fn start(ip: &str) -> Self {
+        let port = free_port_on(ip);
+        let addr = addr(ip, port);
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp = UdpSocket::bind(addr).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let tcp = TcpListener::bind(addr).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (h, s) = (hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65535];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    h.lock().unwrap().push(format!(
+                        "UDP from {from}: {:?}",
+                        String::from_utf8_lossy(&buf[..n.min(60)])
+                    ));
+                }
+                if let Ok((_, from)) = tcp.accept() {
+                    h.lock()
+                        .unwrap()
+                        .push(format!("TCP connection from {from}"));
+                }
+            }
+        });
+        Self { addr, hits, stop }
+    }
+
+    pub(crate) fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A child spawned with pipes (so not a testkit `Process`), killed by its PID on drop.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Samples a process's RSS every 100 ms until stopped; returns the highest, KiB.
+pub(crate) fn rss_sampler(pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            max = max.max(stg_testkit::procfs::rss_kib(pid).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        max
+    })
+}
+
+pub(crate) fn udp_socket_with_big_buffer(ip: &str) -> UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    let _ = s.set_recv_buffer_size(8 << 20);
+    s.bind(&addr(ip, 0).into()).unwrap();
+    s.into()
 }
