@@ -761,7 +761,9 @@ fn case06a_non_reading_peer_is_closed_by_the_write_timeout() {
     peer.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     // Each response copies the 30 KB Via: the peer's receive buffer and stg's send buffer
-    // fill after a few hundred.
+    // (about 10 MB together) are full after a few hundred. No more than 500 (15 MB): the
+    // point is a peer that stops reading, not how fast one connection can keep the core
+    // busy.
     let big_via = format!(
         "SIP/2.0/TCP {local};branch=z9hG4bK-nr;x={}",
         "p".repeat(30_000)
@@ -773,7 +775,7 @@ fn case06a_non_reading_peer_is_closed_by_the_write_timeout() {
     let mut off = 0;
     while started.elapsed() < Duration::from_secs(5) {
         if off == pending.len() {
-            if sent == 2000 {
+            if sent == 500 {
                 break;
             }
             pending =
@@ -801,9 +803,19 @@ fn case06a_non_reading_peer_is_closed_by_the_write_timeout() {
         "non-reading peer: {sent} requests written in {:?}",
         started.elapsed()
     );
+    // Within a few seconds: a debug build may still be working through what the peer sent.
+    let t = Instant::now();
+    let mut served = false;
+    for i in 0..3 {
+        if tcp_device_served(stg_addr, "127.0.0.2", &format!("nr{i}")) {
+            served = true;
+            break;
+        }
+    }
     assert!(
-        tcp_device_served(stg_addr, "127.0.0.2", "nr"),
-        "a device at another address is served while the peer blocks"
+        served,
+        "a device at another address is not served while the peer blocks ({:?})",
+        t.elapsed()
     );
     let closed_metric = stg.wait_counter(
         "stg_connections_closed_total{reason=\"write_timeout\"}",
