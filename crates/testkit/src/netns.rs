@@ -117,6 +117,8 @@ impl Netns {
             text.contains("1 passed"),
             "the namespace run did not run {test}:\n{text}"
         );
+        // What the test printed inside (its figures), shown with `--nocapture`.
+        print!("{text}");
         false
     }
 }
