@@ -1302,7 +1302,8 @@ fn case10a_inside_requests_cannot_reach_loopback() {
             2.0
         );
     }
-    let uas = Uas::start("127.0.0.1");
+    // A UAS on loopback, but not on the node's own address.
+    let uas = Uas::start("127.0.0.20");
     let _stg = StgNode::start(
         "dest-allowed",
         &format!("[sip]\nallowed_destinations = [\"127.0.0.0/8\"]\n{base}"),
