@@ -841,6 +841,25 @@ fn case06a_non_reading_peer_is_closed_by_the_write_timeout() {
     assert!(closed_metric >= 1.0, "the write timeout is not counted");
 }
 
+/// A TCP connection from `src` asks the node for OPTIONS: `(Some(conn), true)` when a 200
+/// comes back (admitted), `(None, false)` when the connection is refused or closed at once.
+fn admitted(src: &str, to: SocketAddr, tag: String) -> (Option<TcpStream>, bool) {
+    let Ok(mut s) = try_connect_from(src, to) else {
+        return (None, false);
+    };
+    let local = s.local_addr().unwrap();
+    let m = request("OPTIONS", &format!("sip:{to}"), &tag, "TCP", local).build();
+    let _ = s.write_all(&m);
+    match read_sip(&mut s, Duration::from_secs(2)) {
+        Ok(Some(r)) if status_code(&r) == Some(200) => (Some(s), true),
+        Err(()) => (None, false),
+        Ok(other) => panic!(
+            "{src}: neither served nor refused: {:?}",
+            other.map(|r| String::from_utf8_lossy(&r).into_owned())
+        ),
+    }
+}
+
 /// The 65th connection from one source is refused at once and counted; two IPv6 addresses
 /// of one /64 share that budget.
 #[test]
@@ -865,42 +884,25 @@ fn case06b_connections_are_capped_per_source_and_per_v6_prefix() {
             ..StgOpts::default()
         },
     );
-    // Admitted or refused at once: an OPTIONS on it gets a 200, or the connection closes.
-    let try_conn = |src: &str, to: SocketAddr, tag: String| -> (Option<TcpStream>, bool) {
-        let Ok(mut s) = try_connect_from(src, to) else {
-            return (None, false);
-        };
-        let local = s.local_addr().unwrap();
-        let m = request("OPTIONS", &format!("sip:{to}"), &tag, "TCP", local).build();
-        let _ = s.write_all(&m);
-        match read_sip(&mut s, Duration::from_secs(2)) {
-            Ok(Some(r)) if status_code(&r) == Some(200) => (Some(s), true),
-            Err(()) => (None, false),
-            Ok(other) => panic!(
-                "{src}: neither served nor refused: {:?}",
-                other.map(|r| String::from_utf8_lossy(&r).into_owned())
-            ),
-        }
-    };
     let mut held = Vec::new();
     for i in 0..64 {
-        let (s, ok) = try_conn("127.0.0.9", stg4, format!("v4-{i}"));
+        let (s, ok) = admitted("127.0.0.9", stg4, format!("v4-{i}"));
         assert!(ok, "connection {} from 127.0.0.9 refused", i + 1);
         held.push(s);
     }
     let t = Instant::now();
-    let (_, ok) = try_conn("127.0.0.9", stg4, "v4-65".into());
+    let (_, ok) = admitted("127.0.0.9", stg4, "v4-65".into());
     assert!(!ok, "the 65th connection from 127.0.0.9 was admitted");
     assert!(t.elapsed() < Duration::from_secs(1), "not refused at once");
     assert!(tcp_device_served(stg4, "127.0.0.2", "v4"));
 
     for i in 0..64 {
         let src = if i % 2 == 0 { "fd00::2" } else { "fd00::3" };
-        let (s, ok) = try_conn(src, stg6, format!("v6-{i}"));
+        let (s, ok) = admitted(src, stg6, format!("v6-{i}"));
         assert!(ok, "connection {} from {src} refused", i + 1);
         held.push(s);
     }
-    let (_, ok) = try_conn("fd00::2", stg6, "v6-65".into());
+    let (_, ok) = admitted("fd00::2", stg6, "v6-65".into());
     assert!(
         !ok,
         "fd00::2 and fd00::3 (one /64) got more than 64 connections together"
@@ -911,6 +913,68 @@ fn case06b_connections_are_capped_per_source_and_per_v6_prefix() {
         Duration::from_secs(3),
     );
     assert_eq!(refused, 2.0);
+}
+
+/// Past `sip.max_connections` (20 here) newcomers from any address are refused at once and
+/// counted, while the admin endpoint still answers; a freed slot admits again. (The
+/// `max_connections` reason label is the edge branch's name; the brief names none.)
+#[test]
+fn case06c_connections_are_capped_globally() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let port = free_port();
+    let stg_addr = addr("127.0.0.1", port);
+    let stg = StgNode::start_with(
+        "conn-global",
+        &format!(
+            "[sip]\nupstream = \"sip:10.0.0.5:5060\"\nmax_connections = 20\n{}",
+            listeners(&[("tcp", stg_addr)])
+        ),
+        StgOpts {
+            log_level: "info",
+            ..StgOpts::default()
+        },
+    );
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let src = format!("127.0.0.{}", 30 + i / 2);
+        let (s, ok) = admitted(&src, stg_addr, format!("g-{i}"));
+        assert!(
+            ok,
+            "connection {} (from {src}) refused below the cap",
+            i + 1
+        );
+        held.push(s);
+    }
+    let t = Instant::now();
+    let (_, ok) = admitted("127.0.0.50", stg_addr, "g-21".into());
+    assert!(
+        !ok,
+        "the 21st connection was admitted past sip.max_connections"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "not refused at once");
+    assert!(
+        stg.metrics().contains("stg_"),
+        "the admin endpoint must answer with the connections full"
+    );
+    assert_eq!(
+        stg.wait_counter(
+            "stg_connections_refused_total{reason=\"max_connections\"}",
+            1.0,
+            Duration::from_secs(3)
+        ),
+        1.0
+    );
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !admitted("127.0.0.50", stg_addr, "g-22".into()).1 {
+        assert!(
+            Instant::now() < deadline,
+            "a freed slot does not admit again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // === 7. WebSocket Origin ===
