@@ -135,7 +135,7 @@ impl Kamailio {
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Some(st)) = k.peer.child.try_wait() {
+            if let Some(st) = k.peer.try_wait() {
                 panic!("kamailio exited at startup ({st}):\n{}", k.log());
             }
             if is_bound(Transport::Udp, addr) && is_bound(Transport::Tcp, addr) {
@@ -155,13 +155,13 @@ impl Kamailio {
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.peer.child.try_wait(), Ok(None))
+        self.peer.alive()
     }
 }
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let pid = self.peer.child.id().to_string();
+        let pid = self.peer.pid().to_string();
         if self.alive() {
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -169,8 +169,7 @@ impl Drop for Kamailio {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if self.alive() {
-                let _ = self.peer.child.kill();
-                let _ = self.peer.child.wait();
+                self.peer.kill();
                 // Its children, if the main process could not stop them: our group.
                 let _ = Command::new("kill")
                     .args(["-KILL", "--", &format!("-{pid}")])

@@ -245,13 +245,17 @@ fn closed_stderr_does_not_stop_the_node() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed by its PID even if an assertion below fails first.
+    let mut guard = crate::harness::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_stg"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     drop(child.stderr.take());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = UdpSocket::bind("127.0.0.1:0").unwrap();

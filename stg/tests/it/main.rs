@@ -2,6 +2,7 @@
 //! dnsmasq, WebSocket clients), and the conformance corpora. One test binary (link time is
 //! the budget on two cores); each module is one area.
 
+mod attacks;
 mod cli;
 mod dns;
 // Shared helpers: not every test module uses every one of them.

@@ -245,7 +245,7 @@ impl Sipp {
     fn wait_bound(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.peer.child.try_wait() {
+            if let Some(st) = self.peer.try_wait() {
                 panic!(
                     "sipp {} exited before binding ({st}):\n{}",
                     self.label,

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use stg_sip_msg::framer::{Frame, Framer};
 use stg_sip_msg::{HeaderName, Message};
 
-use crate::harness::{conformance_dir, free_port, in_isolated_netns, manifest, StgNode};
+use crate::harness::{conformance_dir, free_port, manifest, Netns, StgNode};
 use crate::uas::Uas;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,10 +174,10 @@ fn node(port: u16, upstream: SocketAddr) -> StgNode {
 
 #[test]
 fn torture_messages_over_udp_and_tcp() {
-    if !in_isolated_netns(
-        "torture::torture_messages_over_udp_and_tcp",
-        &["192.0.2.198", "192.0.2.105"],
-    ) {
+    if !Netns::new()
+        .addrs(&["192.0.2.198", "192.0.2.105"])
+        .run_test_inside()
+    {
         return;
     }
     let uas = Uas::start("127.0.0.1");

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, shared_dir, temp_dir, Peer, StgNode};
+use crate::harness::{connect_from, free_port, shared_dir, temp_dir, Peer, StgNode};
 use crate::uas::Uas;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -257,14 +257,6 @@ fn haproxy(dir: &Path, front: u16, backend: SocketAddr, source: &str) -> Peer {
         std::thread::sleep(Duration::from_millis(50));
     }
     p
-}
-
-fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&dst.into()).unwrap();
-    s.into()
 }
 
 #[test]

@@ -1,0 +1,23 @@
+//! What two or more of stg's integration-test crates need, in one place: where the shared
+//! corpora live (`dirs`), fresh temp dirs and free ports (`dirs`, `net`), child processes
+//! that die with the test (`process`), a loopback-only network namespace to run a test or a
+//! program in (`netns`), readers of a process's memory, CPU time and descriptors (`procfs`),
+//! and small builders of SIP message text (`sip`).
+//!
+//! Test code only: std only, no dependency on the crates under test, nothing `unsafe`.
+//! Every child process is killed by its PID when its handle drops; every helper that waits
+//! takes a bound.
+
+#![forbid(unsafe_code)]
+
+pub mod dirs;
+pub mod net;
+pub mod netns;
+pub mod process;
+pub mod procfs;
+pub mod sip;
+
+pub use dirs::{conformance_dir, load_conformance, manifest, shared_dir, temp_dir};
+pub use net::{free_port, free_port_on};
+pub use netns::Netns;
+pub use process::Process;
