@@ -85,11 +85,14 @@ impl AcceptErrors {
     }
 }
 
-/// Nagle off, and `sip.write_timeout` as `TCP_USER_TIMEOUT`: data the peer does not
-/// acknowledge for that long ends the connection in the kernel too.
+/// Nagle off, and `TCP_USER_TIMEOUT` at 1.5 × `sip.write_timeout`: data the peer does not
+/// acknowledge for that long ends the connection in the kernel too (a dead peer with no
+/// write pending). Longer than the write timeout, so that a peer that stops reading is
+/// closed by stg's own deadline first, and counted as such.
 pub(crate) fn prepare_socket(sock: &TcpStream, shared: &Shared) {
     let _ = sock.set_nodelay(true);
-    let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(shared.write_timeout()));
+    let t = shared.write_timeout();
+    let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(t + t / 2));
 }
 
 /// Accepts connections until shutdown; each admitted one gets its own task.

@@ -106,14 +106,16 @@ impl FlowTokens {
     }
 
     /// A branch for a request this proxy sends (RFC 3261 §16.6 step 8):
-    /// `z9hG4bK-<loop hash>-<hex(nonce, reply flow, MAC)>`. The loop hash detects loops; the
-    /// nonce makes it unique; the reply flow and the MAC let a 2xx that arrives after its
-    /// transaction has ended (RFC 6026) go back on exactly the flow the request came from,
-    /// and nowhere a forged response would like.
-    pub(crate) fn mint_branch(&self, loop_hash: u64, nonce: u64, reply: &Flow) -> Vec<u8> {
-        let mut p = Vec::with_capacity(8 + 29 + MAC_LEN);
+    /// `z9hG4bK-<loop hash>-<hex(nonce, minted, sent to, reply flow, MAC)>`. The loop hash
+    /// detects loops; the nonce makes it unique; the rest, under the MAC, lets a 2xx that
+    /// arrives after its transaction has ended (RFC 6026) go back on exactly the flow the
+    /// request came from, and only when it comes from where the request went, soon enough.
+    pub(crate) fn mint_branch(&self, loop_hash: u64, nonce: u64, minted: &Minted) -> Vec<u8> {
+        let mut p = Vec::with_capacity(8 + 8 + 29 + MAC_LEN);
         p.extend_from_slice(&nonce.to_be_bytes());
-        p.extend_from_slice(&payload(reply));
+        p.extend_from_slice(&minted.at_secs.to_be_bytes());
+        p.extend_from_slice(&minted.sent_to.to_be_bytes());
+        p.extend_from_slice(&payload(&minted.reply));
         let mac = self.mac(&[b"b", &loop_hash.to_be_bytes(), &p]);
         p.extend_from_slice(&mac);
         let mut b = Vec::with_capacity(BRANCH_PREFIX.len() + 17 + 2 * p.len());
@@ -124,23 +126,51 @@ impl FlowTokens {
         b
     }
 
-    /// The reply flow a branch minted by [`Self::mint_branch`] carries; `None` for any branch
-    /// this process did not mint.
-    pub(crate) fn branch_flow(&self, branch: &[u8]) -> Option<Flow> {
+    /// What a branch minted by [`Self::mint_branch`] carries; `None` for any branch this
+    /// process did not mint (one spelling only: lower-case hex).
+    pub(crate) fn branch_flow(&self, branch: &[u8]) -> Option<Minted> {
         let rest = branch.strip_prefix(BRANCH_PREFIX)?;
         if rest.len() < 17 || rest[16] != b'-' {
             return None;
         }
         let mut lh = [0u8; 8];
         let loop_hash = unhex_into(&rest[..16], &mut lh)?;
-        let mut buf = [0u8; 8 + 29 + MAC_LEN];
-        let p = unhex_into(&rest[17..], &mut buf)?;
-        let (body, mac) = p.split_at(p.len().checked_sub(MAC_LEN)?);
-        if body.len() < 8 || self.mac(&[b"b", loop_hash, body]) != mac {
+        if rest.iter().any(u8::is_ascii_uppercase) {
             return None;
         }
-        parse_payload(&body[8..])
+        let mut buf = [0u8; 16 + 29 + MAC_LEN];
+        let p = unhex_into(&rest[17..], &mut buf)?;
+        let (body, mac) = p.split_at(p.len().checked_sub(MAC_LEN)?);
+        if body.len() < 16 || self.mac(&[b"b", loop_hash, body]) != mac {
+            return None;
+        }
+        let word = |i: usize| u32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+        Some(Minted {
+            at_secs: word(8),
+            sent_to: word(12),
+            reply: parse_payload(&body[16..])?,
+        })
     }
+
+    /// A short keyed digest of an address, to bind a branch to where its request went.
+    pub(crate) fn addr_tag(&self, ip: IpAddr) -> u32 {
+        let octets = match ip.to_canonical() {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        (self.keyed_hash(&[b"dest", &octets]) >> 32) as u32
+    }
+}
+
+/// What a minted branch binds under its MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Minted {
+    /// Seconds since the proxy's first input, when the request was sent.
+    pub(crate) at_secs: u32,
+    /// [`FlowTokens::addr_tag`] of the address the request was sent to.
+    pub(crate) sent_to: u32,
+    /// Where the request's responses go.
+    pub(crate) reply: Flow,
 }
 
 /// Every branch this proxy mints starts with it (the RFC 3261 magic cookie and a dash).
@@ -273,9 +303,14 @@ mod tests {
             remote: "[2001:db8::7]:40000".parse().unwrap(),
             conn: Some(ConnId(77)),
         };
-        let b = t.mint_branch(0xfeed, t.prf(1), &flow);
+        let minted = Minted {
+            at_secs: 7,
+            sent_to: 9,
+            reply: flow,
+        };
+        let b = t.mint_branch(0xfeed, t.prf(1), &minted);
         assert!(b.starts_with(b"z9hG4bK-000000000000feed-"));
-        assert_eq!(t.branch_flow(&b), Some(flow));
+        assert_eq!(t.branch_flow(&b), Some(minted));
         assert_eq!(
             t.branch_flow(&b.to_ascii_uppercase()[..]),
             None,
@@ -302,5 +337,34 @@ mod tests {
         let (a, b) = (t.prf(1), t.prf(2));
         assert_ne!(a, b);
         assert!(b.wrapping_sub(a) > 1 << 20 || a.wrapping_sub(b) > 1 << 20);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+
+    /// F8. The branch MAC check accepts upper-case hex: one minted branch has 2^n spellings
+    /// that all validate, but transaction keys are byte-exact, so a 2xx with a re-cased
+    /// branch misses its live transaction and takes the stateless late-2xx path.
+    #[test]
+    fn a_branch_has_one_spelling() {
+        let t = FlowTokens::new([7; 16]);
+        let flow = Flow {
+            listener: ListenerId(0),
+            transport: Transport::Udp,
+            remote: "203.0.113.7:40000".parse().unwrap(),
+            conn: None,
+        };
+        let minted = Minted {
+            at_secs: 0,
+            sent_to: 0,
+            reply: flow,
+        };
+        let b = t.mint_branch(0xabcdef, t.prf(1), &minted);
+        let mut recased = b[..8].to_vec();
+        recased.extend(b[8..].to_ascii_uppercase());
+        assert_ne!(recased, b);
+        assert_eq!(t.branch_flow(&recased), None);
     }
 }

@@ -44,7 +44,7 @@ mod flow_token;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ use crate::transaction::{
     ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerTxId,
     TransactionConfig, Transactions, TxEvent, TxKey,
 };
-use flow_token::{push_hex_u64, FlowTokens, BRANCH_PREFIX};
+use flow_token::{push_hex_u64, FlowTokens, Minted, BRANCH_PREFIX};
 
 /// Everything the proxy core needs; built once by the shell from the configuration.
 #[derive(Clone, Debug)]
@@ -256,6 +256,9 @@ pub struct Inbound {
 struct Dest {
     flow: Flow,
     on_fail: Option<SendRef>,
+    /// The anti-amplification budget this send draws on (server transactions towards an
+    /// unverified source).
+    guard: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -366,12 +369,25 @@ pub struct Proxy {
     /// Live server transactions per outside source, and the source of each.
     per_source: HashMap<SourceKey, usize>,
     server_source: HashMap<ServerTxId, SourceKey>,
+    /// Server transactions that have sent their final answer, oldest first (may hold ids
+    /// that have already ended), and the set of them.
+    lingering: VecDeque<ServerTxId>,
+    /// Where each client transaction's request went: its responses must come from there.
+    client_dest: HashMap<ClientTxId, IpAddr>,
+    /// The first instant seen: minted branches count seconds from it.
+    epoch: Option<Instant>,
+    finals: HashSet<ServerTxId>,
+    /// Anti-amplification budgets (bytes) by guard, and the guard of each server transaction.
+    amp_budget: HashMap<u64, usize>,
+    guard_of: HashMap<ServerTxId, u64>,
     timer_c: BTreeSet<(Instant, u64)>,
     out: VecDeque<Output>,
     next_id: u64,
     counter: u64,
     stats: Stats,
     draining: bool,
+    /// Set while timer output is pumped (see [`Self::guard_server`]).
+    retransmitting: bool,
     /// `host:port` of each listener as written in Via and Record-Route, made once.
     host_ports: Vec<Bytes>,
 }
@@ -398,11 +414,18 @@ impl Proxy {
             inflight: HashMap::new(),
             per_source: HashMap::new(),
             server_source: HashMap::new(),
+            lingering: VecDeque::new(),
+            client_dest: HashMap::new(),
+            epoch: None,
+            finals: HashSet::new(),
+            amp_budget: HashMap::new(),
+            guard_of: HashMap::new(),
             timer_c: BTreeSet::new(),
             out: VecDeque::new(),
             next_id: 1,
             stats: Stats::default(),
             draining: false,
+            retransmitting: false,
         }
     }
 
@@ -452,7 +475,11 @@ impl Proxy {
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
+        // What the timers send now are retransmissions (Timer G): they draw on the
+        // anti-amplification budgets; first copies never do.
+        self.retransmitting = true;
         self.pump(now);
+        self.retransmitting = false;
         while let Some(&(at, ctx)) = self.timer_c.first() {
             if at > now {
                 break;
@@ -565,9 +592,14 @@ impl Proxy {
         let key = self.server_key(&m, &top, inbound.flow.remote);
         let method = m.method().unwrap_or(Method::Extension);
         let reliable = inbound.flow.transport.is_reliable();
+        let guard = self.unverified(inbound).then(|| {
+            self.next_id += 1;
+            self.next_id
+        });
         let reply = Dest {
             flow: self.reply_flow(&top, inbound),
             on_fail: None,
+            guard,
         };
         match method {
             Method::Ack => {
@@ -585,45 +617,32 @@ impl Proxy {
                 }
             }
             Method::Cancel => {
-                if self.tx.find_server(&key).is_none() {
-                    if let Err(r) = self.admit(inbound) {
-                        self.reject(&m, &top, inbound, r);
-                        return;
-                    }
-                }
-                let ServerMatch::New(id) =
-                    self.tx
-                        .handle_request(key.clone(), RequestKind::Cancel, reliable, reply, now)
-                else {
-                    return;
-                };
-                self.count_server(id, inbound);
-                let top_via = self.fixed_top_via(&top, inbound.flow.remote);
                 let invite = self
                     .tx
                     .find_server(&key.with_method(Bytes::from_static(b"INVITE")))
                     .and_then(|s| self.by_server.get(&s).copied());
+                let Some(ctx) = invite else {
+                    // RFC 3261 §16.10 would forward it statelessly; with no INVITE context
+                    // here there is nothing it could cancel downstream of us. Answered with
+                    // no state (a CANCEL costs an outsider nothing to send).
+                    let r = Rejection::new(StatusCode::CALL_DOES_NOT_EXIST);
+                    self.reject(&m, &top, inbound, r);
+                    return;
+                };
+                // One CANCEL per live INVITE (it has the INVITE's key and source): never
+                // refused for budget, or a device at its limit could not hang up.
+                let ServerMatch::New(id) =
+                    self.tx
+                        .handle_request(key, RequestKind::Cancel, reliable, reply, now)
+                else {
+                    return;
+                };
+                self.guard_server(id, guard, m.raw().len());
+                let top_via = self.fixed_top_via(&top, inbound.flow.remote);
                 let tag = self.new_tag();
-                match invite {
-                    Some(ctx) => {
-                        let resp =
-                            m.response(StatusCode::OK, None, Some(&tag), Some(&top_via), &[]);
-                        self.respond(id, StatusCode::OK, resp, now);
-                        self.cancel_ctx(ctx, now);
-                    }
-                    None => {
-                        // RFC 3261 §16.10 would forward it statelessly; with no INVITE
-                        // context here there is nothing it could cancel downstream of us.
-                        let resp = m.response(
-                            StatusCode::CALL_DOES_NOT_EXIST,
-                            None,
-                            Some(&tag),
-                            Some(&top_via),
-                            &[],
-                        );
-                        self.respond(id, StatusCode::CALL_DOES_NOT_EXIST, resp, now);
-                    }
-                }
+                let resp = m.response(StatusCode::OK, None, Some(&tag), Some(&top_via), &[]);
+                self.respond(id, StatusCode::OK, resp, now);
+                self.cancel_ctx(ctx, now);
             }
             _ => {
                 let kind = if method == Method::Invite {
@@ -633,11 +652,20 @@ impl Proxy {
                 };
                 // A retransmission goes to its transaction; a new request is checked first,
                 // so that a rejection costs no state and is sent once per request received.
-                let routing = if self.tx.find_server(&key).is_some() {
+                let routing = if let Some(id) = self.tx.find_server(&key) {
+                    // A retransmission earns its sender the same budget again (QUIC counts
+                    // every byte received from an unverified address).
+                    if let Some(b) = self
+                        .guard_of
+                        .get(&id)
+                        .and_then(|g| self.amp_budget.get_mut(g))
+                    {
+                        *b = b.saturating_add(m.raw().len() * AMPLIFICATION_FACTOR);
+                    }
                     None
                 } else {
                     let checked = self
-                        .check_request(&m)
+                        .check_request(&m, inbound)
                         .and_then(|r| self.admit(inbound).map(|()| r));
                     match checked {
                         Ok(r) => Some(r),
@@ -658,6 +686,7 @@ impl Proxy {
                     return;
                 };
                 self.count_server(id, inbound);
+                self.guard_server(id, guard, m.raw().len());
                 let top_via = self.fixed_top_via(&top, inbound.flow.remote);
                 self.new_request(id, inbound, reply.flow, m, top_via, routing, now);
             }
@@ -666,7 +695,7 @@ impl Proxy {
 
     /// RFC 3261 §16.3 checks and the requests the node answers itself; what routing needs
     /// from the request if it is to be forwarded.
-    fn check_request(&self, m: &Message) -> Result<Routing, Rejection> {
+    fn check_request(&self, m: &Message, inbound: Inbound) -> Result<Routing, Rejection> {
         let (pop_routes, route_flow) = self.own_routes(m);
         let foreign_route = m.routes().nth(pop_routes).is_some();
         let uri = m.request_uri();
@@ -684,8 +713,11 @@ impl Proxy {
                 }
             }
         }
-        // In-dialog requests (a BYE ending a call) still pass while draining.
-        if self.draining && m.to_tag().is_none() {
+        // In-dialog requests (a BYE ending a call) still pass while draining: from the
+        // outside only along our own Route, so made-up ones cannot hold a drain open.
+        if self.draining
+            && (m.to_tag().is_none() || inbound.side == Side::Outside && pop_routes == 0)
+        {
             return Err(Rejection::draining());
         }
         let scheme_ok = match &uri {
@@ -699,7 +731,7 @@ impl Proxy {
         if m.max_forwards() == Some(0) {
             return Err(Rejection::new(StatusCode::TOO_MANY_HOPS));
         }
-        let loop_hash = loop_hash(m);
+        let loop_hash = loop_hash(&self.tokens, m);
         if self.is_loop(m, loop_hash) {
             return Err(Rejection::new(StatusCode::LOOP_DETECTED));
         }
@@ -715,26 +747,31 @@ impl Proxy {
         })
     }
 
-    /// Whether a new server transaction from this source fits the budgets.
+    /// Whether a new request from this source fits the budgets. Budgets count requests still
+    /// waiting for their final answer (a context's life); the transactions that only linger
+    /// afterwards to absorb retransmissions have their own cap ([`Self::linger`]), so a
+    /// device's answered calls never count against it. The inside (the PBX) is not budgeted:
+    /// it must always reach devices, whatever outsiders do.
     fn admit(&mut self, inbound: Inbound) -> Result<(), Rejection> {
+        if inbound.side == Side::Inside {
+            return Ok(());
+        }
         let limits = self.config.limits;
         let refuse = |this: &mut Self, reason: &'static str| {
             bump(&mut this.stats.refused, reason);
             Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE).header("Retry-After", b"5"))
         };
-        if self.tx.alive().1 >= limits.max_transactions {
+        if self.server_source.len() >= limits.max_transactions {
             return refuse(self, "transactions");
         }
-        if inbound.side == Side::Outside {
-            let k = SourceKey::new(inbound.flow.remote.ip(), limits.source_prefix_v6);
-            if self.per_source.get(&k).copied().unwrap_or(0) >= limits.max_transactions_per_source {
-                return refuse(self, "transactions_per_source");
-            }
+        let k = SourceKey::new(inbound.flow.remote.ip(), limits.source_prefix_v6);
+        if self.per_source.get(&k).copied().unwrap_or(0) >= limits.max_transactions_per_source {
+            return refuse(self, "transactions_per_source");
         }
         Ok(())
     }
 
-    /// Charges a new server transaction to its source until it ends.
+    /// Charges a new request to its source until its final answer is sent.
     fn count_server(&mut self, id: ServerTxId, inbound: Inbound) {
         if inbound.side == Side::Outside {
             let k = SourceKey::new(
@@ -758,6 +795,37 @@ impl Proxy {
         }
     }
 
+    /// A server transaction has sent its final answer and now only lingers (timers J, H, I,
+    /// L): beyond the cap on lingering transactions the oldest are ended early. The cost of
+    /// ending one early is that a late retransmission of its request is handled as new.
+    fn linger(&mut self, id: ServerTxId, now: Instant) {
+        self.lingering.push_back(id);
+        let cap = self.config.limits.max_transactions.saturating_mul(2).max(1);
+        while self.lingering.len() > cap {
+            let Some(old) = self.lingering.pop_front() else {
+                break;
+            };
+            if self.tx.server_state(old).is_some() {
+                bump(&mut self.stats.dropped, "lingering_evicted");
+                self.tx.server_transport_error(old, now);
+            }
+        }
+    }
+
+    /// Over UDP from outside the source address may be forged: the retransmissions a server
+    /// transaction sends to it on its own (Timer G copies of a final, forwarded or our own)
+    /// stop once they reach three times the bytes of the request (QUIC's anti-amplification
+    /// factor, RFC 9000 §8; each retransmitted request earns as much again). A real client
+    /// still gets several copies of a lost final, and its ACK stops them anyway; a spoofed
+    /// victim no longer gets eleven.
+    fn guard_server(&mut self, id: ServerTxId, guard: Option<u64>, request_len: usize) {
+        if let Some(g) = guard {
+            self.amp_budget
+                .insert(g, request_len.saturating_mul(AMPLIFICATION_FACTOR));
+            self.guard_of.insert(id, g);
+        }
+    }
+
     /// Routing for a request with a fresh server transaction that passed the checks.
     #[allow(clippy::too_many_arguments)]
     fn new_request(
@@ -773,7 +841,12 @@ impl Proxy {
         let tag = self.new_tag();
         if m.method() == Some(Method::Invite) {
             let trying = m.response(StatusCode::TRYING, None, None, Some(&top_via), &[]);
-            self.respond(id, StatusCode::TRYING, trying, now);
+            // Over UDP from outside, not even the 100 may be larger than the request.
+            if self.unverified(inbound) && trying.len() > m.raw().len() {
+                self.stats_drop("amplification");
+            } else {
+                self.respond(id, StatusCode::TRYING, trying, now);
+            }
         }
         let mut plan = Plan {
             pop_routes: routing.pop_routes,
@@ -843,7 +916,19 @@ impl Proxy {
     fn resolve(&mut self, target: ResolveTarget, waiter: Pending, now: Instant) {
         if let Some(id) = self.inflight.get(&target).copied() {
             if let Some((_, waiters)) = self.pending.get_mut(&id) {
-                if waiters.len() < MAX_RESOLVE_WAITERS {
+                // Stateless waiters (ACKs, which anyone can send without limit) have a small
+                // share of their own: they must not crowd out requests with a context.
+                let stateless = matches!(waiter, Pending::Stateless { .. });
+                let n = waiters
+                    .iter()
+                    .filter(|w| matches!(w, Pending::Stateless { .. }) == stateless)
+                    .count();
+                let cap = if stateless {
+                    MAX_STATELESS_WAITERS
+                } else {
+                    MAX_RESOLVE_WAITERS
+                };
+                if n < cap {
                     waiters.push(waiter);
                     return;
                 }
@@ -947,17 +1032,22 @@ impl Proxy {
         !special && !self.is_own_addr(ip)
     }
 
-    /// The node's own addresses: its listeners' (when bound to one) and its IP aliases.
+    /// The node's own addresses: its listeners' (bound and advertised) and its IP aliases.
+    /// A listener on a wildcard address covers every interface address, which the core does
+    /// not know: `sip.allowed_destinations` (or a firewall) must then exclude them.
     fn is_own_addr(&self, ip: IpAddr) -> bool {
-        self.config
-            .listeners
+        self.config.listeners.iter().any(|l| {
+            canonical(l.local.ip()) == ip
+                || l.host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .is_ok_and(|h| canonical(h) == ip)
+        }) || self
+            .config
+            .aliases
             .iter()
-            .any(|l| canonical(l.local.ip()) == ip)
-            || self
-                .config
-                .aliases
-                .iter()
-                .any(|a| a.parse::<IpAddr>().is_ok_and(|x| canonical(x) == ip))
+            .any(|a| a.parse::<IpAddr>().is_ok_and(|x| canonical(x) == ip))
     }
 
     /// The one place a request's next hop is chosen.
@@ -1045,7 +1135,7 @@ impl Proxy {
             return;
         };
         let (loop_hash, reply) = (ctx.plan.loop_hash, ctx.reply);
-        let branch = self.new_branch(loop_hash, &reply);
+        let branch = self.new_branch(loop_hash, reply, flow.remote.ip(), now);
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
@@ -1091,6 +1181,7 @@ impl Proxy {
                 ctx: ctx_id,
                 branch: b,
             }),
+            guard: None,
         };
         bump(&mut self.stats.requests_out, method_label(method));
         match self.tx.start_client(
@@ -1103,6 +1194,7 @@ impl Proxy {
         ) {
             Ok(id) => {
                 self.by_client.insert(id, (ctx_id, b));
+                self.client_dest.insert(id, canonical(flow.remote.ip()));
                 let timer_c = (kind == RequestKind::Invite).then(|| now + self.config.timer_c);
                 if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
                     if let Some(br) = ctx.branches.get_mut(b as usize) {
@@ -1174,7 +1266,7 @@ impl Proxy {
                 Some(n) => n - 1,
                 None => 70,
             },
-            loop_hash: loop_hash(&m),
+            loop_hash: loop_hash(&self.tokens, &m),
         };
         match self.route_request(&m, inbound, &mut plan, route_flow) {
             Target::Flow(flow) => self.send_stateless(&m, &plan, inbound, flow),
@@ -1259,6 +1351,15 @@ impl Proxy {
             m.slice(top.sent_by()),
             m.slice(m.cseq_method()),
         );
+        // A response counts only from where its request went: anyone who learnt a branch
+        // could otherwise answer (or end) someone else's call.
+        if let Some(id) = self.tx.find_client(&key) {
+            let from = canonical(inbound.flow.remote.ip());
+            if self.client_dest.get(&id).is_some_and(|&to| to != from) {
+                self.drop(inbound, "response_from_elsewhere");
+                return;
+            }
+        }
         match self.tx.handle_response(&key, status.0, now) {
             ClientMatch::Pass { id, needs_ack } => {
                 if let Some(&server) = self.accepted.get(&id) {
@@ -1287,7 +1388,7 @@ impl Proxy {
                 self.branch_response(ctx_id, b, m, now);
             }
             ClientMatch::Absorbed => {}
-            _ => self.stray_response(inbound, &m, &top, status),
+            _ => self.stray_response(inbound, &m, &top, status, now),
         }
     }
 
@@ -1296,12 +1397,27 @@ impl Proxy {
     /// Redis, an inside host, another device's TLS session) and a loop through itself. The
     /// one legitimate case is a 2xx retransmitted after its transaction ended (RFC 6026):
     /// its branch is one stg minted, and it goes back on the flow that branch carries.
-    fn stray_response(&mut self, inbound: Inbound, m: &Message, top: &Via<'_>, status: StatusCode) {
-        if status.is_success() && m.via_count() >= 2 {
-            if let Some(flow) = top.branch().and_then(|b| self.tokens.branch_flow(b)) {
-                bump(&mut self.stats.responses_out, class_label(status));
-                self.transmit(flow, m.forward_response());
-                return;
+    fn stray_response(
+        &mut self,
+        inbound: Inbound,
+        m: &Message,
+        top: &Via<'_>,
+        status: StatusCode,
+        now: Instant,
+    ) {
+        if status.is_success() && m.via_count() >= 2 && m.cseq_method() == b"INVITE" {
+            if let Some(minted) = top.branch().and_then(|b| self.tokens.branch_flow(b)) {
+                // Only from where the request went, and only while its callee may still be
+                // retransmitting the 2xx: timer C, then 64*T1 of retransmissions, twice over.
+                let window = self.config.timer_c + 128 * self.tx.config().t1;
+                let age = self.secs(now).saturating_sub(minted.at_secs);
+                if minted.sent_to == self.tokens.addr_tag(inbound.flow.remote.ip())
+                    && u64::from(age) <= window.as_secs()
+                {
+                    bump(&mut self.stats.responses_out, class_label(status));
+                    self.transmit(minted.reply, m.forward_response());
+                    return;
+                }
             }
         }
         self.drop(inbound, "stray_response");
@@ -1600,17 +1716,21 @@ impl Proxy {
         }
         bump(&mut self.stats.requests_out, "CANCEL");
         // The CANCEL's own transaction needs no context: its 200 is absorbed.
-        let _ = self.tx.start_client(
+        if let Ok(id) = self.tx.start_client(
             key,
             RequestKind::Cancel,
             dest_flow.transport.is_reliable(),
             Dest {
                 flow: dest_flow,
                 on_fail: None,
+                guard: None,
             },
             cancel,
             now,
-        );
+        ) {
+            self.client_dest
+                .insert(id, canonical(dest_flow.remote.ip()));
+        }
     }
 
     // === transaction events ===
@@ -1618,11 +1738,21 @@ impl Proxy {
     fn pump(&mut self, now: Instant) {
         while let Some(o) = self.tx.poll_output() {
             match o {
-                TxOutput::Transmit { dest, bytes } => self.out.push_back(Output::Transmit {
-                    flow: dest.flow,
-                    bytes,
-                    on_fail: dest.on_fail,
-                }),
+                TxOutput::Transmit { dest, bytes } => {
+                    let guard = dest.guard.filter(|_| self.retransmitting);
+                    if let Some(budget) = guard.and_then(|g| self.amp_budget.get_mut(&g)) {
+                        if *budget < bytes.len() {
+                            bump(&mut self.stats.dropped, "amplification");
+                            continue;
+                        }
+                        *budget -= bytes.len();
+                    }
+                    self.out.push_back(Output::Transmit {
+                        flow: dest.flow,
+                        bytes,
+                        on_fail: dest.on_fail,
+                    });
+                }
                 TxOutput::Event(e) => self.on_tx_event(e, now),
             }
         }
@@ -1642,10 +1772,15 @@ impl Proxy {
             }
             TxEvent::ClientTerminated(id) => {
                 self.by_client.remove(&id);
+                self.client_dest.remove(&id);
                 self.accepted.remove(&id);
             }
             TxEvent::ServerTerminated(id) => {
                 self.uncount_server(id);
+                self.finals.remove(&id);
+                if let Some(g) = self.guard_of.remove(&id) {
+                    self.amp_budget.remove(&g);
+                }
                 // A context whose server transaction is gone cannot answer anymore.
                 if let Some(ctx) = self.by_server.get(&id).copied() {
                     if let Some(c) = self.ctxs.get_mut(&ctx) {
@@ -1661,6 +1796,10 @@ impl Proxy {
 
     fn respond(&mut self, id: ServerTxId, status: StatusCode, bytes: Bytes, now: Instant) {
         bump(&mut self.stats.responses_out, class_label(status));
+        if !status.is_provisional() && self.finals.insert(id) {
+            self.uncount_server(id);
+            self.linger(id, now);
+        }
         if self
             .tx
             .send_response(id, status.0, bytes.clone(), now)
@@ -1875,10 +2014,21 @@ impl Proxy {
             .any(|v| self.is_our_via(&v) && v.branch().is_some_and(|b| b.starts_with(&prefix)))
     }
 
-    fn new_branch(&mut self, loop_hash: u64, reply: &Flow) -> Vec<u8> {
+    fn new_branch(&mut self, loop_hash: u64, reply: Flow, to: IpAddr, now: Instant) -> Vec<u8> {
         self.counter = self.counter.wrapping_add(1);
         let nonce = self.tokens.prf(self.counter);
-        self.tokens.mint_branch(loop_hash, nonce, reply)
+        let minted = Minted {
+            at_secs: self.secs(now),
+            sent_to: self.tokens.addr_tag(to),
+            reply,
+        };
+        self.tokens.mint_branch(loop_hash, nonce, &minted)
+    }
+
+    /// Whole seconds since the first input (the epoch of minted branches).
+    fn secs(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     /// A To-tag: 64 bits from the PRF, as hex.
@@ -1945,6 +2095,9 @@ impl Rejection {
     }
 }
 
+/// Bytes a server transaction may send to an unverified source per byte received.
+const AMPLIFICATION_FACTOR: usize = 3;
+
 /// RFC 3261 §18.1.1: a request larger than this (with no known path MTU) goes over a
 /// congestion-controlled transport.
 const UDP_SIZE_LIMIT: usize = 1300;
@@ -1952,6 +2105,9 @@ const UDP_SIZE_LIMIT: usize = 1300;
 /// Requests that may wait for one DNS answer; beyond it they fail at once (a DNS outage
 /// must not turn into unbounded memory).
 const MAX_RESOLVE_WAITERS: usize = 1024;
+
+/// Stateless requests (ACKs) that may wait for one DNS answer.
+const MAX_STATELESS_WAITERS: usize = 32;
 
 /// Candidates for a target with an IP-literal host, without asking the shell (RFC 3263
 /// §4.1, §4.2): the given transport; else TLS for `sips:`; else UDP, or TCP first when the
@@ -2083,9 +2239,10 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
     h.finish()
 }
 
-/// RFC 3261 §16.6 step 8: the part of the branch that detects loops (not spirals).
-fn loop_hash(m: &Message) -> u64 {
-    stable_hash(&[
+/// RFC 3261 §16.6 step 8: the part of the branch that detects loops (not spirals). Keyed
+/// with the per-process key, so nobody can recompute it from a request and recognise stg.
+fn loop_hash(tokens: &FlowTokens, m: &Message) -> u64 {
+    tokens.keyed_hash(&[
         m.request_uri_bytes(),
         m.from_tag().unwrap_or(b""),
         m.to_tag().unwrap_or(b""),

@@ -849,12 +849,14 @@ fn cancel_before_any_provisional_waits_for_one() {
 
 #[test]
 fn cancel_from_another_address_cancels_nothing() {
+    // (Answered statelessly, so its 481 must not be larger than the CANCEL: a CANCEL with
+    // a phone's headers.)
     let mut sim = Sim::new(udp_upstream());
     let inv = invite();
     let fwd = start_call(&mut sim, device(), &inv);
     only(&sim.input(pbx_udp(), answer(&fwd, 180)));
     // Someone who learnt the branch: the source address is part of the key (`server_key`).
-    let (flow, resp) = only(&sim.input(outside(OTHER), inv.cancel().build()));
+    let (flow, resp) = only(&sim.input(outside(OTHER), inv.cancel().realistic().build()));
     assert_eq!(flow.remote, addr(OTHER));
     assert_eq!(code(&resp), 481);
 }
@@ -1054,8 +1056,10 @@ fn late_2xx_goes_back_on_the_flow_its_branch_names() {
     let dev_via = String::from_utf8_lossy(fwd.vias().nth(1).unwrap().raw).into_owned();
     let redirected = text.replace(&dev_via, "SIP/2.0/TCP 127.0.0.1:6379;branch=z9hG4bK-x");
     assert_ne!(redirected, text);
-    let (flow, _) = only(&sim.input(outside(OTHER), Bytes::from(redirected)));
+    let (flow, _) = only(&sim.input(pbx_udp(), Bytes::from(redirected.clone())));
     assert_eq!(flow, device().flow);
+    // From anywhere but where the INVITE went, it is a stray.
+    nothing_sent(&sim.input(outside(OTHER), Bytes::from(redirected.clone())));
     // A branch changed in one digit names nothing.
     let b = String::from_utf8(branch(&fwd)).unwrap();
     let mut forged_b = b.clone().into_bytes();
@@ -1066,7 +1070,11 @@ fn late_2xx_goes_back_on_the_flow_its_branch_names() {
     // Only 2xx: a late non-2xx is a stray.
     let late_486 = text.replace("SIP/2.0 200 OK", "SIP/2.0 486 Busy Here");
     nothing_sent(&sim.input(pbx_udp(), Bytes::from(late_486)));
-    assert_eq!(sim.proxy.stats().dropped.get("stray_response"), Some(&2));
+    // Once its callee can no longer be retransmitting it (timer C plus 2 x 64*T1), it is
+    // a stray too.
+    sim.run_until(sim.ms() + 250_000);
+    nothing_sent(&sim.input(pbx_udp(), ok));
+    assert_eq!(sim.proxy.stats().dropped.get("stray_response"), Some(&4));
 }
 
 // === 9. retransmissions ===
@@ -1537,4 +1545,305 @@ fn transport_error_fails_over_to_the_next_target() {
     assert_eq!((flow, code(&resp)), (device().flow, 503));
     sim.settle();
     assert_idle(&sim);
+}
+
+// === security review (3ba83de..0e2f309): findings as failing tests ===
+
+mod review {
+    use super::*;
+
+    /// Bytes the log transmits to `to`.
+    fn bytes_to(outs: &[Output], to: SocketAddr) -> usize {
+        outs.iter()
+            .map(|o| match o {
+                Output::Transmit { flow, bytes, .. } if flow.remote == to => bytes.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// A TLS listener on the outside (id 2) and a device on a TLS connection to it.
+    fn with_tls(mut cfg: ProxyConfig) -> ProxyConfig {
+        cfg.listeners.push(Listener {
+            id: ListenerId(2),
+            transport: Transport::Tls,
+            side: Side::Outside,
+            local: addr("127.0.0.1:5061"),
+            host: "127.0.0.1".into(),
+            port: 5061,
+        });
+        cfg
+    }
+
+    fn tls_device() -> Inbound {
+        Inbound {
+            flow: Flow {
+                listener: ListenerId(2),
+                transport: Transport::Tls,
+                remote: addr("203.0.113.8:5555"),
+                conn: Some(ConnId(5)),
+            },
+            side: Side::Outside,
+        }
+    }
+
+    /// F1. A minted branch is a permanent, source-independent capability to write a "2xx"
+    /// into the caller's flow. The call below was *rejected* (486), so no late 2xx can exist;
+    /// anyone who saw the branch (every callee behind a proxying PBX sees the caller-leg Via)
+    /// still writes a forged 200 with a body of their choosing into the caller's TLS session,
+    /// from any address, at any time while the connection lives.
+    #[test]
+    fn late_2xx_capability_is_bound_to_nothing() {
+        let mut sim = Sim::new(with_tls(udp_upstream()));
+        let fwd = start_call(&mut sim, tls_device(), &invite());
+        let our_via = String::from_utf8_lossy(fwd.top_via().unwrap().raw).into_owned();
+        let s = sent(&sim.input(pbx_udp(), answer(&fwd, 486)));
+        assert!(s
+            .iter()
+            .any(|(f, m)| *f == tls_device().flow && code(m) == 486));
+        sim.settle();
+        assert_idle(&sim);
+        let body = "you have been pwned";
+        let forged = format!(
+            "SIP/2.0 200 OK\r\nVia: {our_via}\r\nVia: SIP/2.0/UDP 198.51.100.66:5060;branch=z9hG4bK-x\r\n\
+             From: <sip:alice@example.com>;tag=dev1\r\nTo: <sip:bob@example.com>;tag=evil\r\n\
+             Call-ID: call-1@192.168.1.10\r\nCSeq: 1 INVITE\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let outs = sim.input(outside(OTHER), Bytes::from(forged));
+        nothing_sent(&outs);
+    }
+
+    /// F2. Reflection left: a stateful final from the PBX (a 407 challenge, the normal answer
+    /// to an unauthenticated INVITE) is retransmitted on timer G to the spoofable UDP source
+    /// until timer H: 11 copies plus the 100.
+    #[test]
+    fn forwarded_final_is_not_amplified_towards_a_spoofable_source() {
+        let mut sim = Sim::new(udp_upstream());
+        let inv = invite().build();
+        let outs = sim.input(device(), inv.clone());
+        let mut out_bytes = bytes_to(&outs, addr(DEVICE));
+        let fwd = sent(&outs)
+            .into_iter()
+            .find(|(f, _)| f.remote == addr(PBX))
+            .unwrap()
+            .1;
+        let challenge: &[u8] = b"Digest realm=\"pbx.example.com\", nonce=\"5f2b8c0e4d1a9b7c3e6f0a2d4c8b1e9f\", algorithm=MD5, qop=\"auth\"";
+        let resp = fwd.response(
+            StatusCode(407),
+            None,
+            Some(b"callee"),
+            None,
+            &[("Proxy-Authenticate", challenge)],
+        );
+        out_bytes += bytes_to(&sim.input(pbx_udp(), resp), addr(DEVICE));
+        let log = sim.settle();
+        let later: Vec<Output> = log.into_iter().map(|(_, o)| o).collect();
+        let retransmitted = bytes_to(&later, addr(DEVICE));
+        // First copies pass (the 100 and the PBX's 407 are each answers to the request);
+        // Timer G's copies stop at three times the request's bytes (was 11 copies, 15x).
+        assert!(
+            retransmitted <= 3 * inv.len(),
+            "{retransmitted} bytes retransmitted to a spoofable source for {} in ({:.1}x); \
+             {out_bytes} first copies",
+            inv.len(),
+            retransmitted as f64 / inv.len() as f64
+        );
+        assert!(sim.proxy.stats().dropped.get("amplification") >= Some(&1));
+    }
+
+    /// F3. The proxy's *own* 503 (upstream unresolvable / unreachable, waiters full) is still
+    /// sent through the INVITE server transaction: timer G resends it eleven times, issue 11
+    /// case 4 again, whenever the upstream is down.
+    #[test]
+    fn own_503_after_admission_is_sent_once() {
+        let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Udp)));
+        let outs = sim.input(device(), invite().realistic().build());
+        let id = resolve_request(&outs);
+        let (_, resp) = only(&sim.resolved(id, &[]));
+        assert_eq!(code(&resp), 503);
+        let request_len = invite().realistic().build().len();
+        let again: usize = sent_log(&sim.settle())
+            .into_iter()
+            .filter(|(_, f, m)| f.remote == addr(DEVICE) && code(m) == 503)
+            .map(|(_, _, m)| m.raw().len())
+            .sum();
+        assert!(
+            again <= 3 * request_len,
+            "503 retransmitted ({again} bytes) beyond 3x the request ({request_len})"
+        );
+    }
+
+    /// F4. A CANCEL that matches nothing gets a stateful 481 (a counted server transaction
+    /// held 32 s by timer J) that is larger than the CANCEL.
+    #[test]
+    fn cancel_for_nothing_is_stateless_and_not_larger() {
+        let mut sim = Sim::new(udp_upstream());
+        let cancel = req("CANCEL", "sip:b@x").realistic().build();
+        let (_, resp) = only(&sim.input(device(), cancel.clone()));
+        assert_eq!(code(&resp), 481);
+        assert!(
+            resp.raw().len() <= cancel.len(),
+            "481 of {} bytes for a CANCEL of {}",
+            resp.raw().len(),
+            cancel.len()
+        );
+        assert_eq!(
+            sim.proxy.transactions_alive(),
+            (0, 0),
+            "state kept for a 481"
+        );
+    }
+
+    /// F5. The global cap is exhausted by 100 sources (here 100 /64s of one IPv6 /48, no
+    /// spoofing needed; over UDP/IPv4, 100 spoofed addresses) sending 200 CANCELs each,
+    /// ~4 MB that never reach the upstream, renewed every 32 s (timer J). Then the PBX cannot
+    /// reach any device: its own requests are refused too.
+    #[test]
+    fn global_cap_cannot_be_exhausted_by_a_hundred_sources() {
+        let mut sim = Sim::new(udp_upstream());
+        for s in 0..100 {
+            let src = outside(&format!("[2001:db8:0:{s:x}::1]:5060"));
+            for j in 0..200 {
+                let c = req("CANCEL", "sip:b@x").branch(&format!("z9hG4bK-c{s}-{j}"));
+                sim.input(src, c.build());
+            }
+        }
+        // CANCELs for nothing are answered with no state at all.
+        assert_eq!(sim.proxy.transactions_alive().1, 0);
+        let (flow, m) = only(&sim.input(pbx_udp(), pbx_request("sip:x@192.0.2.10", 0).build()));
+        assert_eq!(
+            (flow.remote, code(&m)),
+            (addr("192.0.2.10:5060"), 0),
+            "the PBX's request was refused"
+        );
+    }
+
+    /// F6. "The node's own addresses" are only the listeners' bound addresses: with the
+    /// usual wildcard bind, the node's real (advertised) address passes the filter, and an
+    /// inside request dialled to it reaches any service on the node (a Redis on 0.0.0.0).
+    #[test]
+    fn wildcard_listener_still_protects_the_node_itself() {
+        let mut cfg = udp_upstream();
+        cfg.listeners[0].local = addr("0.0.0.0:5060");
+        cfg.listeners[0].host = "203.0.113.5".into();
+        let mut sim = Sim::new(cfg);
+        let r = pbx_request("sip:x@203.0.113.5:6379;transport=tcp", 0);
+        let (flow, m) = only(&sim.input(pbx_udp(), r.build()));
+        assert_eq!(
+            (flow.remote, code(&m)),
+            (pbx_udp().flow.remote, 403),
+            "sent to {}",
+            flow.remote
+        );
+    }
+
+    /// F7. ACKs from outside are not budgeted: 1,024 of them fill the waiters of the
+    /// upstream's lookup, and a device's INVITE is refused with a (stateful) 503.
+    #[test]
+    fn outside_acks_cannot_fill_the_upstream_lookup() {
+        let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Udp)));
+        for i in 0..1024 {
+            let ack = req("ACK", "sip:bob@example.com").branch(&format!("z9hG4bK-a{i}"));
+            sim.input(outside(OTHER), ack.build());
+        }
+        let outs = sim.input(device(), invite().realistic().build());
+        let refused: Vec<u16> = sent(&outs)
+            .iter()
+            .map(|(_, m)| code(m))
+            .filter(|c| *c >= 200)
+            .collect();
+        assert!(refused.is_empty(), "device refused with {refused:?}");
+    }
+
+    /// F9. Lingering transactions (timer L 32 s after every answered INVITE, timer J 32 s
+    /// after every non-INVITE over UDP) count against the per-source budget, so one source
+    /// (a NATed office, a carrier-grade NAT, the SIPp UAC of bench/forward.sh) is refused
+    /// beyond ~200 answered INVITEs per 32 s: about 6 calls/s. Here 10 calls/s for 25 s.
+    #[test]
+    fn answered_calls_do_not_exhaust_the_source_budget() {
+        let mut sim = Sim::new(udp_upstream());
+        let mut refused = 0;
+        for i in 0..250u64 {
+            sim.run_until(i * 100);
+            let inv = invite()
+                .call_id(&format!("rate-{i}"))
+                .branch(&format!("z9hG4bK-rate-{i}"));
+            let s = sent(&sim.input(device(), inv.build()));
+            match s.iter().find(|(f, _)| f.remote == addr(PBX)) {
+                Some((_, fwd)) => {
+                    sim.input(pbx_udp(), answer_2xx(fwd));
+                }
+                None => refused += 1,
+            }
+        }
+        assert_eq!(
+            refused, 0,
+            "{refused} of 250 answered calls refused at 10 calls/s"
+        );
+    }
+
+    /// F2b. The 100 (Trying) to a minimal INVITE is larger than the INVITE.
+    #[test]
+    fn trying_is_not_larger_than_a_minimal_invite() {
+        let mut sim = Sim::new(udp_upstream());
+        let inv = Bytes::from_static(b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK-1;rport\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n");
+        let outs = sim.input(device(), inv.clone());
+        let back = bytes_to(&outs, addr(DEVICE));
+        assert!(
+            back <= inv.len(),
+            "100 of {back} bytes for an INVITE of {}",
+            inv.len()
+        );
+    }
+
+    /// F5b. At its budget a device cannot CANCEL its own ringing INVITE (nor send the BYE
+    /// that ends a call): the CANCEL, which would free state, is refused with 503.
+    #[test]
+    fn cancel_of_a_live_invite_is_admitted_at_the_cap() {
+        let mut cfg = udp_upstream();
+        cfg.limits.max_transactions_per_source = 2;
+        let mut sim = Sim::new(cfg);
+        let inv = invite();
+        start_call(&mut sim, device(), &inv);
+        only(&sim.input(device(), message(0).build()));
+        let outs = sim.input(device(), inv.cancel().build());
+        assert!(
+            sent(&outs).iter().any(|(_, m)| code(m) == 200),
+            "the device's CANCEL was refused: {:?}, dropped {:?}",
+            sim.proxy.stats().refused,
+            sim.proxy.stats().dropped
+        );
+    }
+
+    /// F14. While draining, any outside request with a To-tag (no Route through this node
+    /// needed) opens a new context: an attacker holds every drain to `drain_timeout`.
+    #[test]
+    fn drain_is_not_held_open_by_fake_in_dialog_requests() {
+        let mut sim = Sim::new(udp_upstream());
+        sim.proxy.start_drain();
+        let bye = req("BYE", "sip:bob@example.com").in_dialog("made-up");
+        sim.input(device(), bye.build());
+        assert!(
+            sim.proxy.is_idle(),
+            "a made-up in-dialog BYE keeps the drain open"
+        );
+    }
+
+    /// F1b. While the transaction is live, anyone on the outside who knows the branch answers
+    /// for the PBX: responses are matched on branch/sent-by/method only, never on the flow
+    /// the request went out on (requests are, since this change, keyed by source address).
+    #[test]
+    fn responses_are_accepted_only_from_where_the_request_went() {
+        let mut sim = Sim::new(udp_upstream());
+        let fwd = start_call(&mut sim, device(), &invite());
+        let outs = sim.input(outside(OTHER), answer(&fwd, 486));
+        assert!(
+            !sent(&outs)
+                .iter()
+                .any(|(f, m)| f.remote == addr(DEVICE) && code(m) == 486),
+            "a third party ended the call"
+        );
+    }
 }
