@@ -262,7 +262,8 @@ impl Node {
         }
         tracing::info!(
             max_connections = self.config.sip.max_connections,
-            open_file_limit = ?crate::limits::nofile_soft(),
+            open_file_limit =
+                crate::limits::nofile_soft().map_or("unlimited".to_owned(), |n| n.to_string()),
             reserve = crate::conn::FD_RESERVE,
             effective = shared.caps.accepted,
             per_source = shared.caps.per_source,
