@@ -420,7 +420,7 @@ impl Core {
                     }
                     Output::Resolve { id, target } => {
                         let resolver = self.resolver.clone();
-                        let tx = self.shared.core_tx.clone();
+                        let shared = self.shared.clone();
                         self.shared.tasks.spawn(async move {
                             // NAPTR, SRV and A/AAAA run in sequence: with an unreachable DNS
                             // server that can outlast timer B, so the caller is answered
@@ -429,16 +429,24 @@ impl Core {
                                 tokio::time::timeout(RESOLVE_TIMEOUT, resolver.resolve(&target));
                             let result = match lookup.await {
                                 Ok(Ok(r)) => r,
+                                // Outside requests can cause lookups: throttled like them.
                                 Ok(Err(e)) => {
-                                    tracing::info!(host = %target.host, error = %e, "resolution failed");
+                                    if shared.may_log_about("failed resolutions", "error", None) {
+                                        tracing::info!(host = %target.host, error = %e, "resolution failed");
+                                    }
                                     Vec::new()
                                 }
                                 Err(_) => {
-                                    tracing::warn!(host = %target.host, timeout = ?RESOLVE_TIMEOUT, "resolution timed out");
+                                    if shared.may_log_about("failed resolutions", "timeout", None) {
+                                        tracing::warn!(host = %target.host, timeout = ?RESOLVE_TIMEOUT, "resolution timed out");
+                                    }
                                     Vec::new()
                                 }
                             };
-                            let _ = tx.send(CoreInput::Resolved { id, result }).await;
+                            let _ = shared
+                                .core_tx
+                                .send(CoreInput::Resolved { id, result })
+                                .await;
                         });
                     }
                     Output::Event(e) => self.log_event(&e),
