@@ -481,7 +481,16 @@ impl Shared {
     /// Whether a line about `what` (`reason`) from `source`, which an outsider can cause,
     /// may be logged now; counts `stg_log_suppressed_total` when not.
     pub(crate) fn may_log(&self, what: What, reason: &'static str, source: IpAddr) -> bool {
-        let key = self.source_key(source);
+        self.may_log_about(what, reason, Some(self.source_key(source)))
+    }
+
+    /// As [`may_log`](Self::may_log) for a line about no source in particular.
+    pub(crate) fn may_log_about(
+        &self,
+        what: What,
+        reason: &'static str,
+        key: Option<SourceKey>,
+    ) -> bool {
         let now = crate::now();
         let verdict = self
             .log

@@ -277,7 +277,8 @@ impl Node {
         }
         tracing::info!(
             max_connections = self.config.sip.max_connections,
-            open_file_limit = ?crate::limits::nofile_soft(),
+            open_file_limit =
+                crate::limits::nofile_soft().map_or("unlimited".to_owned(), |n| n.to_string()),
             reserve = crate::conn::FD_RESERVE,
             effective = shared.caps.accepted,
             per_source = shared.caps.per_source,
@@ -438,7 +439,7 @@ impl Core {
                     }
                     Output::Resolve { id, target } => {
                         let resolver = self.resolver.clone();
-                        let tx = self.shared.core_tx.clone();
+                        let shared = self.shared.clone();
                         self.shared.tasks.spawn(async move {
                             // NAPTR, SRV and A/AAAA run in sequence: with an unreachable DNS
                             // server that can outlast timer B, so the caller is answered
@@ -450,12 +451,18 @@ impl Core {
                                     tracing::debug!(host = %target.host, error = %e, "resolution skipped");
                                     Vec::new()
                                 }
+                                // Outside requests can cause lookups: throttled like them.
                                 Err(e) => {
-                                    tracing::warn!(host = %target.host, error = %e, "resolution failed");
+                                    if shared.may_log_about("failed resolutions", "error", None) {
+                                        tracing::warn!(host = %target.host, error = %e, "resolution failed");
+                                    }
                                     Vec::new()
                                 }
                             };
-                            let _ = tx.send(CoreInput::Resolved { id, result }).await;
+                            let _ = shared
+                                .core_tx
+                                .send(CoreInput::Resolved { id, result })
+                                .await;
                         });
                     }
                     Output::Event(e) => self.log_event(&e),

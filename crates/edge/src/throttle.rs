@@ -25,12 +25,22 @@ pub(crate) const MAX_KEYS: usize = 4096;
 /// What is being logged, e.g. "malformed messages" (plural: it names the summary's count).
 pub(crate) type What = &'static str;
 
+/// Whose lines a window counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Subject {
+    /// One source.
+    Source(SourceKey),
+    /// Every source beyond the table's capacity.
+    OtherSources,
+    /// Lines about no source in particular (a failed DNS lookup).
+    Node,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
     what: What,
     reason: &'static str,
-    /// None: the shared "other sources" entry.
-    source: Option<SourceKey>,
+    source: Subject,
 }
 
 #[derive(Debug)]
@@ -53,17 +63,17 @@ pub(crate) enum Verdict {
 pub(crate) struct Summary {
     pub(crate) what: What,
     pub(crate) reason: &'static str,
-    /// None: from sources beyond the table's capacity.
-    pub(crate) source: Option<SourceKey>,
+    pub(crate) source: Subject,
     pub(crate) count: u64,
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} more {} from ", self.count, self.what)?;
+        write!(f, "{} more {}", self.count, self.what)?;
         match self.source {
-            Some(s) => write!(f, "{s}")?,
-            None => f.write_str("other sources")?,
+            Subject::Source(s) => write!(f, " from {s}")?,
+            Subject::OtherSources => f.write_str(" from other sources")?,
+            Subject::Node => {}
         }
         write!(f, " in {} s (reason={})", WINDOW.as_secs(), self.reason)
     }
@@ -76,21 +86,22 @@ pub(crate) struct LogThrottle {
 }
 
 impl LogThrottle {
-    /// Whether a line about `what` for `reason` from `source` may be written at `now`.
+    /// Whether a line about `what` for `reason` from `source` (None: about no source in
+    /// particular) may be written at `now`.
     pub(crate) fn check(
         &mut self,
         what: What,
         reason: &'static str,
-        source: SourceKey,
+        source: Option<SourceKey>,
         now: Instant,
     ) -> Verdict {
         let mut key = Key {
             what,
             reason,
-            source: Some(source),
+            source: source.map_or(Subject::Node, Subject::Source),
         };
         if !self.windows.contains_key(&key) && self.sources() >= MAX_KEYS {
-            key.source = None;
+            key.source = Subject::OtherSources;
         }
         let w = self.windows.entry(key).or_insert(Window {
             start: now,
@@ -146,8 +157,11 @@ mod tests {
 
     use super::*;
 
-    fn src(last: u8) -> SourceKey {
-        SourceKey::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)), 64)
+    fn src(last: u8) -> Option<SourceKey> {
+        Some(SourceKey::new(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+            64,
+        ))
     }
 
     #[test]
@@ -183,7 +197,7 @@ mod tests {
             [Summary {
                 what: "malformed messages",
                 reason: "bad_header",
-                source: Some(src(10)),
+                source: Subject::Source(src(10).unwrap()),
                 count: 1234,
             }]
         );
@@ -206,13 +220,21 @@ mod tests {
         for i in 0..(MAX_KEYS as u32 + 10_000) {
             let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
             for _ in 0..7 {
-                t.check("framing errors", "too_large", SourceKey::new(ip, 64), t0);
+                t.check(
+                    "framing errors",
+                    "too_large",
+                    Some(SourceKey::new(ip, 64)),
+                    t0,
+                );
             }
         }
         // MAX_KEYS sources plus the one shared entry.
         assert_eq!(t.len(), MAX_KEYS + 1);
         let summaries = t.expire(t0 + WINDOW);
-        let other = summaries.iter().find(|s| s.source.is_none()).unwrap();
+        let other = summaries
+            .iter()
+            .find(|s| s.source == Subject::OtherSources)
+            .unwrap();
         // 10,000 sources beyond the table, 7 events each, 5 of which were logged.
         assert_eq!(other.count, 10_000 * 7 - 5);
         assert_eq!(
@@ -232,13 +254,28 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..100u16 {
             let ip: IpAddr = format!("2001:db8:0:1::{i:x}").parse().unwrap();
-            t.check("malformed messages", "x", SourceKey::new(ip, 64), t0);
+            t.check("malformed messages", "x", Some(SourceKey::new(ip, 64)), t0);
         }
         assert_eq!(t.len(), 1);
         let s = t.expire(t0 + WINDOW);
         assert_eq!(
             s[0].to_string(),
             "95 more malformed messages from 2001:db8:0:1::/64 in 60 s (reason=x)"
+        );
+    }
+
+    #[test]
+    fn lines_about_no_source_are_throttled_too() {
+        let mut t = LogThrottle::default();
+        let t0 = Instant::now();
+        let logged = (0..100)
+            .filter(|_| t.check("failed resolutions", "timeout", None, t0) == Verdict::Log)
+            .count();
+        assert_eq!(logged, 5);
+        let s = t.expire(t0 + WINDOW);
+        assert_eq!(
+            s[0].to_string(),
+            "95 more failed resolutions in 60 s (reason=timeout)"
         );
     }
 }
