@@ -122,11 +122,15 @@ pub struct SipConfig {
     /// with any other `Origin` is refused (403). An upgrade without `Origin` (a native
     /// client) is accepted. Stored lower case. Default none.
     pub ws_allowed_origins: Vec<String>,
-    /// Most live transactions in the proxy core. Default 20000.
+    /// Most requests from the outside waiting for their final answer in the proxy core.
+    /// Default 20000.
     pub max_transactions: usize,
-    /// Most live transactions started by one source (as for
+    /// The same per outside source (as for
     /// [`max_connections_per_source`](Self::max_connections_per_source)). Default 200.
     pub max_transactions_per_source: usize,
+    /// Most bytes of such requests held at once (each is kept with its forwarded copy until
+    /// answered). Default 64 MiB.
+    pub max_transaction_bytes: usize,
     /// Networks that requests routed from the inside may be sent to. Empty (the default):
     /// any address except loopback, link-local, unspecified, multicast and the node's own.
     /// The configured upstream is always allowed.
@@ -209,6 +213,7 @@ impl Default for SipConfig {
             ws_allowed_origins: Vec::new(),
             max_transactions: 20_000,
             max_transactions_per_source: 200,
+            max_transaction_bytes: 64 << 20,
             allowed_destinations: Vec::new(),
             idle_timeout: Duration::from_secs(600),
             tcp_connect_timeout: Duration::from_secs(5),

@@ -130,6 +130,7 @@ struct RawSip {
     ws_allowed_origins: Option<Vec<String>>,
     max_transactions: Option<usize>,
     max_transactions_per_source: Option<usize>,
+    max_transaction_bytes: Option<usize>,
     allowed_destinations: Option<Vec<Parse<IpNet>>>,
     idle_timeout: Option<Parse<Duration>>,
     tcp_connect_timeout: Option<Parse<Duration>>,
@@ -176,6 +177,9 @@ impl RawSip {
         sip.max_transactions_per_source = self
             .max_transactions_per_source
             .unwrap_or(sip.max_transactions_per_source);
+        sip.max_transaction_bytes = self
+            .max_transaction_bytes
+            .unwrap_or(sip.max_transaction_bytes);
         if let Some(v) = self.allowed_destinations {
             sip.allowed_destinations = nets(v);
         }
@@ -202,6 +206,7 @@ impl RawSip {
                 "sip.max_transactions_per_source",
                 sip.max_transactions_per_source,
             ),
+            ("sip.max_transaction_bytes", sip.max_transaction_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));

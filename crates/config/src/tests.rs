@@ -692,6 +692,7 @@ fn hardening_limits_parse_and_check() {
         "max_pending_connects",
         "max_transactions",
         "max_transactions_per_source",
+        "max_transaction_bytes",
     ] {
         assert_invalid(
             &format!("[sip]\n{key} = 0\n"),

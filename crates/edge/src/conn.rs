@@ -404,7 +404,12 @@ impl Shared {
         let outbox = Arc::new(Outbox::default());
         let mut t = self.table();
         let dest = (meta.transport, meta.remote);
-        t.by_addr.insert(dest, meta.id);
+        // Only connections the node opened are found by address: a destination a message
+        // chose (`sip:x@<device ip:port>;transport=tls`) must never be written into a
+        // device's own connection; devices are reached by the flow (connection id) only.
+        if meta.outbound {
+            t.by_addr.insert(dest, meta.id);
+        }
         t.by_id.insert(
             meta.id,
             Entry {
@@ -446,7 +451,7 @@ impl Shared {
         self.release(meta.remote.ip());
     }
 
-    /// Queues bytes on a connection: the one named, or any live one to the address.
+    /// Queues bytes on a connection: the one named, or one the node opened to the address.
     /// `Err` when there is none or its queue is full.
     pub(crate) fn send_stream(&self, flow: &Flow, bytes: Bytes) -> Result<(), Bytes> {
         let t = self.table();
@@ -549,6 +554,34 @@ pub(crate) mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A send with no connection named reaches only a connection the node opened: a device's
+    /// own connection is reached by its id (a flow token), never by an address a message chose.
+    #[test]
+    fn devices_connections_are_not_found_by_address() {
+        let shared = shared_with(|_| {});
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let meta = |id, outbound| ConnMeta {
+            id: ConnId(id),
+            listener: ListenerId(0),
+            transport: Transport::Tls,
+            remote,
+            side: Side::Outside,
+            outbound,
+        };
+        let flow = |conn| Flow {
+            listener: ListenerId(0),
+            transport: Transport::Tls,
+            remote,
+            conn,
+        };
+        let _device = shared.register(meta(1, false));
+        let msg = || Bytes::from_static(b"OPTIONS");
+        assert!(shared.send_stream(&flow(None), msg()).is_err());
+        assert!(shared.send_stream(&flow(Some(ConnId(1))), msg()).is_ok());
+        let _ours = shared.register(meta(2, true));
+        assert!(shared.send_stream(&flow(None), msg()).is_ok());
     }
 
     #[test]

@@ -222,6 +222,7 @@ impl Node {
                 max_transactions: self.config.sip.max_transactions,
                 max_transactions_per_source: self.config.sip.max_transactions_per_source,
                 source_prefix_v6: self.config.sip.source_prefix_v6,
+                max_transaction_bytes: self.config.sip.max_transaction_bytes,
             },
             allowed_destinations: self
                 .config

@@ -46,6 +46,7 @@ fn config() -> ProxyConfig {
             max_transactions: 1 << 20,
             max_transactions_per_source: 1 << 20,
             source_prefix_v6: 64,
+            max_transaction_bytes: usize::MAX,
         },
         allowed_destinations: Vec::new(),
     }

@@ -114,6 +114,7 @@ fn config(selector: u8) -> ProxyConfig {
             max_transactions: 24,
             max_transactions_per_source: 8,
             source_prefix_v6: 64,
+            max_transaction_bytes: usize::MAX,
         },
         allowed_destinations: Vec::new(),
     }

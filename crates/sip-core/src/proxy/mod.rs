@@ -103,6 +103,8 @@ pub struct ProxyLimits {
     pub max_transactions_per_source: usize,
     /// IPv6 sources are budgeted per prefix of this length. Default 64.
     pub source_prefix_v6: u8,
+    /// Bytes of the requests counted by `max_transactions`, together. Default 64 MiB.
+    pub max_transaction_bytes: usize,
 }
 
 impl Default for ProxyLimits {
@@ -111,6 +113,7 @@ impl Default for ProxyLimits {
             max_transactions: 20_000,
             max_transactions_per_source: 200,
             source_prefix_v6: 64,
+            max_transaction_bytes: 64 << 20,
         }
     }
 }
@@ -368,7 +371,9 @@ pub struct Proxy {
     inflight: HashMap<ResolveTarget, ResolveId>,
     /// Live server transactions per outside source, and the source of each.
     per_source: HashMap<SourceKey, usize>,
-    server_source: HashMap<ServerTxId, SourceKey>,
+    server_source: HashMap<ServerTxId, (SourceKey, usize)>,
+    /// Bytes of the requests in `server_source`.
+    awaiting_bytes: usize,
     /// Server transactions that have sent their final answer, oldest first (may hold ids
     /// that have already ended), and the set of them.
     lingering: VecDeque<ServerTxId>,
@@ -414,6 +419,7 @@ impl Proxy {
             inflight: HashMap::new(),
             per_source: HashMap::new(),
             server_source: HashMap::new(),
+            awaiting_bytes: 0,
             lingering: VecDeque::new(),
             client_dest: HashMap::new(),
             epoch: None,
@@ -666,7 +672,7 @@ impl Proxy {
                 } else {
                     let checked = self
                         .check_request(&m, inbound)
-                        .and_then(|r| self.admit(inbound).map(|()| r));
+                        .and_then(|r| self.admit(inbound, m.raw().len()).map(|()| r));
                     match checked {
                         Ok(r) => Some(r),
                         Err(r) => {
@@ -685,7 +691,7 @@ impl Proxy {
                     self.stats_drop("bug_new_retransmission");
                     return;
                 };
-                self.count_server(id, inbound);
+                self.count_server(id, inbound, m.raw().len());
                 self.guard_server(id, guard, m.raw().len());
                 let top_via = self.fixed_top_via(&top, inbound.flow.remote);
                 self.new_request(id, inbound, reply.flow, m, top_via, routing, now);
@@ -752,7 +758,7 @@ impl Proxy {
     /// afterwards to absorb retransmissions have their own cap ([`Self::linger`]), so a
     /// device's answered calls never count against it. The inside (the PBX) is not budgeted:
     /// it must always reach devices, whatever outsiders do.
-    fn admit(&mut self, inbound: Inbound) -> Result<(), Rejection> {
+    fn admit(&mut self, inbound: Inbound, len: usize) -> Result<(), Rejection> {
         if inbound.side == Side::Inside {
             return Ok(());
         }
@@ -764,6 +770,9 @@ impl Proxy {
         if self.server_source.len() >= limits.max_transactions {
             return refuse(self, "transactions");
         }
+        if self.awaiting_bytes.saturating_add(len) > limits.max_transaction_bytes {
+            return refuse(self, "transaction_bytes");
+        }
         let k = SourceKey::new(inbound.flow.remote.ip(), limits.source_prefix_v6);
         if self.per_source.get(&k).copied().unwrap_or(0) >= limits.max_transactions_per_source {
             return refuse(self, "transactions_per_source");
@@ -772,21 +781,23 @@ impl Proxy {
     }
 
     /// Charges a new request to its source until its final answer is sent.
-    fn count_server(&mut self, id: ServerTxId, inbound: Inbound) {
+    fn count_server(&mut self, id: ServerTxId, inbound: Inbound, len: usize) {
         if inbound.side == Side::Outside {
             let k = SourceKey::new(
                 inbound.flow.remote.ip(),
                 self.config.limits.source_prefix_v6,
             );
             *self.per_source.entry(k).or_default() += 1;
-            self.server_source.insert(id, k);
+            self.server_source.insert(id, (k, len));
+            self.awaiting_bytes += len;
         }
     }
 
     fn uncount_server(&mut self, id: ServerTxId) {
-        let Some(k) = self.server_source.remove(&id) else {
+        let Some((k, len)) = self.server_source.remove(&id) else {
             return;
         };
+        self.awaiting_bytes -= len;
         if let Some(n) = self.per_source.get_mut(&k) {
             *n -= 1;
             if *n == 0 {

@@ -1376,6 +1376,27 @@ fn transactions_are_capped_per_source_and_in_total() {
     assert_eq!(flow.remote, addr(PBX));
 }
 
+/// The bytes held for requests awaiting an answer are capped too: a few big requests hit it
+/// long before the count does.
+#[test]
+fn transaction_bytes_are_capped() {
+    let mut cfg = udp_upstream();
+    cfg.limits.max_transaction_bytes = 10_000;
+    let mut sim = Sim::new(cfg);
+    let big = |i: usize| message(i).header(&format!("X-Pad: {}", "p".repeat(4000)));
+    for i in 0..2 {
+        let (flow, _) = only(&sim.input(device(), big(i).build()));
+        assert_eq!(flow.remote, addr(PBX));
+    }
+    let (flow, busy) = only(&sim.input(device(), big(2).build()));
+    assert_eq!((flow, code(&busy)), (device().flow, 503));
+    assert_eq!(sim.proxy.stats().refused.get("transaction_bytes"), Some(&1));
+    // Answered, they free their bytes.
+    sim.settle();
+    let (flow, _) = only(&sim.input(device(), big(3).build()));
+    assert_eq!(flow.remote, addr(PBX));
+}
+
 #[test]
 fn ipv6_sources_share_a_budget_per_64() {
     let mut cfg = udp_upstream();
