@@ -205,8 +205,15 @@ impl World {
         if let Some(t) = self.proxy.poll_timeout() {
             assert!(t >= self.now, "poll_timeout is in the past");
         }
-        let (_, servers) = self.proxy.transactions_alive();
-        assert!(servers <= self.limits.max_transactions, "over the cap");
+        let load = self.proxy.load();
+        assert!(
+            load.awaiting <= self.limits.max_transactions,
+            "over the cap"
+        );
+        assert!(
+            load.lingering <= 2 * self.limits.max_transactions,
+            "too many lingering"
+        );
     }
 
     fn input(&mut self, from: Inbound, bytes: Bytes) {

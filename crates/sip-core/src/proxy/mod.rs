@@ -58,7 +58,7 @@ use stg_sip_msg::{
 
 use crate::net::{canonical, Flow, IpNetwork, Listener, ListenerId, Side, SourceKey, Transport};
 use crate::transaction::{
-    ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerTxId,
+    ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerState, ServerTxId,
     TransactionConfig, Transactions, TxEvent, TxKey,
 };
 use flow_token::{push_hex_u64, FlowTokens, Minted, BRANCH_PREFIX};
@@ -92,6 +92,17 @@ pub struct ProxyConfig {
     /// Empty: any address but loopback, link-local, unspecified, broadcast/multicast and the
     /// node's own listener addresses and aliases. The configured upstream is always allowed.
     pub allowed_destinations: Vec<IpNetwork>,
+}
+
+/// What the budgets of [`ProxyLimits`] hold at a moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests from the outside waiting for their final answer.
+    pub awaiting: usize,
+    /// Their bytes.
+    pub awaiting_bytes: usize,
+    /// Server transactions lingering after their final answer (not answered INVITEs).
+    pub lingering: usize,
 }
 
 /// Caps on the state the core keeps for others (`sip.max_transactions*`).
@@ -811,15 +822,31 @@ impl Proxy {
     /// ending one early is that a late retransmission of its request is handled as new.
     fn linger(&mut self, id: ServerTxId, now: Instant) {
         self.lingering.push_back(id);
+        // Ended ones leave from the front (they end in about the order they were answered).
+        while let Some(front) = self.lingering.front() {
+            if self.finals.contains(front) {
+                break;
+            }
+            self.lingering.pop_front();
+        }
         let cap = self.config.limits.max_transactions.saturating_mul(2).max(1);
-        while self.lingering.len() > cap {
+        while self.finals.len() > cap {
             let Some(old) = self.lingering.pop_front() else {
                 break;
             };
-            if self.tx.server_state(old).is_some() {
+            if self.finals.remove(&old) {
                 bump(&mut self.stats.dropped, "lingering_evicted");
                 self.tx.server_transport_error(old, now);
             }
+        }
+    }
+
+    /// What the budgets hold now (for metrics, and the fuzz target's invariants).
+    pub fn load(&self) -> Load {
+        Load {
+            awaiting: self.server_source.len(),
+            awaiting_bytes: self.awaiting_bytes,
+            lingering: self.finals.len(),
         }
     }
 
@@ -1807,10 +1834,6 @@ impl Proxy {
 
     fn respond(&mut self, id: ServerTxId, status: StatusCode, bytes: Bytes, now: Instant) {
         bump(&mut self.stats.responses_out, class_label(status));
-        if !status.is_provisional() && self.finals.insert(id) {
-            self.uncount_server(id);
-            self.linger(id, now);
-        }
         if self
             .tx
             .send_response(id, status.0, bytes.clone(), now)
@@ -1821,6 +1844,18 @@ impl Proxy {
             if let Some(ctx) = self.by_server.get(&id).and_then(|c| self.ctxs.get(c)) {
                 let flow = ctx.inbound.flow;
                 self.transmit(flow, bytes);
+            }
+        }
+        if !status.is_provisional() {
+            self.uncount_server(id);
+            // An answered INVITE (Accepted, timer L) is a call the PBX took: not an outsider's
+            // cheap state, and it cannot be ended early without losing the 2xx's ACK.
+            let lingers = self
+                .tx
+                .server_state(id)
+                .is_some_and(|s| s != ServerState::Accepted);
+            if lingers && self.finals.insert(id) {
+                self.linger(id, now);
             }
         }
     }
