@@ -137,6 +137,9 @@ pub struct SipConfig {
     pub allowed_destinations: Vec<IpNet>,
     /// A connection with no traffic for this long is closed. Default 10 minutes.
     pub idle_timeout: Duration,
+    /// A message begun on a stream connection must be complete within this, or the
+    /// connection is closed (a peer trickling a message byte by byte). Default 30 s.
+    pub message_timeout: Duration,
     /// Give up connecting to a TCP/TLS/WS peer after this long. Default 5 s.
     pub tcp_connect_timeout: Duration,
     /// Give up a TLS handshake after this long. Default 10 s.
@@ -216,6 +219,7 @@ impl Default for SipConfig {
             max_transaction_bytes: 64 << 20,
             allowed_destinations: Vec::new(),
             idle_timeout: Duration::from_secs(600),
+            message_timeout: Duration::from_secs(30),
             tcp_connect_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),

@@ -133,6 +133,7 @@ struct RawSip {
     max_transaction_bytes: Option<usize>,
     allowed_destinations: Option<Vec<Parse<IpNet>>>,
     idle_timeout: Option<Parse<Duration>>,
+    message_timeout: Option<Parse<Duration>>,
     tcp_connect_timeout: Option<Parse<Duration>>,
     tls_handshake_timeout: Option<Parse<Duration>>,
     drain_timeout: Option<Parse<Duration>>,
@@ -184,6 +185,7 @@ impl RawSip {
             sip.allowed_destinations = nets(v);
         }
         set(&mut sip.idle_timeout, self.idle_timeout);
+        set(&mut sip.message_timeout, self.message_timeout);
         set(&mut sip.tcp_connect_timeout, self.tcp_connect_timeout);
         set(&mut sip.tls_handshake_timeout, self.tls_handshake_timeout);
         set(&mut sip.drain_timeout, self.drain_timeout);
@@ -232,6 +234,7 @@ impl RawSip {
         }
         for (key, value) in [
             ("sip.idle_timeout", sip.idle_timeout),
+            ("sip.message_timeout", sip.message_timeout),
             ("sip.tcp_connect_timeout", sip.tcp_connect_timeout),
             ("sip.tls_handshake_timeout", sip.tls_handshake_timeout),
             ("sip.write_timeout", sip.write_timeout),

@@ -28,6 +28,9 @@ use crate::throttle::{LogThrottle, Verdict, What};
 /// a peer that stops reading must not make the node buffer without bound.
 pub(crate) const WRITE_QUEUE: usize = 512;
 
+/// Most bytes waiting in one connection's write queue (four of the largest messages).
+pub(crate) const WRITE_QUEUE_BYTES: usize = 256 * 1024;
+
 /// Descriptors kept free of accepted connections, for the admin endpoint, DNS, log files and
 /// the connections the node opens itself (which may use half of it).
 pub(crate) const FD_RESERVE: usize = 64;
@@ -99,6 +102,16 @@ pub(crate) struct ConnMeta {
     pub(crate) outbound: bool,
 }
 
+/// Why [`Shared::send_stream`] queued nothing.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No live connection (or it is closing): the bytes, for a new connection.
+    NoConnection(Bytes),
+    /// The connection's queue is full: the peer is not keeping up. Another connection to it
+    /// would only reorder messages and pile up more.
+    Full,
+}
+
 impl ConnMeta {
     pub(crate) fn flow(&self) -> Flow {
         Flow {
@@ -110,33 +123,37 @@ impl ConnMeta {
     }
 }
 
-/// A connection's write queue: at most [`WRITE_QUEUE`] messages. Unlike a channel it holds
-/// no memory while empty and never used (a tokio channel allocates a block of slots at
-/// once, about 1 KiB per idle connection).
+/// A connection's write queue: at most [`WRITE_QUEUE`] messages and [`WRITE_QUEUE_BYTES`]
+/// bytes (a peer that reads just fast enough to beat the write timeout must not make the
+/// node hold 512 large answers for it). Unlike a channel it holds no memory while empty and
+/// never used (a tokio channel allocates a block of slots at once, about 1 KiB per idle
+/// connection).
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    queue: Mutex<VecDeque<Bytes>>,
+    queue: Mutex<(VecDeque<Bytes>, usize)>,
     ready: Notify,
     closed: AtomicBool,
 }
 
 impl Outbox {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Bytes>> {
+    fn queue(&self) -> MutexGuard<'_, (VecDeque<Bytes>, usize)> {
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `bytes`; gives them back when the queue is full or closed.
-    fn push(&self, bytes: Bytes) -> Result<(), Bytes> {
+    /// Queues `bytes`; gives them back when the connection is closing.
+    fn push(&self, bytes: Bytes) -> Result<(), SendError> {
         if self.closed.load(Ordering::Relaxed) {
-            return Err(bytes);
+            return Err(SendError::NoConnection(bytes));
         }
         let mut q = self.queue();
-        if q.len() >= WRITE_QUEUE {
-            return Err(bytes);
+        let (queue, queued_bytes) = &mut *q;
+        if queue.len() >= WRITE_QUEUE || *queued_bytes + bytes.len() > WRITE_QUEUE_BYTES {
+            return Err(SendError::Full);
         }
-        q.push_back(bytes);
+        *queued_bytes += bytes.len();
+        queue.push_back(bytes);
         drop(q);
         self.ready.notify_one();
         Ok(())
@@ -153,10 +170,14 @@ impl Outbox {
             }
             let next = {
                 let mut q = self.queue();
-                let next = q.pop_front();
-                if q.is_empty() && q.capacity() > 8 {
+                let (queue, queued_bytes) = &mut *q;
+                let next = queue.pop_front();
+                if let Some(b) = &next {
+                    *queued_bytes -= b.len();
+                }
+                if queue.is_empty() && queue.capacity() > 8 {
                     // A burst grew it; an idle connection keeps nothing of it.
-                    *q = VecDeque::new();
+                    *queue = VecDeque::new();
                 }
                 next
             };
@@ -452,15 +473,14 @@ impl Shared {
     }
 
     /// Queues bytes on a connection: the one named, or one the node opened to the address.
-    /// `Err` when there is none or its queue is full.
-    pub(crate) fn send_stream(&self, flow: &Flow, bytes: Bytes) -> Result<(), Bytes> {
+    pub(crate) fn send_stream(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
         let t = self.table();
         let id = match flow.conn {
             Some(id) => Some(id),
             None => t.by_addr.get(&(flow.transport, flow.remote)).copied(),
         };
         let Some(entry) = id.and_then(|id| t.by_id.get(&id)) else {
-            return Err(bytes);
+            return Err(SendError::NoConnection(bytes));
         };
         entry.outbox.push(bytes)
     }

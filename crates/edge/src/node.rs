@@ -504,7 +504,13 @@ impl Core {
         }
         match self.shared.send_stream(&flow, bytes) {
             Ok(()) => true,
-            Err(bytes) => {
+            Err(crate::conn::SendError::Full) => {
+                // The peer is not keeping up: the send fails (a 503 for a request), rather
+                // than a second connection that would reorder and pile up more.
+                metrics::counter!("stg_sip_send_errors_total", "transport" => flow.transport.param(), "reason" => "queue_full").increment(1);
+                false
+            }
+            Err(crate::conn::SendError::NoConnection(bytes)) => {
                 if flow.conn.is_some() {
                     // The device's own flow is gone: nothing else may carry it.
                     return false;

@@ -77,12 +77,6 @@ impl AcceptErrors {
         self.last_log = Some(now);
         Some(std::mem::take(&mut self.unlogged))
     }
-
-    /// An accept succeeded: the failures not yet logged, if any.
-    fn recovered(&mut self) -> Option<u64> {
-        self.last_log = None;
-        Some(std::mem::take(&mut self.unlogged)).filter(|&n| n > 0)
-    }
 }
 
 /// Nagle off, and `TCP_USER_TIMEOUT` at 1.5 × `sip.write_timeout`: data the peer does not
@@ -123,9 +117,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, l: StreamListener, shared
         // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: one address, one form,
         // for the limits, the table and the core alike.
         let peer = canonical(peer);
-        if let Some(n) = errors.recovered() {
-            tracing::warn!(failures = n, listener = l.id.0, "accept works again");
-        }
+        // No line when accepts work again: at the descriptor limit they fail and succeed in
+        // turn, and a line per recovery would be a line per failure. The failures not yet
+        // logged go into the next summary.
         prepare_socket(&sock, &shared);
         // Behind a balancer the source is known only after its header; elsewhere the
         // newcomer is refused here, at once, before a task or a byte of buffer exists.
@@ -171,7 +165,13 @@ async fn handle_accepted(
         // Only the configured balancers may speak for someone else (checked before a single
         // byte is read), and on such a listener they must.
         if !shared.config.sip.is_load_balancer(peer.ip()) {
-            tracing::warn!(%peer, "PROXY protocol listener: connection from an address not in sip.load_balancers refused");
+            if shared.may_log(
+                "refused connections",
+                "proxy_protocol_unlisted_source",
+                peer.ip(),
+            ) {
+                tracing::warn!(%peer, "PROXY protocol listener: connection from an address not in sip.load_balancers refused");
+            }
             return Err("proxy_protocol_unlisted_source");
         }
         let header = Box::pin(timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)));
@@ -272,11 +272,13 @@ pub(crate) enum Closed {
     Ended,
     Idle,
     WriteTimeout,
+    /// A message begun was not complete within `sip.message_timeout`.
+    MessageTimeout,
 }
 
 /// Runs one stream connection: frames inbound bytes into messages for the core and writes
-/// what the core queues for it, until EOF, a fatal framing error, the idle timeout or the
-/// write timeout.
+/// what the core queues for it, until EOF, a fatal framing error, the idle timeout, the
+/// write timeout or the message timeout.
 ///
 /// `first` is written before anything else (the request an outbound connection was opened
 /// for); the sends that waited for an outbound connection follow it.
@@ -299,15 +301,21 @@ where
     let idle = shared.idle_timeout();
     let write_timeout = shared.write_timeout();
     let mut idle_deadline = Instant::now() + idle;
+    let message_timeout = shared.config.sip.message_timeout;
+    // A message begun must be complete by then (a peer trickling one byte per idle period
+    // must not hold a connection and its buffer for ever).
+    let mut message_deadline: Option<Instant> = None;
     // The message being written (what is left of it), and whether a flush is due after it.
     let mut current = Bytes::new();
     let mut flushing = false;
     let mut write_deadline: Option<Instant> = None;
     let mut pong_due = false;
     let closed = 'conn: loop {
+        let mut delivered = false;
         loop {
             match framer.decode(&mut buf) {
                 Ok(Some(Frame::Message(m))) => {
+                    delivered = true;
                     // A busy core makes this wait; the peer is not to blame for the time.
                     let waited = Instant::now();
                     shared.deliver(&meta, m).await;
@@ -332,6 +340,11 @@ where
                 }
             }
         }
+        if buf.is_empty() {
+            message_deadline = None;
+        } else if delivered || message_deadline.is_none() {
+            message_deadline = Some(Instant::now() + message_timeout);
+        }
         if current.is_empty() && !flushing {
             let next = out
                 .pop_front()
@@ -352,7 +365,10 @@ where
         }
         let writing = !current.is_empty();
         let take_more = !writing && !flushing && out.is_empty() && !pong_due;
-        let deadline = write_deadline.map_or(idle_deadline, |w| w.min(idle_deadline));
+        let deadline = [write_deadline, message_deadline]
+            .into_iter()
+            .flatten()
+            .fold(idle_deadline, Instant::min);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => break Closed::Ended,
@@ -387,6 +403,9 @@ where
                 if write_deadline.is_some_and(|w| now >= w) {
                     break Closed::WriteTimeout;
                 }
+                if message_deadline.is_some_and(|m| now >= m) {
+                    break Closed::MessageTimeout;
+                }
                 if now >= idle_deadline {
                     break Closed::Idle;
                 }
@@ -402,6 +421,11 @@ where
         Closed::WriteTimeout => {
             tracing::debug!(conn = meta.id.0, remote = %meta.remote, timeout = ?write_timeout, "write timeout");
             metrics::counter!("stg_connections_closed_total", "reason" => "write_timeout")
+                .increment(1);
+        }
+        Closed::MessageTimeout => {
+            tracing::debug!(conn = meta.id.0, remote = %meta.remote, timeout = ?message_timeout, "message timeout");
+            metrics::counter!("stg_connections_closed_total", "reason" => "message_timeout")
                 .increment(1);
         }
     }
@@ -610,9 +634,7 @@ mod tests {
         }
         assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), Some(1000));
         assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), None);
-        assert_eq!(e.recovered(), Some(1));
-        assert_eq!(e.recovered(), None);
-        assert_eq!(e.failed(t0 + ACCEPT_ERROR_LOG_EVERY), Some(1));
+        assert_eq!(e.failed(t0 + 2 * ACCEPT_ERROR_LOG_EVERY), Some(2));
     }
 
     #[tokio::test]
@@ -769,6 +791,119 @@ mod tests {
     }
 
     use tokio_util::sync::CancellationToken;
+
+    /// Slowloris: 60 KB of an unfinished header section, then one byte just before each
+    /// idle deadline. The idle timer is reset by every read; the message deadline is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_trickled_one_byte_per_idle_period_is_not_held_for_ever() {
+        let shared = shared_with(|c| c.sip.idle_timeout = Duration::from_secs(600));
+        let (server, mut client) = tokio::io::duplex(128 * 1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            Vec::new(),
+        ));
+        let mut head = b"OPTIONS sip:a SIP/2.0\r\nX: ".to_vec();
+        head.resize(60_000, b'a');
+        client.write_all(&head).await.unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(590)).await;
+            if client.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+        // 5,900 s (ten idle timeouts) on one unfinished message.
+        assert!(
+            task.is_finished(),
+            "the partial message is still held (slowloris)"
+        );
+    }
+
+    /// At the descriptor limit accepts alternate (one connection closes, one accept
+    /// succeeds, the next fails): still one warning per ACCEPT_ERROR_LOG_EVERY.
+    #[test]
+    fn alternating_accept_failures_are_summarised_too() {
+        let mut e = AcceptErrors::default();
+        let t0 = Instant::now();
+        let mut lines = 0;
+        for i in 0..1000u64 {
+            lines += u32::from(e.failed(t0 + Duration::from_millis(20 * i)).is_some());
+        }
+        // 20 s of this: two windows' worth of lines at most.
+        assert!(lines <= 4, "{lines} warning lines in 20 s");
+    }
+
+    /// The node's Core::send, replicated: a stream send with no connection id that
+    /// send_stream refuses goes to send_or_connect.
+    fn core_send(shared: &Arc<Shared>, flow: Flow, bytes: Bytes) -> bool {
+        match shared.send_stream(&flow, bytes) {
+            Ok(()) => true,
+            Err(crate::conn::SendError::Full) => false,
+            Err(crate::conn::SendError::NoConnection(bytes)) => {
+                send_or_connect(shared, flow, bytes, None, Side::Inside)
+            }
+        }
+    }
+
+    /// A live connection whose write queue is full (a slow upstream) is not "no
+    /// connection": a further send must fail, not open a second connection to the
+    /// same destination (and then a third, ... up to the outbound cap).
+    #[tokio::test]
+    async fn a_full_queue_does_not_open_another_connection() {
+        let shared = shared_with(|_| {});
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dest = l.local_addr().unwrap();
+        // A registered outbound connection to dest whose task is not draining it.
+        let live = ConnMeta {
+            id: shared.next_conn_id(),
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote: dest,
+            side: Side::Inside,
+            outbound: true,
+        };
+        let (_outbox, _) = shared.register(live);
+        let flow = Flow {
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote: dest,
+            conn: None,
+        };
+        for _ in 0..crate::conn::WRITE_QUEUE {
+            assert!(core_send(&shared, flow, Bytes::from_static(b"x")));
+        }
+        let _ = core_send(&shared, flow, Bytes::from_static(b"overflow"));
+        let second = timeout(Duration::from_millis(500), l.accept()).await;
+        assert!(
+            second.is_err(),
+            "a second connection to the same destination was opened"
+        );
+    }
+
+    /// The write queue is bounded in messages, not bytes: one connection whose peer does
+    /// not read holds 512 messages of up to max_message_size each.
+    #[test]
+    fn a_write_queue_is_bounded_in_bytes() {
+        let shared = shared_with(|_| {});
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        let m = meta(1, remote);
+        let (_outbox, _) = shared.register(m);
+        let big = Bytes::from(vec![b'v'; 60_000]);
+        let mut queued = 0usize;
+        // Each push is a fresh allocation in real life; a clone is enough to count.
+        while shared.send_stream(&m.flow(), big.clone()).is_ok() {
+            queued += big.len();
+        }
+        assert!(
+            queued <= 4 << 20,
+            "{queued} bytes queued for one connection"
+        );
+    }
 
     #[tokio::test]
     async fn sends_to_one_destination_share_one_connect() {

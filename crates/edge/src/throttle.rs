@@ -22,6 +22,13 @@ pub(crate) const LINES_PER_WINDOW: u32 = 5;
 /// Most keys with a source of their own.
 pub(crate) const MAX_KEYS: usize = 4096;
 
+/// Most lines per kind and reason per window, all sources together: spoofed UDP sources
+/// are free, so the per-source budget alone would still let 4,096 of them write 5 lines each.
+pub(crate) const LINES_PER_REASON: u32 = 50;
+
+/// Most summary lines per kind and reason per window; the rest are folded into one.
+pub(crate) const SUMMARIES_PER_REASON: usize = 20;
+
 /// What is being logged, e.g. "malformed messages" (plural: it names the summary's count).
 pub(crate) type What = &'static str;
 
@@ -83,6 +90,8 @@ impl fmt::Display for Summary {
 #[derive(Debug, Default)]
 pub(crate) struct LogThrottle {
     windows: HashMap<Key, Window>,
+    /// Lines written per kind and reason in the current window (few keys: both are static).
+    per_reason: HashMap<(What, &'static str), (Instant, u32)>,
 }
 
 impl LogThrottle {
@@ -108,8 +117,13 @@ impl LogThrottle {
             logged: 0,
             suppressed: 0,
         });
-        if w.logged < LINES_PER_WINDOW {
+        let total = self.per_reason.entry((what, reason)).or_insert((now, 0));
+        if now.saturating_duration_since(total.0) >= WINDOW {
+            *total = (now, 0);
+        }
+        if w.logged < LINES_PER_WINDOW && total.1 < LINES_PER_REASON {
             w.logged += 1;
+            total.1 += 1;
             Verdict::Log
         } else {
             w.suppressed += 1;
@@ -136,6 +150,38 @@ impl LogThrottle {
             false
         });
         out.sort_by_key(|s| std::cmp::Reverse(s.count));
+        // The largest few per kind and reason keep their own line; the rest become one.
+        let mut kept: HashMap<(What, &'static str), usize> = HashMap::new();
+        let mut folded: Vec<Summary> = Vec::new();
+        out.retain(|s| {
+            if matches!(s.source, Subject::Node | Subject::OtherSources) {
+                return true;
+            }
+            let n = kept.entry((s.what, s.reason)).or_default();
+            if *n < SUMMARIES_PER_REASON {
+                *n += 1;
+                return true;
+            }
+            match folded
+                .iter_mut()
+                .find(|f| f.what == s.what && f.reason == s.reason)
+            {
+                Some(f) => f.count += s.count,
+                None => folded.push(Summary {
+                    source: Subject::OtherSources,
+                    ..*s
+                }),
+            }
+            false
+        });
+        for f in folded {
+            match out.iter_mut().find(|s| {
+                s.what == f.what && s.reason == f.reason && s.source == Subject::OtherSources
+            }) {
+                Some(s) => s.count += f.count,
+                None => out.push(f),
+            }
+        }
         out
     }
 
@@ -235,17 +281,45 @@ mod tests {
             .iter()
             .find(|s| s.source == Subject::OtherSources)
             .unwrap();
-        // 10,000 sources beyond the table, 7 events each, 5 of which were logged.
-        assert_eq!(other.count, 10_000 * 7 - 5);
-        assert_eq!(
-            other.to_string(),
-            "69995 more framing errors from other sources in 60 s (reason=too_large)"
-        );
+        // Only LINES_PER_REASON lines were written in all; every other event is in a
+        // summary, and at most SUMMARIES_PER_REASON sources get a summary line of their own.
+        let events = (MAX_KEYS as u64 + 10_000) * 7;
         assert_eq!(
             summaries.iter().map(|s| s.count).sum::<u64>(),
-            other.count + MAX_KEYS as u64 * 2
+            events - u64::from(LINES_PER_REASON)
         );
+        assert_eq!(summaries.len(), SUMMARIES_PER_REASON + 1);
+        assert!(other
+            .to_string()
+            .ends_with("more framing errors from other sources in 60 s (reason=too_large)"));
         assert_eq!(t.len(), 0);
+    }
+
+    /// per-source windows, and 4,096 sources before the shared entry: UDP
+    /// sources are spoofable, so one attacker gets 4,096 x 5 lines per reason per minute.
+    #[test]
+    fn lines_per_window_are_bounded_across_sources() {
+        let mut t = LogThrottle::default();
+        let t0 = Instant::now();
+        let mut logged = 0;
+        for i in 0..10_000u32 {
+            let ip = IpAddr::V4(Ipv4Addr::from(0xc633_0000 + i));
+            for _ in 0..10 {
+                if t.check(
+                    "malformed messages",
+                    "bad_header",
+                    Some(SourceKey::new(ip, 64)),
+                    t0,
+                ) == Verdict::Log
+                {
+                    logged += 1;
+                }
+            }
+        }
+        assert!(
+            logged <= 1_000,
+            "{logged} lines written in one window for one reason"
+        );
     }
 
     #[test]

@@ -111,7 +111,11 @@ where
                     }
                     None => break,
                 };
-                deadline = Instant::now() + idle;
+                // Only data keeps a connection alive: pings around a half-sent fragmented
+                // message must not hold it (and its buffer) for ever.
+                if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                    deadline = Instant::now() + idle;
+                }
                 let bytes = match message {
                     Message::Text(t) => Bytes::from(t),
                     Message::Binary(b) => b,
@@ -622,6 +626,28 @@ mod tests {
         });
         end.await.unwrap();
         ended(h).await;
+    }
+
+    /// a fragmented message left unfinished (60 KB, under the limit), kept alive
+    /// by a WebSocket Ping before each idle deadline: pings reset the idle timer, and
+    /// nothing bounds how long a message may take, so the partial message is pinned.
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_message_kept_alive_by_pings_is_not_held_for_ever() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let (h, io) = harness_with(|c| c.sip.idle_timeout = Duration::from_secs(600));
+        let mut ws = open(io, Some("sip")).await.unwrap();
+        let fragment = Frame::message(vec![b'x'; 60_000], OpCode::Data(Data::Text), false);
+        ws.send(Message::Frame(fragment)).await.unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(590)).await;
+            if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                break;
+            }
+            // Read the pong so that the server's write never blocks.
+            let _ = timeout(Duration::from_secs(1), ws.next()).await;
+        }
+        assert!(h.task.is_finished(), "the partial message is still held");
     }
 
     #[tokio::test]
