@@ -10,7 +10,8 @@
 //!
 //! # Invariants
 //! - A message for a device goes only over the connection the device opened when a flow
-//!   token names it; a connection id is never reused within a process.
+//!   token names it; a connection id is never reused within a process. A send that names no
+//!   connection reuses only a connection the node opened itself, never a device's.
 //! - PROXY protocol headers are read only on listeners marked for it, and only from the
 //!   configured balancer addresses; anyone else is refused before a byte is read.
 //! - Every table is bounded: connections in all and per source, outbound connects in flight,
