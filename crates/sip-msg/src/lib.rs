@@ -35,4 +35,4 @@ pub use message::{
 };
 pub use uri::{Host, Params, SipUri, Uri, UriError};
 pub use values::{parse_name_addr_list, parse_via_list, NameAddr, ValueError, Via};
-pub use write::{error_response_for_unparsed, RequestEdit};
+pub use write::{error_response_for_unparsed, put_decimal, RequestEdit};

@@ -40,7 +40,8 @@ fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-fn put_u32(out: &mut BytesMut, n: u32) {
+/// `n` in decimal, without `format!` (the send path writes numbers into every message).
+pub fn put_decimal(out: &mut impl BufMut, n: u32) {
     let mut buf = [0u8; 10];
     let mut i = buf.len();
     let mut n = n;
@@ -105,7 +106,7 @@ impl Message {
         };
         if self.max_forwards().is_none() {
             out.put_slice(b"Max-Forwards: ");
-            put_u32(&mut out, edit.max_forwards);
+            put_decimal(&mut out, edit.max_forwards);
             out.put_slice(b"\r\n");
         }
         let mut to_pop = edit.pop_routes;
@@ -133,7 +134,7 @@ impl Message {
                 HeaderName::MaxForwards => {
                     out.put_slice(&raw[h.name.range()]);
                     out.put_slice(b": ");
-                    put_u32(&mut out, edit.max_forwards);
+                    put_decimal(&mut out, edit.max_forwards);
                     out.put_slice(b"\r\n");
                 }
                 HeaderName::Route
@@ -206,7 +207,7 @@ impl Message {
     fn put_body(&self, out: &mut BytesMut) {
         if !self.has_content_length() {
             out.put_slice(b"Content-Length: ");
-            put_u32(out, self.body().len() as u32);
+            put_decimal(out, self.body().len() as u32);
             out.put_slice(b"\r\n");
         }
         out.put_slice(b"\r\n");
@@ -227,7 +228,7 @@ impl Message {
         let raw = &self.raw[..];
         let mut out = BytesMut::with_capacity(512);
         out.put_slice(b"SIP/2.0 ");
-        put_u32(&mut out, u32::from(status.0));
+        put_decimal(&mut out, u32::from(status.0));
         out.put_u8(b' ');
         out.put_slice(reason.unwrap_or(status.canonical_reason()).as_bytes());
         out.put_slice(b"\r\n");
@@ -311,7 +312,7 @@ impl Message {
             }
         }
         out.put_slice(b"CSeq: ");
-        put_u32(&mut out, self.cseq());
+        put_decimal(&mut out, self.cseq());
         out.put_u8(b' ');
         out.put_slice(method);
         out.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
@@ -336,7 +337,7 @@ pub fn error_response_for_unparsed(raw: &[u8], status: StatusCode, reason: &str)
     }
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(b"SIP/2.0 ");
-    put_u32(&mut out, u32::from(status.0));
+    put_decimal(&mut out, u32::from(status.0));
     out.put_u8(b' ');
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use siphasher::sip::SipHasher24;
 use stg_sip_msg::{
-    error_response_for_unparsed, HeaderName, Message, Method, RequestEdit, SipUri, StatusCode, Uri,
-    Via,
+    error_response_for_unparsed, put_decimal, HeaderName, Message, Method, RequestEdit, SipUri,
+    StatusCode, Uri, Via,
 };
 
 use crate::net::{canonical, Flow, IpNetwork, Listener, ListenerId, Side, SourceKey, Transport};
@@ -1178,14 +1178,7 @@ impl Proxy {
             return;
         };
         let host_port = self.host_port(out_l.id);
-        let mut via = Vec::with_capacity(24 + host_port.len() + branch.len());
-        via.extend_from_slice(b"SIP/2.0/");
-        via.extend_from_slice(flow.transport.via_token().as_bytes());
-        via.push(b' ');
-        via.extend_from_slice(&host_port);
-        via.extend_from_slice(b";branch=");
-        via.extend_from_slice(&branch);
-        via.extend_from_slice(b";rport");
+        let via = our_via(flow.transport, &host_port, &branch, true);
         let rr = if ctx.plan.record_route {
             self.record_routes(ctx.inbound, flow)
         } else {
@@ -1348,14 +1341,7 @@ impl Proxy {
             ]),
         );
 
-        let host_port = self.host_port(l.id);
-        let mut via = Vec::with_capacity(24 + host_port.len() + branch.len());
-        via.extend_from_slice(b"SIP/2.0/");
-        via.extend_from_slice(flow.transport.via_token().as_bytes());
-        via.push(b' ');
-        via.extend_from_slice(&host_port);
-        via.extend_from_slice(b";branch=");
-        via.extend_from_slice(&branch);
+        let via = our_via(flow.transport, &self.host_port(l.id), &branch, false);
         let bytes = m.forward_request(&RequestEdit {
             request_uri: plan.request_uri.as_deref(),
             top_via: top_via.as_deref(),
@@ -1975,7 +1961,7 @@ impl Proxy {
         }
         if wants_rport {
             s.extend_from_slice(b";rport=");
-            push_u16(&mut s, src.port());
+            put_decimal(&mut s, u32::from(src.port()));
         }
         Bytes::from(s)
     }
@@ -2216,7 +2202,7 @@ fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_u16(out, u16::from(o));
+                put_decimal(out, u32::from(o));
             }
         }
         IpAddr::V6(a) => {
@@ -2226,23 +2212,22 @@ fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
         }
     }
     out.push(b':');
-    push_u16(out, addr.port());
+    put_decimal(out, u32::from(addr.port()));
 }
 
-/// `n` in decimal.
-fn push_u16(out: &mut Vec<u8>, n: u16) {
-    let mut buf = [0u8; 5];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// The Via this proxy adds: `SIP/2.0/<transport> <host:port>;branch=<branch>[;rport]`.
+fn our_via(transport: Transport, host_port: &[u8], branch: &[u8], rport: bool) -> Vec<u8> {
+    let mut via = Vec::with_capacity(30 + host_port.len() + branch.len());
+    via.extend_from_slice(b"SIP/2.0/");
+    via.extend_from_slice(transport.via_token().as_bytes());
+    via.push(b' ');
+    via.extend_from_slice(host_port);
+    via.extend_from_slice(b";branch=");
+    via.extend_from_slice(branch);
+    if rport {
+        via.extend_from_slice(b";rport");
     }
-    out.extend_from_slice(&buf[i..]);
+    via
 }
 
 fn host_port(l: &Listener) -> String {
