@@ -531,11 +531,20 @@ impl Shared {
 
     /// Writes the summary lines of the throttling windows that have ended.
     pub(crate) fn log_summaries(&self) {
+        self.write_summaries(crate::now());
+    }
+
+    /// At exit: every window ends now, so no suppressed line goes unmentioned.
+    pub(crate) fn log_final_summaries(&self) {
+        self.write_summaries(crate::now() + crate::throttle::WINDOW);
+    }
+
+    fn write_summaries(&self, at: std::time::Instant) {
         let summaries = self
             .log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .expire(crate::now());
+            .expire(at);
         for s in summaries {
             tracing::info!(what = s.what, reason = s.reason, count = s.count, "{s}");
         }

@@ -412,6 +412,7 @@ impl Core {
             }
         }
         self.export_stats();
+        self.shared.log_final_summaries();
     }
 
     fn handle(&mut self, input: CoreInput) {

@@ -1629,15 +1629,17 @@ impl Proxy {
         }
     }
 
-    /// A transport error on branch `b`: the next resolved candidate, if any is left and
-    /// the first attempt's timer B/F has not run out (RFC 3263 §4.3); else a 503.
+    /// A transport error on branch `b`: the next resolved candidate, if any is left, the
+    /// first attempt's timer B/F has not run out (RFC 3263 §4.3) and the target has not
+    /// answered yet (after a provisional it has the request: trying another would fork the
+    /// call); else a 503.
     fn failover(&mut self, ctx_id: u64, b: u32, now: Instant) {
         let next = self
             .ctxs
             .get_mut(&ctx_id)
             .filter(|c| !c.cancelled)
             .and_then(|c| c.branches.get_mut(b as usize))
-            .filter(|br| now < br.deadline && !br.candidates.is_empty())
+            .filter(|br| now < br.deadline && !br.candidates.is_empty() && !br.provisional)
             .map(|br| {
                 br.state = BranchState::Resolving;
                 std::mem::take(&mut br.candidates)

@@ -1531,6 +1531,41 @@ fn upstream_transport_follows_rfc_3263_and_the_size_rule() {
     assert_eq!(fwd.method(), Some(Method::Message));
 }
 
+/// After a provisional the target has the request: a transport error then ends the branch
+/// (503) instead of sending the request to another target, which would fork the call.
+#[test]
+fn no_failover_once_the_target_has_answered() {
+    let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Tcp)));
+    let outs = sim.input(device(), invite().realistic().build());
+    let id = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Resolve { id, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    let second = addr("10.0.0.6:5060");
+    let outs = sim.resolved(id, &[(Transport::Tcp, addr(PBX)), (Transport::Tcp, second)]);
+    let (fwd, r) = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit {
+                bytes,
+                on_fail: Some(r),
+                ..
+            } => Some((Message::parse(bytes.clone()).unwrap(), *r)),
+            _ => None,
+        })
+        .expect("the INVITE");
+    let (flow, ringing) = only(&sim.input(pbx_tcp(), answer(&fwd, 180)));
+    assert_eq!((flow, code(&ringing)), (device().flow, 180));
+    let outs = sim.send_failed(r);
+    assert!(
+        sent(&outs).iter().all(|(f, _)| f.remote != second),
+        "failed over after a provisional"
+    );
+}
+
 /// RFC 3263 §4.3: a transport error on one resolved target moves on to the next.
 #[test]
 fn transport_error_fails_over_to_the_next_target() {
