@@ -293,6 +293,7 @@ impl Node {
             udp: udp_sockets,
             udp_rx: Some(udp::UdpListeners::new(udp_rx)),
             resolver,
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
             listener_sides: self.listeners.iter().map(|l| l.side).collect(),
         };
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
@@ -319,8 +320,15 @@ struct Core {
     /// live transactions).
     udp_rx: Option<udp::UdpListeners>,
     resolver: crate::resolver::Resolver,
+    /// Lookups in flight: each holds DNS sockets for up to `RESOLVE_TIMEOUT`, and names can
+    /// come from messages (inside routing), so they are capped like connects.
+    lookups: Arc<tokio::sync::Semaphore>,
     listener_sides: Vec<Side>,
 }
+
+/// Most DNS lookups in flight at once; beyond it a lookup fails at once (the request gets
+/// 503). The core already asks once per name at a time.
+const MAX_LOOKUPS: usize = 64;
 
 impl Core {
     async fn run(
@@ -440,9 +448,15 @@ impl Core {
                         failed.extend(on_fail.filter(|_| !sent));
                     }
                     Output::Resolve { id, target } => {
+                        let Ok(permit) = self.lookups.clone().try_acquire_owned() else {
+                            metrics::counter!("stg_dns_lookups_refused_total").increment(1);
+                            self.proxy.handle_resolved(id, &[], crate::now());
+                            continue;
+                        };
                         let resolver = self.resolver.clone();
                         let shared = self.shared.clone();
                         self.shared.tasks.spawn(async move {
+                            let _permit = permit;
                             // NAPTR, SRV and A/AAAA run in sequence: with an unreachable DNS
                             // server that can outlast timer B, so the caller is answered
                             // (503) within a bound of our own. A failure is remembered for a
