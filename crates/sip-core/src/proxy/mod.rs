@@ -388,8 +388,6 @@ pub struct Proxy {
     /// Server transactions that have sent their final answer, oldest first (may hold ids
     /// that have already ended), and the set of them.
     lingering: VecDeque<ServerTxId>,
-    /// Where each client transaction's request went: its responses must come from there.
-    client_dest: HashMap<ClientTxId, IpAddr>,
     /// The first instant seen: minted branches count seconds from it.
     epoch: Option<Instant>,
     finals: HashSet<ServerTxId>,
@@ -432,7 +430,6 @@ impl Proxy {
             server_source: HashMap::new(),
             awaiting_bytes: 0,
             lingering: VecDeque::new(),
-            client_dest: HashMap::new(),
             epoch: None,
             finals: HashSet::new(),
             amp_budget: HashMap::new(),
@@ -1225,7 +1222,6 @@ impl Proxy {
         ) {
             Ok(id) => {
                 self.by_client.insert(id, (ctx_id, b));
-                self.client_dest.insert(id, canonical(flow.remote.ip()));
                 let timer_c = (kind == RequestKind::Invite).then(|| now + self.config.timer_c);
                 if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
                     if let Some(br) = ctx.branches.get_mut(b as usize) {
@@ -1379,7 +1375,11 @@ impl Proxy {
         // could otherwise answer (or end) someone else's call.
         if let Some(id) = self.tx.find_client(&key) {
             let from = canonical(inbound.flow.remote.ip());
-            if self.client_dest.get(&id).is_some_and(|&to| to != from) {
+            let to = self
+                .tx
+                .client_dest(id)
+                .map(|d| canonical(d.flow.remote.ip()));
+            if to.is_some_and(|to| to != from) {
                 self.drop(inbound, "response_from_elsewhere");
                 return;
             }
@@ -1742,7 +1742,7 @@ impl Proxy {
         }
         bump(&mut self.stats.requests_out, "CANCEL");
         // The CANCEL's own transaction needs no context: its 200 is absorbed.
-        if let Ok(id) = self.tx.start_client(
+        let _ = self.tx.start_client(
             key,
             RequestKind::Cancel,
             dest_flow.transport.is_reliable(),
@@ -1753,10 +1753,7 @@ impl Proxy {
             },
             cancel,
             now,
-        ) {
-            self.client_dest
-                .insert(id, canonical(dest_flow.remote.ip()));
-        }
+        );
     }
 
     // === transaction events ===
@@ -1798,7 +1795,6 @@ impl Proxy {
             }
             TxEvent::ClientTerminated(id) => {
                 self.by_client.remove(&id);
-                self.client_dest.remove(&id);
                 self.accepted.remove(&id);
             }
             TxEvent::ServerTerminated(id) => {

@@ -266,6 +266,34 @@ fn events(outs: &[Output]) -> Vec<Event> {
         .collect()
 }
 
+/// The one send in `outs` that asked to hear of its failure: where, what, and the ref.
+fn tracked_send(outs: &[Output]) -> (Flow, Message, SendRef) {
+    outs.iter()
+        .find_map(|o| match o {
+            Output::Transmit {
+                flow,
+                bytes,
+                on_fail: Some(r),
+            } => Some((
+                *flow,
+                Message::parse(bytes.clone()).expect("well-formed"),
+                *r,
+            )),
+            _ => None,
+        })
+        .expect("a send with a failure ref")
+}
+
+/// The id of the one DNS question in `outs`, whatever the name.
+fn resolve_id(outs: &[Output]) -> ResolveId {
+    outs.iter()
+        .find_map(|o| match o {
+            Output::Resolve { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("a DNS question")
+}
+
 fn code(m: &Message) -> u16 {
     m.status().map_or(0, |s| s.0)
 }
@@ -1121,17 +1149,7 @@ fn send_failure_towards_a_tcp_upstream_gives_503() {
     let mut sim = Sim::new(tcp_upstream());
     let inv = invite();
     let outs = sim.input(device(), inv.build());
-    let (flow, on_fail) = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Transmit {
-                flow,
-                on_fail: Some(r),
-                ..
-            } => Some((*flow, *r)),
-            _ => None,
-        })
-        .expect("the INVITE, with a failure ref");
+    let (flow, _, on_fail) = tracked_send(&outs);
     // Any connection to the PBX, opened if needed, from the inside listener.
     assert_eq!(flow.listener, ListenerId(1));
     assert_eq!(flow.transport, Transport::Tcp);
@@ -1511,17 +1529,7 @@ fn upstream_transport_follows_rfc_3263_and_the_size_rule() {
     assert_eq!((flow.transport, flow.remote), (Transport::Udp, addr(PBX)));
     let big = message(1).header(&format!("X-Pad: {}", "p".repeat(1400)));
     let outs = sim.input(device(), big.build());
-    let (flow, on_fail) = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Transmit {
-                flow,
-                on_fail: Some(r),
-                ..
-            } => Some((*flow, *r)),
-            _ => None,
-        })
-        .expect("the MESSAGE");
+    let (flow, _, on_fail) = tracked_send(&outs);
     assert_eq!(
         (flow.transport, flow.listener),
         (Transport::Tcp, ListenerId(1))
@@ -1536,27 +1544,10 @@ fn upstream_transport_follows_rfc_3263_and_the_size_rule() {
 #[test]
 fn no_failover_once_the_target_has_answered() {
     let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Tcp)));
-    let outs = sim.input(device(), invite().realistic().build());
-    let id = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Resolve { id, .. } => Some(*id),
-            _ => None,
-        })
-        .unwrap();
+    let id = resolve_id(&sim.input(device(), invite().realistic().build()));
     let second = addr("10.0.0.6:5060");
     let outs = sim.resolved(id, &[(Transport::Tcp, addr(PBX)), (Transport::Tcp, second)]);
-    let (fwd, r) = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Transmit {
-                bytes,
-                on_fail: Some(r),
-                ..
-            } => Some((Message::parse(bytes.clone()).unwrap(), *r)),
-            _ => None,
-        })
-        .expect("the INVITE");
+    let (_, fwd, r) = tracked_send(&outs);
     let (flow, ringing) = only(&sim.input(pbx_tcp(), answer(&fwd, 180)));
     assert_eq!((flow, code(&ringing)), (device().flow, 180));
     let outs = sim.send_failed(r);
@@ -1570,33 +1561,14 @@ fn no_failover_once_the_target_has_answered() {
 #[test]
 fn transport_error_fails_over_to_the_next_target() {
     let mut sim = Sim::new(config("pbx.example.net", Some(Transport::Tcp)));
-    let outs = sim.input(device(), message(0).build());
-    let id = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::Resolve { id, .. } => Some(*id),
-            _ => None,
-        })
-        .unwrap();
+    let id = resolve_id(&sim.input(device(), message(0).build()));
     let second = addr("10.0.0.6:5060");
     let outs = sim.resolved(id, &[(Transport::Tcp, addr(PBX)), (Transport::Tcp, second)]);
-    let on_fail = |outs: &[Output]| {
-        outs.iter()
-            .find_map(|o| match o {
-                Output::Transmit {
-                    flow,
-                    on_fail: Some(r),
-                    ..
-                } => Some((flow.remote, *r)),
-                _ => None,
-            })
-            .expect("a send")
-    };
-    let (to, r) = on_fail(&outs);
-    assert_eq!(to, addr(PBX));
+    let (to, _, r) = tracked_send(&outs);
+    assert_eq!(to.remote, addr(PBX));
     let outs = sim.send_failed(r);
-    let (to, r) = on_fail(&outs);
-    assert_eq!(to, second);
+    let (to, _, r) = tracked_send(&outs);
+    assert_eq!(to.remote, second);
     let (flow, resp) = only(&sim.send_failed(r));
     assert_eq!((flow, code(&resp)), (device().flow, 503));
     sim.settle();

@@ -293,6 +293,11 @@ impl<D: Clone + fmt::Debug> Transactions<D> {
         self.clients.get(&id).map(ClientTx::state)
     }
 
+    /// Where a live client transaction sends its request.
+    pub fn client_dest(&self, id: ClientTxId) -> Option<&D> {
+        self.clients.get(&id).map(|tx| &tx.dest)
+    }
+
     /// Fires `timer` of client transaction `id` if it is still armed for `at`.
     pub(super) fn fire_client(&mut self, id: ClientTxId, timer: Timer, at: Instant, now: Instant) {
         let Some((tx, mut cx)) = self.client_cx(id, now) else {
