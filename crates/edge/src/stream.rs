@@ -371,6 +371,7 @@ where
             .fold(idle_deadline, Instant::min);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
+                Err(e) if unacknowledged(&e) => break Closed::WriteTimeout,
                 Ok(0) | Err(_) => break Closed::Ended,
                 Ok(_) => idle_deadline = Instant::now() + idle,
             },
@@ -381,6 +382,7 @@ where
                     wr.write(&current).await.map(Some)
                 }
             }, if writing || flushing => match w {
+                Err(e) if unacknowledged(&e) => break Closed::WriteTimeout,
                 Err(_) | Ok(Some(0)) => break Closed::Ended,
                 Ok(Some(n)) => {
                     current.advance(n);
@@ -437,6 +439,12 @@ where
     }
     tracing::debug!(conn = meta.id.0, remote = %meta.remote, "connection closed");
     closed
+}
+
+/// The kernel gave up on data the peer never acknowledged (`TCP_USER_TIMEOUT`): the same
+/// verdict as stg's own write timeout, whichever of the two fires first.
+fn unacknowledged(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
 }
 
 /// A send to a peer with no live connection: waits for the connection being opened to it,
