@@ -234,6 +234,7 @@ impl Node {
                     prefix_len: n.prefix_len(),
                 })
                 .collect(),
+            registrar: Vec::new(),
         }
     }
 

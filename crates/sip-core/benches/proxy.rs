@@ -49,6 +49,7 @@ fn config() -> ProxyConfig {
             max_transaction_bytes: usize::MAX,
         },
         allowed_destinations: Vec::new(),
+        registrar: Vec::new(),
     }
 }
 

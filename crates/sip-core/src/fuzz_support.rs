@@ -117,6 +117,7 @@ fn config(selector: u8) -> ProxyConfig {
             max_transaction_bytes: usize::MAX,
         },
         allowed_destinations: Vec::new(),
+        registrar: Vec::new(),
     }
 }
 

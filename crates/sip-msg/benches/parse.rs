@@ -105,6 +105,8 @@ const HOP: RequestEdit<'static> = RequestEdit {
     append_route: None,
     remove_last_route: false,
     max_forwards: 69,
+    drop: &[],
+    extra: &[],
 };
 
 fn with_body(head: &str, body: &str) -> Bytes {

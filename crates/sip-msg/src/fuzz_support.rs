@@ -217,6 +217,8 @@ fn check_request(m: &Message) {
         append_route: Some(APPENDED_ROUTE),
         remove_last_route: true,
         max_forwards,
+        drop: &[],
+        extra: &[],
     };
     for edit in [plain, full] {
         // New Via, Record-Routes, Max-Forwards, Content-Length, appended Route.

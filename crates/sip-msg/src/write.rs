@@ -31,6 +31,11 @@ pub struct RequestEdit<'a> {
     pub remove_last_route: bool,
     /// The Max-Forwards to write (already decremented, or 70 when absent).
     pub max_forwards: u32,
+    /// Headers removed entirely (a registrar's rewritten Contact).
+    pub drop: &'a [HeaderName],
+    /// Headers added right after this hop's Via, in order (a Path value goes first, RFC
+    /// 3327 §4.3; replacements for `drop`).
+    pub extra: &'a [(&'a str, &'a [u8])],
 }
 
 fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
@@ -81,7 +86,16 @@ impl Message {
     /// leave over a stream transport).
     pub fn forward_request(&self, edit: &RequestEdit<'_>) -> Bytes {
         let raw = &self.raw[..];
-        let rr_len: usize = edit.record_route.iter().map(|r| r.len() + 16).sum();
+        let rr_len: usize = edit
+            .record_route
+            .iter()
+            .map(|r| r.len() + 16)
+            .sum::<usize>()
+            + edit
+                .extra
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>();
         let mut out = BytesMut::with_capacity(
             raw.len() + edit.via.len() + rr_len + edit.top_via.map_or(0, <[u8]>::len) + 64,
         );
@@ -98,6 +112,9 @@ impl Message {
             }
         }
         put_header(&mut out, "Via", edit.via);
+        for (name, value) in edit.extra {
+            put_header(&mut out, name, value);
+        }
         let mut wrote_rr = edit.record_route.is_empty();
         let put_rr = |out: &mut BytesMut| {
             for rr in edit.record_route {
@@ -114,6 +131,9 @@ impl Message {
         let last_route = self.headers.iter().rposition(|h| h.id == HeaderName::Route);
         let mut appended = edit.append_route.is_none();
         for (i, h) in self.headers.iter().enumerate() {
+            if edit.drop.contains(&h.id) && h.id != HeaderName::Other {
+                continue;
+            }
             match h.id {
                 HeaderName::Via if first_via => {
                     first_via = false;
@@ -179,12 +199,29 @@ impl Message {
 
     /// Serializes this response with its top via-parm removed (RFC 3261 §16.7 step 9).
     pub fn forward_response(&self) -> Bytes {
+        self.forward_response_edited(&[], &[])
+    }
+
+    /// [`Self::forward_response`] with the headers named in `drop` removed and `extra`
+    /// added after the Vias (a registrar's 2xx with the device's own Contacts).
+    pub fn forward_response_edited(&self, drop: &[HeaderName], extra: &[(&str, &[u8])]) -> Bytes {
         let raw = &self.raw[..];
-        let mut out = BytesMut::with_capacity(raw.len() + 32);
+        let extra_len: usize = extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut out = BytesMut::with_capacity(raw.len() + 32 + extra_len);
         out.put_slice(self.start_line());
         out.put_slice(b"\r\n");
         let mut first_via = true;
+        let mut extra_written = extra.is_empty();
         for h in &self.headers {
+            if h.id != HeaderName::Via && !extra_written {
+                for (name, value) in extra {
+                    put_header(&mut out, name, value);
+                }
+                extra_written = true;
+            }
+            if drop.contains(&h.id) && h.id != HeaderName::Other {
+                continue;
+            }
             if h.id == HeaderName::Via && first_via {
                 first_via = false;
                 put_list_range(
@@ -197,6 +234,11 @@ impl Message {
                 continue;
             }
             out.put_slice(&raw[h.line.range()]);
+        }
+        if !extra_written {
+            for (name, value) in extra {
+                put_header(&mut out, name, value);
+            }
         }
         self.put_body(&mut out);
         out.freeze()

@@ -41,8 +41,12 @@
 //! transport failure, response) are already inputs of that context.
 
 mod flow_token;
+mod routing;
 #[cfg(test)]
 mod tests;
+
+use routing::{unreachable_status, Route, Target};
+pub use routing::{Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration};
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
@@ -92,6 +96,9 @@ pub struct ProxyConfig {
     /// Empty: any address but loopback, link-local, unspecified, broadcast/multicast and the
     /// node's own listener addresses and aliases. The configured upstream is always allowed.
     pub allowed_destinations: Vec<IpNetwork>,
+    /// Domains whose REGISTERs the node takes (and whose AORs it locates); empty: REGISTER
+    /// is forwarded like any request.
+    pub registrar: Vec<RegistrarDomain>,
 }
 
 /// What the budgets of [`ProxyLimits`] hold at a moment.
@@ -174,6 +181,15 @@ pub enum Output {
         /// What to resolve.
         target: ResolveTarget,
     },
+    /// Look up the bindings of an AOR and answer with [`Proxy::handle_located`].
+    Locate {
+        /// The id to answer with.
+        id: OpId,
+        /// `user@host`, as in the Request-URI.
+        aor: String,
+    },
+    /// Process a registration and answer with [`Proxy::handle_register`].
+    Register(Box<Registration>),
     /// Something worth a log line.
     Event(Event),
 }
@@ -300,6 +316,10 @@ struct Branch {
     candidates: Vec<(Transport, SocketAddr)>,
     /// No failover after this (timer B/F of the first attempt).
     deadline: Instant,
+    /// This branch's Request-URI, when a target set chose it (a binding's contact).
+    request_uri: Option<Bytes>,
+    /// A registered device's flow: a transport failure means it is unreachable (480).
+    located: bool,
 }
 
 #[derive(Debug)]
@@ -348,6 +368,17 @@ struct Ctx {
     giving_up: bool,
     /// Over the UDP size limit (RFC 3261 §18.1.1).
     big: bool,
+    /// A location or registrar operation in flight: the context must not end before it is
+    /// answered, even with no branch.
+    waiting: Option<OpId>,
+    /// A registration, and how it is handled.
+    registration: Option<RegistrarMode>,
+    /// `through` registration: the Contact values sent upstream in place of the device's.
+    contacts: Option<Vec<Bytes>>,
+    /// `through` registration: the Path entry sent upstream.
+    path: Option<Bytes>,
+    /// `through` registration: the PBX's 2xx, held until the binding is stored.
+    held: Option<Message>,
 }
 
 /// What a pending resolution is for.
@@ -395,6 +426,8 @@ pub struct Proxy {
     amp_budget: HashMap<u64, usize>,
     guard_of: HashMap<ServerTxId, u64>,
     timer_c: BTreeSet<(Instant, u64)>,
+    /// Location and registrar operations in flight, and their contexts.
+    ops: HashMap<OpId, u64>,
     out: VecDeque<Output>,
     next_id: u64,
     counter: u64,
@@ -435,6 +468,7 @@ impl Proxy {
             amp_budget: HashMap::new(),
             guard_of: HashMap::new(),
             timer_c: BTreeSet::new(),
+            ops: HashMap::new(),
             out: VecDeque::new(),
             next_id: 1,
             stats: Stats::default(),
@@ -896,13 +930,9 @@ impl Proxy {
             max_forwards: m.max_forwards().map_or(70, |n| n - 1),
             loop_hash: routing.loop_hash,
         };
-        let target = self.route_request(&m, inbound, &mut plan, routing.route_flow);
+        let route = self.route_request(&m, inbound, &mut plan, routing.route_flow);
         let ctx_id = self.next_id;
         self.next_id += 1;
-        let (target_side, policy) = match &target {
-            Target::Flow(_) => (Side::Outside, DestPolicy::Upstream),
-            Target::Resolve(_, side, policy) => (*side, *policy),
-        };
         let ctx = Ctx {
             server: id,
             inbound,
@@ -910,17 +940,7 @@ impl Proxy {
             top_via,
             to_tag: Bytes::from(tag),
             plan,
-            branches: vec![Branch {
-                state: BranchState::Resolving,
-                sent: None,
-                flow: None,
-                provisional: false,
-                cancel_pending: false,
-                target_side,
-                policy,
-                candidates: Vec::new(),
-                deadline: now + 64 * self.tx.config().t1,
-            }],
+            branches: Vec::new(),
             best: None,
             final_sent: false,
             cancelled: false,
@@ -928,23 +948,234 @@ impl Proxy {
             giving_up: false,
             big: m.raw().len() > UDP_SIZE_LIMIT,
             request: m,
+            waiting: None,
+            registration: None,
+            contacts: None,
+            path: None,
+            held: None,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
+        match route {
+            Route::Target(t) => self.add_branch(ctx_id, t, None, false, now),
+            Route::Locate(aor) => {
+                let op = self.wait(ctx_id, now);
+                self.out.push_back(Output::Locate { id: op, aor });
+            }
+            Route::Register(mode) => {
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.registration = Some(mode);
+                }
+                self.emit_registration(ctx_id, None, now);
+            }
+        }
+    }
+
+    /// Starts one branch of a context towards `target`.
+    fn add_branch(
+        &mut self,
+        ctx_id: u64,
+        target: Target,
+        request_uri: Option<Bytes>,
+        located: bool,
+        now: Instant,
+    ) {
+        let (target_side, policy) = match &target {
+            Target::Flow(_) => (Side::Outside, DestPolicy::Upstream),
+            Target::Resolve(_, side, policy) => (*side, *policy),
+        };
+        let deadline = now + 64 * self.tx.config().t1;
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let b = ctx.branches.len() as u32;
+        ctx.branches.push(Branch {
+            state: BranchState::Resolving,
+            sent: None,
+            flow: None,
+            provisional: false,
+            cancel_pending: false,
+            target_side,
+            policy,
+            candidates: Vec::new(),
+            deadline,
+            request_uri,
+            located,
+        });
+        let big = ctx.big;
         match target {
-            Target::Flow(flow) => self.send_branch(ctx_id, 0, flow, now),
-            Target::Resolve(t, _, _) => match literal_candidates(&t, self.ctxs[&ctx_id].big) {
-                Some(candidates) => self.try_candidates(ctx_id, 0, candidates, now),
+            Target::Flow(flow) => self.send_branch(ctx_id, b, flow, now),
+            Target::Resolve(t, _, _) => match literal_candidates(&t, big) {
+                Some(candidates) => self.try_candidates(ctx_id, b, candidates, now),
                 None => self.resolve(
                     t,
                     Pending::Branch {
                         ctx: ctx_id,
-                        branch: 0,
+                        branch: b,
                     },
                     now,
                 ),
             },
         }
+    }
+
+    /// Marks a context as waiting for an operation of the shell, with a deadline: timer C
+    /// for an INVITE (RFC 3261 §16.6 step 11 bounds a call's wait, whatever it waits for),
+    /// half of timer F otherwise (the client gives up at 64·T1: a late answer is useless).
+    fn wait(&mut self, ctx_id: u64, now: Instant) -> OpId {
+        let op = OpId(self.next_id);
+        self.next_id += 1;
+        self.ops.insert(op, ctx_id);
+        let invite_wait = self.config.timer_c;
+        let other_wait = 32 * self.tx.config().t1;
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            ctx.waiting = Some(op);
+            if ctx.timer_c.is_none() {
+                let wait = if ctx.request.method() == Some(Method::Invite) {
+                    invite_wait
+                } else {
+                    other_wait
+                };
+                let t = now + wait;
+                ctx.timer_c = Some(t);
+                self.timer_c.insert((t, ctx_id));
+            }
+        }
+        op
+    }
+
+    /// Takes the operation `op` off its context, if the context still waits for it.
+    fn answered(&mut self, op: OpId) -> Option<u64> {
+        let ctx_id = self.ops.remove(&op)?;
+        let ctx = self.ctxs.get_mut(&ctx_id)?;
+        if ctx.waiting != Some(op) {
+            return None;
+        }
+        ctx.waiting = None;
+        if ctx.branches.is_empty() {
+            if let Some(t) = ctx.timer_c.take() {
+                self.timer_c.remove(&(t, ctx_id));
+            }
+        }
+        Some(ctx_id)
+    }
+
+    /// Hands a registration to the shell: `response` is the PBX's 2xx in `through` mode.
+    fn emit_registration(&mut self, ctx_id: u64, response: Option<Message>, now: Instant) {
+        let op = self.wait(ctx_id, now);
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let Some(mode) = ctx.registration else {
+            return;
+        };
+        let flow = ctx.inbound.flow;
+        let path = match &ctx.path {
+            Some(p) => p.clone(),
+            None => self.path_entry(&flow, None),
+        };
+        let r = Registration {
+            id: op,
+            mode,
+            request: ctx.request.clone(),
+            flow,
+            flow_token: self.tokens.encode(&flow),
+            path,
+            response,
+        };
+        self.out.push_back(Output::Register(Box::new(r)));
+    }
+
+    /// The location service's answer for [`Output::Locate`]: the bindings found (`Err`: the
+    /// store failed). One branch per target whose flow token checks; none: 404 when nobody is
+    /// registered, 480 when no binding is reachable, 503 when the store failed.
+    pub fn handle_located(&mut self, id: OpId, result: Result<&[Located], ()>, now: Instant) {
+        let Some(ctx_id) = self.answered(id) else {
+            return;
+        };
+        let Ok(targets) = result else {
+            self.finish_with(ctx_id, StatusCode::SERVICE_UNAVAILABLE, now);
+            self.pump(now);
+            return;
+        };
+        let mut flows = Vec::with_capacity(targets.len());
+        for t in targets.iter().take(MAX_TARGETS) {
+            let flow = t
+                .conn
+                .as_deref()
+                .and_then(|c| self.tokens.decode(c.as_bytes()))
+                .filter(|f| {
+                    self.listener(f.listener)
+                        .is_some_and(|l| l.side == Side::Outside)
+                });
+            match flow {
+                Some(f) => flows.push((f, t.uri.clone())),
+                None => bump(&mut self.stats.dropped, "binding_unreachable"),
+            }
+        }
+        if flows.is_empty() {
+            self.finish_with(ctx_id, unreachable_status(targets.len()), now);
+        } else {
+            for (flow, uri) in flows {
+                self.add_branch(ctx_id, Target::Flow(flow), Some(uri), true, now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The shell's answer to an [`Output::Register`].
+    pub fn handle_register(&mut self, id: OpId, answer: RegisterAnswer, now: Instant) {
+        let Some(ctx_id) = self.answered(id) else {
+            return;
+        };
+        match answer {
+            RegisterAnswer::Forward { contacts } => {
+                let upstream = self.config.upstream.clone();
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.contacts = Some(contacts);
+                }
+                self.add_branch(
+                    ctx_id,
+                    Target::Resolve(upstream, Side::Inside, DestPolicy::Upstream),
+                    None,
+                    false,
+                    now,
+                );
+            }
+            RegisterAnswer::Respond { status, headers } => {
+                let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+                    return;
+                };
+                let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, &v[..])).collect();
+                let bytes = match ctx.held.take() {
+                    Some(ok) if status.is_success() => {
+                        ok.forward_response_edited(&[HeaderName::Contact], &extra)
+                    }
+                    _ => ctx.request.response(
+                        status,
+                        None,
+                        Some(&ctx.to_tag),
+                        Some(&ctx.top_via),
+                        &extra,
+                    ),
+                };
+                ctx.final_sent = true;
+                let server = ctx.server;
+                self.respond(server, status, bytes, now);
+                self.maybe_finish(ctx_id, now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Answers a context that has no branch left to wait for with `status`.
+    fn finish_with(&mut self, ctx_id: u64, status: StatusCode, now: Instant) {
+        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+            if better(status, ctx.best.as_ref().map(Best::status)) {
+                ctx.best = Some(Best::Local(status));
+            }
+        }
+        self.maybe_finish(ctx_id, now);
     }
 
     /// Asks the shell to resolve `target` for `waiter`; one lookup per name at a time.
@@ -1085,59 +1316,6 @@ impl Proxy {
             .any(|a| a.parse::<IpAddr>().is_ok_and(|x| canonical(x) == ip))
     }
 
-    /// The one place a request's next hop is chosen.
-    fn route_request(
-        &self,
-        m: &Message,
-        inbound: Inbound,
-        plan: &mut Plan,
-        route_flow: Option<Flow>,
-    ) -> Target {
-        if inbound.side == Side::Outside {
-            return Target::Resolve(
-                self.config.upstream.clone(),
-                Side::Inside,
-                DestPolicy::Upstream,
-            );
-        }
-        if let Some(flow) = route_flow {
-            return Target::Flow(flow);
-        }
-        // Strict-router compatibility (RFC 3261 §16.4): our own URI as Request-URI means the
-        // previous hop replaced it with our Record-Route; the real one is the last Route.
-        if let Some(Uri::Sip(u)) = m.request_uri() {
-            if self.is_local(&u) && u.lr() {
-                if let Some(last) = m.routes().nth(plan.pop_routes).and(m.routes().last()) {
-                    plan.request_uri = Some(m.slice(last.uri.as_bytes()));
-                    plan.remove_last_route = true;
-                }
-                if let Some(f) = u.user.and_then(|t| self.tokens.decode(t)) {
-                    return Target::Flow(f);
-                }
-            }
-        }
-        let next = m
-            .routes()
-            .nth(plan.pop_routes)
-            .map(|r| r.uri)
-            .or_else(|| m.request_uri());
-        let target = match next.as_ref().and_then(Uri::as_sip) {
-            Some(u) => uri_target(u),
-            None => ResolveTarget {
-                host: String::new(),
-                port: None,
-                transport: None,
-                sips: false,
-            },
-        };
-        let policy = if target == self.config.upstream {
-            DestPolicy::Upstream
-        } else {
-            DestPolicy::Chosen
-        };
-        Target::Resolve(target, Side::Outside, policy)
-    }
-
     /// A listener to reach `remote` over `transport` from, preferring `side` and the
     /// address family of the remote.
     fn pick_flow(&self, transport: Transport, remote: SocketAddr, side: Side) -> Option<Flow> {
@@ -1182,8 +1360,28 @@ impl Proxy {
             Vec::new()
         };
         let rr_refs: Vec<&[u8]> = rr.iter().map(Vec::as_slice).collect();
+        // A `through` registration leaves with stg's Path first and the device's Contacts
+        // as the registrar rewrote them.
+        let path = ctx
+            .registration
+            .is_some()
+            .then(|| self.path_entry(&ctx.inbound.flow, Some(out_l.id)));
+        let mut extra: Vec<(&str, &[u8])> = Vec::new();
+        let mut drop: &[HeaderName] = &[];
+        if let Some(p) = &path {
+            extra.push(("Path", p));
+        }
+        if let Some(contacts) = &ctx.contacts {
+            drop = &[HeaderName::Contact];
+            extra.extend(contacts.iter().map(|c| ("Contact", &c[..])));
+        }
+        let request_uri = ctx
+            .branches
+            .get(b as usize)
+            .and_then(|br| br.request_uri.as_deref())
+            .or(ctx.plan.request_uri.as_deref());
         let bytes = ctx.request.forward_request(&RequestEdit {
-            request_uri: ctx.plan.request_uri.as_deref(),
+            request_uri,
             top_via: Some(&ctx.top_via),
             via: &via,
             record_route: &rr_refs,
@@ -1191,6 +1389,8 @@ impl Proxy {
             append_route: ctx.plan.append_route.as_deref(),
             remove_last_route: ctx.plan.remove_last_route,
             max_forwards: ctx.plan.max_forwards,
+            drop,
+            extra: &extra,
         });
         let method = ctx.request.method();
         let kind = if method == Some(Method::Invite) {
@@ -1224,6 +1424,9 @@ impl Proxy {
                 self.by_client.insert(id, (ctx_id, b));
                 let timer_c = (kind == RequestKind::Invite).then(|| now + self.config.timer_c);
                 if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+                    if path.is_some() {
+                        ctx.path = path;
+                    }
                     if let Some(br) = ctx.branches.get_mut(b as usize) {
                         br.state = BranchState::Sent(id);
                         br.sent = Some(bytes);
@@ -1295,7 +1498,15 @@ impl Proxy {
             },
             loop_hash: loop_hash(&self.tokens, &m),
         };
-        match self.route_request(&m, inbound, &mut plan, route_flow) {
+        let target = match self.route_request(&m, inbound, &mut plan, route_flow) {
+            Route::Target(t) => t,
+            Route::Locate(_) | Route::Register(_) => {
+                // Only requests with a context look bindings up.
+                self.stats_drop("unroutable");
+                return;
+            }
+        };
+        match target {
             Target::Flow(flow) => self.send_stateless(&m, &plan, inbound, flow),
             Target::Resolve(t, side, policy) => match literal_candidates(&t, false) {
                 Some(candidates) => match self.choose(&candidates, side, policy) {
@@ -1347,6 +1558,8 @@ impl Proxy {
             append_route: plan.append_route.as_deref(),
             remove_last_route: plan.remove_last_route,
             max_forwards: plan.max_forwards,
+            drop: &[],
+            extra: &[],
         });
         bump(&mut self.stats.requests_out, method_label(m.method()));
         self.transmit(flow, bytes);
@@ -1505,6 +1718,13 @@ impl Proxy {
             let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
                 return;
             };
+            if ctx.registration == Some(RegistrarMode::Through) && !ctx.final_sent {
+                // The binding is stored before the device hears 2xx: an acknowledged
+                // registration is never lost (a store failure answers 503 instead).
+                ctx.held = Some(m.clone());
+                self.emit_registration(ctx_id, Some(m), now);
+                return;
+            }
             ctx.final_sent = true;
             let bytes = m.forward_response();
             self.respond(server, status, bytes, now);
@@ -1542,10 +1762,11 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        if !ctx
-            .branches
-            .iter()
-            .all(|b| matches!(b.state, BranchState::Done))
+        if ctx.waiting.is_some()
+            || !ctx
+                .branches
+                .iter()
+                .all(|b| matches!(b.state, BranchState::Done))
         {
             return;
         }
@@ -1591,6 +1812,19 @@ impl Proxy {
             return;
         };
         ctx.timer_c = None;
+        if let Some(op) = ctx.waiting.take() {
+            // The location service or the registrar never answered: its answer, if it ever
+            // comes, finds nothing waiting.
+            self.ops.remove(&op);
+            let status = if ctx.held.take().is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::REQUEST_TIMEOUT
+            };
+            bump(&mut self.stats.dropped, "operation_timeout");
+            self.finish_with(ctx_id, status, now);
+            return;
+        }
         if ctx.giving_up {
             // RFC 3261 §9.1: 64*T1 after the CANCEL, the INVITE counts as cancelled.
             let sent: Vec<(u32, ClientTxId)> = ctx
@@ -1648,7 +1882,21 @@ impl Proxy {
             Some(candidates) => {
                 self.try_candidates(ctx_id, b, candidates, now);
             }
-            None => self.branch_failed(ctx_id, b, StatusCode::SERVICE_UNAVAILABLE, now),
+            None => {
+                let located = self
+                    .ctxs
+                    .get(&ctx_id)
+                    .and_then(|c| c.branches.get(b as usize))
+                    .is_some_and(|br| br.located);
+                // A registered device whose connection is gone is temporarily unavailable,
+                // not a server failure (the calls-and-push issue wakes it up here).
+                let status = if located {
+                    StatusCode(480)
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                self.branch_failed(ctx_id, b, status, now);
+            }
         }
     }
 
@@ -1659,6 +1907,15 @@ impl Proxy {
             return;
         };
         ctx.cancelled = true;
+        if let Some(op) = ctx.waiting.take() {
+            // A lookup answered after the CANCEL finds nothing waiting (no branch is made).
+            self.ops.remove(&op);
+            if let Some(t) = ctx.timer_c.take() {
+                self.timer_c.remove(&(t, ctx_id));
+            }
+            self.finish_with(ctx_id, StatusCode::REQUEST_TERMINATED, now);
+            return;
+        }
         let n = ctx.branches.len() as u32;
         for b in 0..n {
             self.cancel_branch(ctx_id, b, now);
@@ -2070,11 +2327,6 @@ impl Proxy {
     }
 }
 
-enum Target {
-    Flow(Flow),
-    Resolve(ResolveTarget, Side, DestPolicy),
-}
-
 /// Who chose a destination, which decides where it may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum DestPolicy {
@@ -2285,3 +2537,7 @@ fn loop_hash(tokens: &FlowTokens, m: &Message) -> u64 {
             .unwrap_or(b""),
     ])
 }
+
+/// Branches one request may fork to from a location answer (a device has a handful of
+/// bindings; a record with hundreds is somebody's mistake or attack).
+const MAX_TARGETS: usize = 16;

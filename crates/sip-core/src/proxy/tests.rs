@@ -68,6 +68,7 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
         seed: 1,
         limits: super::ProxyLimits::default(),
         allowed_destinations: Vec::new(),
+        registrar: Vec::new(),
     }
 }
 
@@ -1875,3 +1876,5 @@ mod review {
         );
     }
 }
+
+mod routing;

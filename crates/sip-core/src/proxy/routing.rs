@@ -1,0 +1,266 @@
+//! The routing step (RFC 3261 §16.5): what a request's targets are.
+//!
+//! A request yields a [`Route`]: a known flow, a URI to resolve (RFC 3263), or a question for
+//! a service the core does not own: the *location service* (a request from the PBX for a
+//! registered device, [`Output::Locate`]) or the *registrar* (a device's REGISTER,
+//! [`Output::Register`]). Those answers are asynchronous (the store is Redis or a file), so
+//! they leave as outputs and come back as inputs ([`Proxy::handle_located`],
+//! [`Proxy::handle_register`]), exactly like [`Output::Resolve`]; meanwhile the response
+//! context waits with no branch and does not end. Each answer becomes a *target set*: one
+//! branch per target, each with its own Request-URI and flow.
+//!
+//! The registrar itself (bindings, expiry, the Flexisip record) is not here: it lives in
+//! `stg-registrar`, and the shell calls it between the output and the input. The core only
+//! decides *which* requests are the registrar's and how a registration travels: upstream with
+//! stg's Path (RFC 3327) in `through` mode, answered by the node in `local` mode.
+
+use bytes::Bytes;
+use stg_sip_msg::{Message, Method, SipUri, StatusCode, Uri};
+
+use super::{uri_target, DestPolicy, Inbound, Plan, Proxy, ResolveTarget};
+use crate::net::{Flow, Side};
+
+/// How the node takes registrations for a domain (`[registrar]` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrarMode {
+    /// The PBX is the registrar: the REGISTER goes upstream with stg's Path, and the binding
+    /// is stored when the PBX answers 2xx, with the expiry it granted (Flexisip's
+    /// `reg-on-response`).
+    Through,
+    /// stg is the registrar: it challenges, stores and answers itself.
+    Local,
+}
+
+/// One registrar domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrarDomain {
+    /// The domain of the Request-URI of a REGISTER (and of the AORs the PBX calls); `*`
+    /// takes every REGISTER, and calls addressed to the node's own names.
+    pub domain: String,
+    /// How.
+    pub mode: RegistrarMode,
+}
+
+/// Id of a location or registrar operation the shell performs for the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpId(pub(super) u64);
+
+/// A registration for the shell to process ([`Output::Register`]).
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The id to answer with.
+    pub id: OpId,
+    /// The domain's mode.
+    pub mode: RegistrarMode,
+    /// The REGISTER as the device sent it.
+    pub request: Message,
+    /// The flow it came on.
+    pub flow: Flow,
+    /// The flow token naming that flow (a binding's `fs-conn-id`).
+    pub flow_token: String,
+    /// stg's own Path entry (RFC 3327): the one sent upstream in `through` mode, the inside
+    /// listener's in `local` mode. Stored first in the binding's path.
+    pub path: Bytes,
+    /// `through` mode, second step: the PBX's 2xx; store the binding with the expiry it
+    /// granted. `None`: check the request (`through`) or handle it whole (`local`).
+    pub response: Option<Message>,
+}
+
+/// The shell's answer to an [`Output::Register`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterAnswer {
+    /// `through` mode, first step: send the REGISTER upstream with these Contact values in
+    /// place of the device's (push parameters removed).
+    Forward {
+        /// Contact header values.
+        contacts: Vec<Bytes>,
+    },
+    /// The final answer. After a PBX 2xx, a 2xx here forwards the PBX's response with its
+    /// Contact headers replaced by `headers`; any other status (the store failed) answers
+    /// from the request.
+    Respond {
+        /// Status.
+        status: StatusCode,
+        /// Headers to add (Contact, Expires, Min-Expires, WWW-Authenticate, Retry-After…).
+        headers: Vec<(&'static str, Bytes)>,
+    },
+}
+
+/// A target the location service found for a request ([`Proxy::handle_located`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The binding's contact: the branch's Request-URI.
+    pub uri: Bytes,
+    /// The flow token the binding recorded (`fs-conn-id`); a token that does not check (an
+    /// older process, another node, garbage) makes the target unreachable.
+    pub conn: Option<String>,
+}
+
+/// Where a request goes next.
+#[derive(Debug)]
+pub(super) enum Target {
+    /// Over a known flow (a flow token).
+    Flow(Flow),
+    /// To a URI's host, resolved per RFC 3263, on a side, under a destination policy.
+    Resolve(ResolveTarget, Side, DestPolicy),
+}
+
+/// What the routing step decided for a request.
+#[derive(Debug)]
+pub(super) enum Route {
+    /// One target now.
+    Target(Target),
+    /// Ask the location service for the bindings of this AOR (`user@host` as received).
+    Locate(String),
+    /// The registrar's.
+    Register(RegistrarMode),
+}
+
+impl Proxy {
+    /// The one place a request's next hop is chosen.
+    pub(super) fn route_request(
+        &self,
+        m: &Message,
+        inbound: Inbound,
+        plan: &mut Plan,
+        route_flow: Option<Flow>,
+    ) -> Route {
+        if inbound.side == Side::Outside {
+            if m.method() == Some(Method::Register) {
+                if let Some(mode) = self.registrar_mode(m) {
+                    return Route::Register(mode);
+                }
+            }
+            return Route::Target(Target::Resolve(
+                self.config.upstream.clone(),
+                Side::Inside,
+                DestPolicy::Upstream,
+            ));
+        }
+        if let Some(flow) = route_flow {
+            return Route::Target(Target::Flow(flow));
+        }
+        // Strict-router compatibility (RFC 3261 §16.4): our own URI as Request-URI means the
+        // previous hop replaced it with our Record-Route; the real one is the last Route.
+        if let Some(Uri::Sip(u)) = m.request_uri() {
+            if self.is_local(&u) && u.lr() {
+                if let Some(last) = m.routes().nth(plan.pop_routes).and(m.routes().last()) {
+                    plan.request_uri = Some(m.slice(last.uri.as_bytes()));
+                    plan.remove_last_route = true;
+                }
+                if let Some(f) = u.user.and_then(|t| self.tokens.decode(t)) {
+                    return Route::Target(Target::Flow(f));
+                }
+            }
+        }
+        // A request for a registered device addressed to its AOR (the PBX routes the domain
+        // to stg): the location service knows where it is. Only with no foreign Route left
+        // (a Route would name the next hop) and never for an ACK or CANCEL (hop by hop).
+        if m.routes().nth(plan.pop_routes).is_none()
+            && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
+        {
+            if let Some(Uri::Sip(u)) = m.request_uri() {
+                if let Some(aor) = self.aor_for_location(&u) {
+                    return Route::Locate(aor);
+                }
+            }
+        }
+        let next = m
+            .routes()
+            .nth(plan.pop_routes)
+            .map(|r| r.uri)
+            .or_else(|| m.request_uri());
+        let target = match next.as_ref().and_then(Uri::as_sip) {
+            Some(u) => uri_target(u),
+            None => ResolveTarget {
+                host: String::new(),
+                port: None,
+                transport: None,
+                sips: false,
+            },
+        };
+        let policy = if target == self.config.upstream {
+            DestPolicy::Upstream
+        } else {
+            DestPolicy::Chosen
+        };
+        Route::Target(Target::Resolve(target, Side::Outside, policy))
+    }
+
+    /// The registrar mode of a REGISTER's domain (its Request-URI host), if stg registers it.
+    fn registrar_mode(&self, m: &Message) -> Option<RegistrarMode> {
+        let Some(Uri::Sip(u)) = m.request_uri() else {
+            return None;
+        };
+        self.config
+            .registrar
+            .iter()
+            .find(|d| d.domain == "*" || d.domain.as_bytes().eq_ignore_ascii_case(u.host_raw))
+            .map(|d| d.mode)
+    }
+
+    /// `user@host` when a Request-URI names an AOR of a registrar domain: the domain itself,
+    /// or with `*`, one of the node's own names.
+    fn aor_for_location(&self, u: &SipUri<'_>) -> Option<String> {
+        let user = u.user?;
+        let ours = self.config.registrar.iter().any(|d| {
+            if d.domain == "*" {
+                self.is_local(u)
+            } else {
+                d.domain.as_bytes().eq_ignore_ascii_case(u.host_raw)
+            }
+        });
+        if !ours || user.is_empty() {
+            return None;
+        }
+        let mut aor = String::with_capacity(user.len() + 1 + u.host_raw.len());
+        aor.push_str(std::str::from_utf8(user).ok()?);
+        aor.push('@');
+        aor.push_str(std::str::from_utf8(u.host_raw).ok()?);
+        Some(aor)
+    }
+
+    /// stg's Path entry (RFC 3327, with `ob`, RFC 5626 §5.1): the listener the REGISTER
+    /// leaves on (the one the PBX sends the device's calls back to), the device's flow token
+    /// as user part.
+    pub(super) fn path_entry(
+        &self,
+        device: &Flow,
+        out_listener: Option<super::ListenerId>,
+    ) -> Bytes {
+        let l = out_listener
+            .and_then(|id| self.listener(id))
+            .or_else(|| {
+                self.config
+                    .listeners
+                    .iter()
+                    .find(|l| l.side == Side::Inside)
+            })
+            .or_else(|| self.config.listeners.first());
+        let Some(l) = l else {
+            return Bytes::new();
+        };
+        let host_port = self.host_port(l.id);
+        let token = self.tokens.encode(device);
+        let mut e = Vec::with_capacity(token.len() + host_port.len() + 40);
+        e.extend_from_slice(b"<sip:");
+        e.extend_from_slice(token.as_bytes());
+        e.push(b'@');
+        e.extend_from_slice(&host_port);
+        e.extend_from_slice(b";transport=");
+        e.extend_from_slice(l.transport.param().as_bytes());
+        e.extend_from_slice(b";lr;ob>");
+        Bytes::from(e)
+    }
+}
+
+/// The status for a request whose location lookup found no reachable target: nobody
+/// registered (404), or bindings whose connections are gone (480, the calls-and-push issue
+/// wakes them up).
+pub(super) fn unreachable_status(found: usize) -> StatusCode {
+    if found == 0 {
+        StatusCode(404)
+    } else {
+        StatusCode(480)
+    }
+}

@@ -1,0 +1,504 @@
+//! The routing step: registrations (`through` and `local`) and calls located in the
+//! registrar's bindings, on fake time. The shell's part (the registrar, the store) is played
+//! by hand: each `Output::Register`/`Output::Locate` is answered as the shell would.
+
+use bytes::Bytes;
+use stg_sip_msg::{Message, Method, StatusCode};
+
+use super::*;
+use crate::proxy::{Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration};
+
+fn with_registrar(mut cfg: ProxyConfig, domain: &str, mode: RegistrarMode) -> ProxyConfig {
+    cfg.registrar = vec![RegistrarDomain {
+        domain: domain.into(),
+        mode,
+    }];
+    cfg
+}
+
+fn through() -> Sim {
+    Sim::new(with_registrar(tcp_upstream(), "*", RegistrarMode::Through))
+}
+
+/// The device's REGISTER, its Contact carrying RFC 8599 push parameters.
+fn register() -> Req {
+    req("REGISTER", "sip:example.com")
+        .to("<sip:alice@example.com>")
+        .header("Contact: <sip:alice@192.168.1.10:5060;pn-provider=fcm;pn-prid=tok;pn-param=proj>;+sip.instance=\"<urn:uuid:1>\";reg-id=1")
+        .header("Expires: 3600")
+        .header("Supported: outbound, path")
+        .header("User-Agent: test-device/1.0 with a long enough name to outweigh our answers")
+}
+
+fn registrations(outs: &[Output]) -> Vec<Registration> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Register(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn locates(outs: &[Output]) -> Vec<(OpId, String)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Locate { id, aor } => Some((*id, aor.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Sim {
+    fn registered(&mut self, id: OpId, answer: RegisterAnswer) -> Vec<Output> {
+        self.proxy.handle_register(id, answer, self.now);
+        drain(&mut self.proxy)
+    }
+
+    fn located(&mut self, id: OpId, result: Result<&[Located], ()>) -> Vec<Output> {
+        self.proxy.handle_located(id, result, self.now);
+        drain(&mut self.proxy)
+    }
+}
+
+fn header(m: &Message, name: &str) -> Vec<String> {
+    m.header_values_by_name(name.as_bytes())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// The device's token as the proxy mints it (the tests' key is `[7; 16]`).
+fn device_token() -> String {
+    FlowTokens::new([7; 16]).encode(&device().flow)
+}
+
+/// Registers the device in `through` mode up to the PBX's 2xx; returns the sim, the
+/// REGISTER as the PBX got it and the registration waiting to be stored.
+fn through_until_2xx() -> (Sim, Message, Registration) {
+    let mut sim = through();
+    let outs = sim.input(device(), register().build());
+    nothing_sent(&outs);
+    let r = registrations(&outs);
+    assert_eq!(r.len(), 1, "the REGISTER goes to the registrar first");
+    assert_eq!(r[0].mode, RegistrarMode::Through);
+    assert!(r[0].response.is_none());
+    assert_eq!(r[0].flow, device().flow);
+    assert_eq!(r[0].flow_token, device_token());
+    let contacts = vec![Bytes::from_static(
+        b"<sip:alice@192.168.1.10:5060>;+sip.instance=\"<urn:uuid:1>\";reg-id=1",
+    )];
+    let outs = sim.registered(r[0].id, RegisterAnswer::Forward { contacts });
+    let (flow, fwd) = only(&outs);
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(fwd.method(), Some(Method::Register));
+
+    let outs = sim.input(
+        pbx_tcp(),
+        fwd.response(
+            StatusCode::OK,
+            None,
+            Some(b"pbx"),
+            None,
+            &[("Contact", b"<sip:alice@192.168.1.10:5060>;expires=600")],
+        ),
+    );
+    nothing_sent(&outs);
+    let mut r = registrations(&outs);
+    assert_eq!(
+        r.len(),
+        1,
+        "the PBX's 2xx is held until the binding is stored"
+    );
+    let r = r.remove(0);
+    assert_eq!(
+        r.response.as_ref().and_then(Message::status),
+        Some(StatusCode::OK)
+    );
+    (sim, fwd, r)
+}
+
+#[test]
+fn through_register_carries_our_path_and_the_registrars_contacts() {
+    let (_, fwd, r) = through_until_2xx();
+    let path = header(&fwd, "Path");
+    assert_eq!(path.len(), 1, "one Path, ours: {path:?}");
+    // The inside listener the PBX reaches us on, the device's flow as user part, `ob`.
+    assert_eq!(
+        path[0],
+        format!("<sip:{}@10.0.0.1:5060;transport=tcp;lr;ob>", device_token())
+    );
+    assert_eq!(
+        &r.path[..],
+        path[0].as_bytes(),
+        "the Path stored is the one sent"
+    );
+    let contact = header(&fwd, "Contact");
+    assert_eq!(
+        contact,
+        vec!["<sip:alice@192.168.1.10:5060>;+sip.instance=\"<urn:uuid:1>\";reg-id=1"],
+        "push parameters are not the PBX's business"
+    );
+    // Everything else is as the device sent it.
+    assert_eq!(header(&fwd, "Expires"), vec!["3600"]);
+    assert_eq!(header(&fwd, "User-Agent").len(), 1);
+}
+
+#[test]
+fn through_register_answers_the_device_once_the_binding_is_stored() {
+    let (mut sim, _, r) = through_until_2xx();
+    let contact = Bytes::from_static(
+        b"<sip:alice@192.168.1.10:5060;pn-provider=fcm;pn-prid=tok;pn-param=proj>;expires=600",
+    );
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode::OK,
+            headers: vec![("Contact", contact.clone())],
+        },
+    );
+    let (flow, ok) = only(&outs);
+    assert_eq!(flow, device().flow);
+    assert_eq!(ok.status(), Some(StatusCode::OK));
+    // The device sees its own Contact back (with the PBX's expiry), not the PBX's view.
+    assert_eq!(
+        header(&ok, "Contact"),
+        vec![String::from_utf8_lossy(&contact)]
+    );
+    assert_eq!(ok.via_count(), 1, "our Via is removed");
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn through_register_whose_binding_is_not_stored_gets_503_not_the_pbxs_2xx() {
+    let (mut sim, _, r) = through_until_2xx();
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: vec![("Retry-After", Bytes::from_static(b"5"))],
+        },
+    );
+    let (_, resp) = only(&outs);
+    assert_eq!(resp.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(header(&resp, "Retry-After"), vec!["5"]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn through_register_the_pbx_challenges_is_passed_back_and_nothing_is_stored() {
+    let mut sim = through();
+    let outs = sim.input(device(), register().build());
+    let r = registrations(&outs).remove(0);
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Forward {
+            contacts: Vec::new(),
+        },
+    );
+    let (_, fwd) = only(&outs);
+    let challenge = fwd.response(
+        StatusCode(401),
+        None,
+        Some(b"pbx"),
+        None,
+        &[(
+            "WWW-Authenticate",
+            b"Digest realm=\"example.com\", nonce=\"abc\"",
+        )],
+    );
+    let outs = sim.input(pbx_tcp(), challenge);
+    assert!(registrations(&outs).is_empty(), "no binding for a 401");
+    let (flow, resp) = only(&outs);
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 401);
+    assert_eq!(header(&resp, "WWW-Authenticate").len(), 1);
+}
+
+#[test]
+fn registrar_rejection_is_answered_without_going_upstream() {
+    let mut sim = through();
+    let outs = sim.input(device(), register().build());
+    let r = registrations(&outs).remove(0);
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode(423),
+            headers: vec![("Min-Expires", Bytes::from_static(b"60"))],
+        },
+    );
+    let (flow, resp) = only(&outs);
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 423);
+    assert_eq!(header(&resp, "Min-Expires"), vec!["60"]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn local_register_is_answered_by_the_node() {
+    let mut sim = Sim::new(with_registrar(
+        tcp_upstream(),
+        "example.com",
+        RegistrarMode::Local,
+    ));
+    let outs = sim.input(device(), register().build());
+    nothing_sent(&outs);
+    let r = registrations(&outs).remove(0);
+    assert_eq!(r.mode, RegistrarMode::Local);
+    // The node's inside listener names where calls for the device come back to.
+    assert_eq!(
+        &r.path[..],
+        format!("<sip:{}@10.0.0.1:5060;transport=tcp;lr;ob>", device_token()).as_bytes()
+    );
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode::OK,
+            headers: vec![(
+                "Contact",
+                Bytes::from_static(b"<sip:alice@192.168.1.10:5060>;expires=3600"),
+            )],
+        },
+    );
+    let (flow, ok) = only(&outs);
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&ok), 200);
+    assert!(ok.to_tag().is_some());
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn register_for_a_domain_the_node_does_not_register_is_just_forwarded() {
+    let mut sim = Sim::new(with_registrar(
+        tcp_upstream(),
+        "other.example",
+        RegistrarMode::Local,
+    ));
+    let outs = sim.input(device(), register().build());
+    assert!(registrations(&outs).is_empty());
+    let (flow, fwd) = only(&outs);
+    assert_eq!(flow.remote, addr(PBX));
+    assert!(header(&fwd, "Path").is_empty());
+}
+
+#[test]
+fn registration_the_shell_never_answers_ends_within_the_clients_patience() {
+    let mut sim = through();
+    let outs = sim.input(device(), register().build());
+    let r = registrations(&outs).remove(0);
+    let log = sim.settle();
+    let s = sent_log(&log);
+    assert_eq!(s.len(), 1, "one final answer");
+    assert_eq!(code(&s[0].2), 408);
+    // Before the device's timer F (64·T1 = 32 s) gives up.
+    assert!(s[0].0 <= 16_000, "answered at {} ms", s[0].0);
+    // A late answer finds nothing.
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Forward {
+            contacts: Vec::new(),
+        },
+    );
+    nothing_sent(&outs);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+// === calls for registered devices ===
+
+fn located_domain() -> Sim {
+    Sim::new(with_registrar(
+        tcp_upstream(),
+        "example.com",
+        RegistrarMode::Through,
+    ))
+}
+
+/// The PBX calls alice at her AOR (a static route to stg).
+fn pbx_invite() -> Req {
+    req("INVITE", "sip:alice@example.com")
+        .via("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-pbx-1")
+        .from("<sip:bob@example.com>;tag=pbx")
+        .to("<sip:alice@example.com>")
+        .header(&format!("Contact: <{PBX_CONTACT}>"))
+}
+
+/// Sends the PBX's INVITE: a 100 back and one location question, nothing else.
+fn start_located_call(sim: &mut Sim) -> OpId {
+    let outs = sim.input(pbx_tcp(), pbx_invite().build());
+    let (flow, trying) = only(&outs);
+    assert_eq!(flow.remote, addr(PBX));
+    assert_eq!(code(&trying), 100);
+    let l = locates(&outs);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].1, "alice@example.com");
+    l[0].0
+}
+
+#[test]
+fn call_to_an_aor_goes_over_the_flow_its_binding_recorded() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: Some(device_token()),
+    };
+    let outs = sim.located(op, Ok(&[target]));
+    let (flow, fwd) = only(&outs);
+    assert_eq!(flow, device().flow, "exactly the device's flow");
+    assert_eq!(fwd.request_uri_bytes(), DEVICE_CONTACT.as_bytes());
+    assert_eq!(fwd.method(), Some(Method::Invite));
+    // The dialog is record-routed as any call is.
+    assert!(!record_routes(&fwd).is_empty());
+}
+
+#[test]
+fn several_bindings_fork_one_branch_each() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let other = FlowTokens::new([7; 16]).encode(&outside(OTHER).flow);
+    let targets = [
+        Located {
+            uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+            conn: Some(device_token()),
+        },
+        Located {
+            uri: Bytes::from_static(b"sip:alice@10.9.9.9:5060"),
+            conn: Some(other),
+        },
+    ];
+    let s = sent(&sim.located(op, Ok(&targets)));
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].0, device().flow);
+    assert_eq!(s[1].0, outside(OTHER).flow);
+    assert_eq!(s[1].1.request_uri_bytes(), b"sip:alice@10.9.9.9:5060");
+}
+
+#[test]
+fn nobody_registered_is_404_and_a_dead_binding_is_480() {
+    for (targets, want) in [
+        (Vec::new(), 404),
+        (
+            vec![Located {
+                uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+                // Minted by another process (another key): it names nothing here.
+                conn: Some(FlowTokens::new([8; 16]).encode(&device().flow)),
+            }],
+            480,
+        ),
+        (
+            vec![Located {
+                uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+                conn: None,
+            }],
+            480,
+        ),
+    ] {
+        let mut sim = located_domain();
+        let op = start_located_call(&mut sim);
+        let (flow, resp) = only(&sim.located(op, Ok(&targets)));
+        assert_eq!(flow.remote, addr(PBX));
+        assert_eq!(code(&resp), want);
+        sim.settle();
+        assert_idle(&sim);
+    }
+}
+
+#[test]
+fn a_store_failure_is_503() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let (_, resp) = only(&sim.located(op, Err(())));
+    assert_eq!(code(&resp), 503);
+}
+
+#[test]
+fn a_binding_whose_connection_is_gone_is_480() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: Some(device_token()),
+    };
+    let outs = sim.located(op, Ok(&[target]));
+    let (_, _, r) = tracked_send(&outs);
+    let (_, resp) = only(&sim.send_failed(r));
+    assert_eq!(code(&resp), 480);
+}
+
+#[test]
+fn a_lookup_answered_after_the_cancel_makes_no_branch() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let cancel = pbx_invite().cancel();
+    let s = sent(&sim.input(pbx_tcp(), cancel.build()));
+    let codes: Vec<u16> = s.iter().map(|(_, m)| code(m)).collect();
+    assert_eq!(
+        codes,
+        vec![200, 487],
+        "200 for the CANCEL, 487 for the INVITE"
+    );
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: Some(device_token()),
+    };
+    nothing_sent(&sim.located(op, Ok(&[target])));
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_lookup_that_never_answers_ends_with_timer_c() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let log = sim.settle();
+    let s = sent_log(&log);
+    let finals: Vec<_> = s.iter().filter(|(_, _, m)| code(m) >= 200).collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(code(&finals[0].2), 408);
+    assert_eq!(finals[0].0, 180_000, "timer C");
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: Some(device_token()),
+    };
+    nothing_sent(&sim.located(op, Ok(&[target])));
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_call_along_our_path_takes_the_devices_flow_without_a_lookup() {
+    let (mut sim, fwd, _) = through_until_2xx();
+    let path = header(&fwd, "Path").remove(0);
+    let inv = req("INVITE", DEVICE_CONTACT)
+        .via("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-pbx-2")
+        .from("<sip:bob@example.com>;tag=pbx")
+        .to("<sip:alice@example.com>")
+        .call_id("pbx-call-2")
+        .header(&format!("Route: {path}"));
+    let outs = sim.input(pbx_tcp(), inv.build());
+    assert!(locates(&outs).is_empty());
+    let s = sent(&outs);
+    let to_device: Vec<_> = s.iter().filter(|(f, _)| *f == device().flow).collect();
+    assert_eq!(to_device.len(), 1);
+    assert_eq!(
+        to_device[0].1.request_uri_bytes(),
+        DEVICE_CONTACT.as_bytes()
+    );
+    assert!(
+        to_device[0].1.routes().next().is_none(),
+        "our Path entry is consumed"
+    );
+}
+
+#[test]
+fn an_ack_for_an_aor_is_not_looked_up() {
+    let mut sim = located_domain();
+    let ack = req("ACK", "sip:alice@example.com")
+        .via("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-pbx-ack")
+        .in_dialog("x");
+    let outs = sim.input(pbx_tcp(), ack.build());
+    assert!(locates(&outs).is_empty());
+    nothing_sent(&outs);
+}
