@@ -286,7 +286,15 @@ fn new_binding(
         key: unique.unwrap_or_default(),
         display_name: c.display_name.clone(),
         uri,
-        conn_id: (!origin.conn_id.is_empty()).then(|| origin.conn_id.to_owned()),
+        // Kept to URI-parameter-safe characters: it is written raw, as Flexisip's hex is.
+        conn_id: Some(
+            origin
+                .conn_id
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect::<String>(),
+        )
+        .filter(|c| !c.is_empty()),
         call_id: reg.call_id.clone(),
         cseq: reg.cseq,
         expires: expiry,

@@ -21,7 +21,7 @@
 //!   From URI has no user part (domain registration): the contact is then used as a route
 //!   instead of replacing the Request-URI.
 //! - `callid` is %-escaped only when it holds URI-reserved characters, and then only the
-//!   characters `"#&,;<=>@\^`{|}%`, space, controls, non-ASCII and `[`/`]`.
+//!   characters `` "#&,;<=>@\^`{|}% ``, space, controls, non-ASCII, `[` and `]`.
 //! - URI headers are written by `sip_headers_as_url_query`: all three are always present
 //!   (`path=&accept=&user-agent=` when empty), names lower case, values %-escaped (upper
 //!   case hex) for: controls, space, non-ASCII, `"`, `#`, `%`, `<`, `>`, `[`, `\`, `]`, `^`,
@@ -425,9 +425,11 @@ type UriParam<'a> = (&'a str, &'a str, Option<&'a str>);
 /// parameters. The user part may hold `;` (RFC 3261 `user-unreserved`), so parameters start
 /// after the host.
 pub(crate) fn split_uri(main: &str) -> Option<(&str, Vec<UriParam<'_>>)> {
-    let scheme = if main.len() >= 5 && main[..5].eq_ignore_ascii_case("sips:") {
+    // Compared as bytes: slicing the text at 4 or 5 could cut a multi-byte character.
+    let b = main.as_bytes();
+    let scheme = if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"sips:") {
         5
-    } else if main.len() >= 4 && main[..4].eq_ignore_ascii_case("sip:") {
+    } else if b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"sip:") {
         4
     } else {
         return None;
@@ -497,10 +499,6 @@ fn parse_header_params(s: &str) -> Option<Vec<(String, Option<String>)>> {
                         }
                         _ => i += 1,
                     }
-                }
-                // An escape at the very end can step past it.
-                if i > b.len() {
-                    return None;
                 }
             } else {
                 while i < b.len() && !stop(b[i]) {

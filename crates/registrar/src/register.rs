@@ -96,7 +96,8 @@ impl Register {
                 headers: vec![("Min-Expires", s.min_expires.to_string())],
             }),
             Some(n) => Ok(n.min(s.max_expires)),
-            None => Ok(s.default_expires.clamp(s.min_expires, s.max_expires.max(1))),
+            // Not `clamp`: it panics on a min above the max, a configuration mistake.
+            None => Ok(s.default_expires.max(s.min_expires).min(s.max_expires)),
         }
     }
 }

@@ -218,6 +218,8 @@ fn garbage_is_an_error_never_a_panic() {
         "<sip:a@b;expires=1;updatedAt=5?user-agent=%FF%FE>",
         "\"\\",
         "a\"b <sip:a@b;expires=1;updatedAt=5>",
+        "<siéé;expires=1;updatedAt=5>",
+        "<sé>",
     ] {
         assert!(Binding::decode("k", v).is_err(), "{v:?}");
         fuzz_decode(v.as_bytes());
@@ -240,6 +242,17 @@ fn garbage_is_an_error_never_a_panic() {
         fuzz_decode(&bytes);
         let noise: Vec<u8> = (0..r() % 64).map(|_| r() as u8).collect();
         fuzz_decode(&noise);
+        // Valid UTF-8 made of the characters the parser cares about.
+        let text = format!(
+            "{}<{}sip{}:{};expires=1;updatedAt=5{}>{}",
+            random_text(&mut r, 4),
+            random_text(&mut r, 2),
+            random_text(&mut r, 2),
+            random_text(&mut r, 12),
+            random_text(&mut r, 12),
+            random_text(&mut r, 8)
+        );
+        fuzz_decode(text.as_bytes());
     }
 }
 
