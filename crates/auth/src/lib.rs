@@ -27,6 +27,8 @@ mod failure;
 
 use std::fmt::Write as _;
 
+use stg_sip_msg::Message;
+
 pub use credentials::Credentials;
 pub use digest::{Digest, DigestConfig, Verdict};
 pub use failure::{AuthFailure, FailReason};
@@ -92,6 +94,19 @@ impl Algorithm {
 /// table stores per realm and algorithm (`stg user add`, tests).
 pub fn ha1(alg: Algorithm, user: &str, realm: &str, password: &str) -> String {
     alg.hex(&[user.as_bytes(), realm.as_bytes(), password.as_bytes()])
+}
+
+/// The `username` of the first Digest credentials in `m` (`Authorization`, then
+/// `Proxy-Authorization`), whatever their realm: for through mode, where the PBX judges the
+/// credentials and a 401/407/403 from it to a request that carried some becomes
+/// `AuthFailure::sip(ip, FailReason::PbxRejected, &user)`. `None` when the request carried
+/// none (the PBX's first challenge is not a failure).
+pub fn credentials_user(m: &Message) -> Option<String> {
+    m.header_values_by_name(b"Authorization")
+        .chain(m.header_values_by_name(b"Proxy-Authorization"))
+        .filter_map(|v| Credentials::parse(v, ""))
+        .map(|c| c.user)
+        .next()
 }
 
 /// Parses `data` as an `Authorization` value and formats the failure line a caller would log

@@ -652,3 +652,27 @@ fn debug_does_not_show_the_key() {
     let s = format!("{:?}", digest());
     assert!(!s.contains("7, 7"), "{s}");
 }
+
+#[test]
+fn credentials_user_for_through_mode() {
+    let value =
+        r#"Digest username="bob", realm="pbx.example.net", nonce="n", uri="sip:x", response="r""#;
+    assert_eq!(
+        crate::credentials_user(&register(&[("Authorization", value)])),
+        Some("bob".into())
+    );
+    assert_eq!(
+        crate::credentials_user(&register(&[("Proxy-Authorization", value)])),
+        Some("bob".into())
+    );
+    // Unreadable credentials still count as carried: the user is just unknown.
+    assert_eq!(
+        crate::credentials_user(&register(&[("Authorization", "Digest ,,")])),
+        Some(String::new())
+    );
+    assert_eq!(crate::credentials_user(&register(&[])), None);
+    assert_eq!(
+        crate::credentials_user(&register(&[("Authorization", "Basic eA==")])),
+        None
+    );
+}
