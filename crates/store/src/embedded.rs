@@ -6,6 +6,10 @@
 //! write transaction makes each write atomic and durable; the mutex makes the
 //! read-modify-write atomic (only this process can open the file: redb locks it).
 
+// redb's error is large (160 bytes); it only travels back from the blocking pool once, on
+// failure, so boxing it at every `?` would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -14,8 +14,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -24,8 +25,46 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{key_of, Change, Health, Record, StoreError, IO_TIMEOUT, MAX_ATTEMPTS};
 
+/// Runs `$body` (an expression of type `Result<_, RedisError>` that uses `$conn: &mut
+/// MultiplexedConnection`) on a leased connection, with [`RedisStore::after_error`]'s one
+/// retry; evaluates to `Result<_, StoreError>`. A macro rather than a method taking an async
+/// closure: the body stays inline, so the caller's future stays `Send` (an `AsyncFnMut`
+/// bound loses that across its higher-ranked borrow).
+macro_rules! with_conn {
+    ($store:expr, $conn:ident, $body:block) => {{
+        let store = $store;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let mut lease = match store.lease().await {
+                Ok(l) => l,
+                Err(e) => break Err(store.failed(e)),
+            };
+            let r: Result<_, RedisError> = {
+                let $conn = &mut lease.conn;
+                async { $body }.await
+            };
+            match r {
+                Ok(v) => {
+                    lease.release();
+                    store.inner.health.ok(store.kind());
+                    break Ok(v);
+                }
+                Err(e) => {
+                    if let Some(e) = store.after_error(lease, e, tries) {
+                        break Err(e);
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// Most connections open at once (and so operations in flight) per store.
 const POOL_SIZE: usize = 8;
+
+/// How often the sentinels are asked which node is the master.
+const MASTER_CHECK: Duration = Duration::from_secs(1);
 
 /// Keys asked per `SCAN` step.
 const SCAN_COUNT: usize = 500;
@@ -37,7 +76,12 @@ pub(crate) struct RedisStore {
 
 struct Inner {
     target: Target,
-    idle: Mutex<Vec<MultiplexedConnection>>,
+    /// Idle connections, with the master generation they were made for.
+    idle: Mutex<Vec<(u64, MultiplexedConnection)>>,
+    /// Bumped when the sentinels name another master: older connections are dropped.
+    generation: AtomicU64,
+    /// Set after a stale-connection error: ask the sentinels again before the next call.
+    recheck: AtomicBool,
     permits: Semaphore,
     health: Health,
     config: AsyncConnectionConfig,
@@ -45,8 +89,17 @@ struct Inner {
 
 enum Target {
     Plain(redis::Client),
-    /// `SentinelClient` needs `&mut` to ask for the master.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// Behind a mutex: `SentinelClient` needs `&mut` to ask for the master.
+    Sentinel(Box<tokio::sync::Mutex<Master>>),
+}
+
+/// What the sentinels last said about the master.
+struct Master {
+    sentinel: SentinelClient,
+    /// A client for the current master and its address, as a string to compare.
+    current: Option<(redis::Client, String)>,
+    /// When the sentinels were last asked; `None`: ask before the next connection.
+    checked: Option<Instant>,
 }
 
 /// One attempt of an update.
@@ -58,6 +111,7 @@ enum Attempt<T, E> {
 /// A connection held by one operation; back to the pool only through [`Lease::release`].
 struct Lease<'a> {
     conn: MultiplexedConnection,
+    generation: u64,
     reused: bool,
     store: &'a Inner,
     _permit: SemaphorePermit<'a>,
@@ -65,8 +119,11 @@ struct Lease<'a> {
 
 impl Lease<'_> {
     fn release(self) {
+        if self.generation != self.store.generation.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut idle) = self.store.idle.lock() {
-            idle.push(self.conn);
+            idle.push((self.generation, self.conn));
         }
     }
 }
@@ -74,7 +131,11 @@ impl Lease<'_> {
 impl RedisStore {
     pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
         let target = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(rest)?))
+            Target::Sentinel(Box::new(tokio::sync::Mutex::new(Master {
+                sentinel: sentinel_client(rest)?,
+                current: None,
+                checked: None,
+            })))
         } else {
             let client = redis::Client::open(url)
                 .map_err(|e| StoreError::Config(format!("bad Redis URL: {e}")))?;
@@ -87,6 +148,8 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 target,
                 idle: Mutex::new(Vec::new()),
+                generation: AtomicU64::new(0),
+                recheck: AtomicBool::new(false),
                 permits: Semaphore::new(POOL_SIZE),
                 health: Health::default(),
                 config,
@@ -108,36 +171,34 @@ impl RedisStore {
     ) -> Result<Result<T, E>, StoreError> {
         let key = key_of(aor);
         for attempt in 0..MAX_ATTEMPTS {
-            let r = self
-                .with_conn(async |conn| {
-                    redis::cmd("WATCH").arg(&key).exec_async(conn).await?;
-                    let fields: BTreeMap<String, String> =
-                        redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
-                    let (change, out) = match f(&Record { fields }) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            redis::cmd("UNWATCH").exec_async(conn).await?;
-                            return Ok(Attempt::Done(Err(e)));
-                        }
-                    };
-                    if change.is_empty() {
+            let r = with_conn!(self, conn, {
+                redis::cmd("WATCH").arg(&key).exec_async(conn).await?;
+                let fields: BTreeMap<String, String> =
+                    redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+                let (change, out) = match f(&Record { fields }) {
+                    Ok(x) => x,
+                    Err(e) => {
                         redis::cmd("UNWATCH").exec_async(conn).await?;
-                    } else {
-                        let done: Option<Vec<Value>> =
-                            transaction(&key, &change).query_async(conn).await?;
-                        let Some(replies) = done else {
-                            return Ok(Attempt::Conflict);
-                        };
-                        if let Some(e) = replies.into_iter().find_map(server_error) {
-                            return Err(e);
-                        }
+                        return Ok(Attempt::Done(Err(e)));
                     }
-                    if let Some((channel, message)) = &change.publish {
-                        publish(conn, channel, message).await;
+                };
+                if change.is_empty() {
+                    redis::cmd("UNWATCH").exec_async(conn).await?;
+                } else {
+                    let done: Option<Vec<Value>> =
+                        transaction(&key, &change).query_async(conn).await?;
+                    let Some(replies) = done else {
+                        return Ok(Attempt::Conflict);
+                    };
+                    if let Some(e) = replies.into_iter().find_map(server_error) {
+                        return Err(e);
                     }
-                    Ok(Attempt::Done(Ok(out)))
-                })
-                .await?;
+                }
+                if let Some((channel, message)) = &change.publish {
+                    publish(conn, channel, message).await;
+                }
+                Ok(Attempt::Done(Ok(out)))
+            })?;
             match r {
                 Attempt::Done(r) => return Ok(r),
                 Attempt::Conflict if attempt >= 2 => {
@@ -155,11 +216,10 @@ impl RedisStore {
 
     pub(crate) async fn get(&self, aor: &str) -> Result<Record, StoreError> {
         let key = key_of(aor);
-        self.with_conn(async |conn| {
+        with_conn!(self, conn, {
             let fields = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
             Ok(Record { fields })
         })
-        .await
     }
 
     pub(crate) async fn scan(
@@ -168,7 +228,7 @@ impl RedisStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let pattern = format!("fs:{pattern}");
-        self.with_conn(async |conn| {
+        with_conn!(self, conn, {
             let mut seen = HashSet::new();
             let mut out = Vec::new();
             let mut cursor = 0u64;
@@ -198,12 +258,11 @@ impl RedisStore {
                 cursor = next;
             }
         })
-        .await
     }
 
     pub(crate) async fn remove(&self, aor: &str, field: Option<&str>) -> Result<bool, StoreError> {
         let key = key_of(aor);
-        self.with_conn(async |conn| {
+        with_conn!(self, conn, {
             let n: i64 = match field {
                 Some(f) => {
                     redis::cmd("HDEL")
@@ -216,54 +275,34 @@ impl RedisStore {
             };
             Ok(n > 0)
         })
-        .await
     }
 
-    /// Runs `body` on a leased connection. A failure that says the connection is stale (the
-    /// server restarted, or was demoted by a failover) empties the pool and tries once more
-    /// on a fresh connection, so a recovered Redis serves the very next call.
-    async fn with_conn<R>(
-        &self,
-        mut body: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<R, RedisError>,
-    ) -> Result<R, StoreError> {
-        let inner = &*self.inner;
-        let mut last = None;
-        for _ in 0..2 {
-            let mut lease = match self.lease().await {
-                Ok(l) => l,
-                Err(e) => {
-                    last = Some(e);
-                    break;
-                }
-            };
-            match body(&mut lease.conn).await {
-                Ok(r) => {
-                    lease.release();
-                    inner.health.ok(self.kind());
-                    return Ok(r);
-                }
-                Err(e) => {
-                    let reused = lease.reused;
-                    drop(lease);
-                    if is_stale(&e) {
-                        if let Ok(mut idle) = inner.idle.lock() {
-                            idle.clear();
-                        }
-                    }
-                    let retry = reused && is_stale(&e);
-                    last = Some(map_err(e));
-                    if !retry {
-                        break;
-                    }
-                }
+    /// After `body` failed on `lease`: the error to return, or `None` to try once more on a
+    /// fresh connection. A failure that says the connection is stale (the server restarted,
+    /// or was demoted by a failover) empties the pool, and if the connection came from the
+    /// pool the call is retried, so a recovered Redis serves the very next call.
+    fn after_error(&self, lease: Lease<'_>, e: RedisError, tries: u32) -> Option<StoreError> {
+        let reused = lease.reused;
+        drop(lease);
+        let stale = is_stale(&e);
+        if stale {
+            if let Ok(mut idle) = self.inner.idle.lock() {
+                idle.clear();
             }
+            self.inner.recheck.store(true, Ordering::Relaxed);
         }
-        // The loop runs at least once and every exit path sets `last`.
-        let e = last.unwrap_or_else(|| StoreError::Unavailable("no attempt".into()));
+        if stale && reused && tries < 2 {
+            return None;
+        }
+        Some(self.failed(map_err(e)))
+    }
+
+    /// Notes an outage (logged once) and hands the error back.
+    fn failed(&self, e: StoreError) -> StoreError {
         if let StoreError::Unavailable(msg) = &e {
-            inner.health.failed(self.kind(), msg);
+            self.inner.health.failed(self.kind(), msg);
         }
-        Err(e)
+        e
     }
 
     async fn lease(&self) -> Result<Lease<'_>, StoreError> {
@@ -272,40 +311,73 @@ impl RedisStore {
             .await
             .map_err(|_| StoreError::Unavailable("all Redis connections busy".into()))?
             .map_err(|_| StoreError::Unavailable("Redis pool closed".into()))?;
-        let idle = inner.idle.lock().ok().and_then(|mut v| v.pop());
-        if let Some(conn) = idle {
-            return Ok(Lease {
-                conn,
-                reused: true,
-                store: inner,
-                _permit: permit,
-            });
-        }
-        let connect = async {
-            match &inner.target {
-                Target::Plain(c) => {
-                    c.get_multiplexed_async_connection_with_config(&inner.config)
-                        .await
-                }
-                Target::Sentinel(s) => {
-                    s.lock()
-                        .await
-                        .get_async_connection_with_config(&inner.config)
-                        .await
-                }
-            }
+        let client = match &inner.target {
+            Target::Plain(c) => c.clone(),
+            Target::Sentinel(m) => self.master(m).await?,
         };
-        // Sentinel asks a sentinel, then the master (ROLE), then connects: a few round trips.
-        let conn = tokio::time::timeout(IO_TIMEOUT * 2, connect)
-            .await
-            .map_err(|_| StoreError::Unavailable("Redis connect timed out".into()))?
-            .map_err(map_err)?;
+        let generation = inner.generation.load(Ordering::Relaxed);
+        let idle = inner.idle.lock().ok().and_then(|mut v| v.pop());
+        if let Some((g, conn)) = idle {
+            if g == generation {
+                return Ok(Lease {
+                    conn,
+                    generation,
+                    reused: true,
+                    store: inner,
+                    _permit: permit,
+                });
+            }
+        }
+        let conn = tokio::time::timeout(
+            IO_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&inner.config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("Redis connect timed out".into()))?
+        .map_err(map_err)?;
         Ok(Lease {
             conn,
+            generation,
             reused: false,
             store: inner,
             _permit: permit,
         })
+    }
+
+    /// A client for the current master. The sentinels are asked at most every
+    /// [`MASTER_CHECK`] (and after a stale-connection error): when they name another master
+    /// (a failover), pooled connections to the old one are dropped, since the old master
+    /// may go on accepting writes until the sentinels demote it, and such writes are lost.
+    async fn master(&self, m: &tokio::sync::Mutex<Master>) -> Result<redis::Client, StoreError> {
+        let inner = &*self.inner;
+        let mut m = m.lock().await;
+        let forced = inner.recheck.swap(false, Ordering::Relaxed);
+        let due = forced || m.checked.is_none_or(|t| t.elapsed() >= MASTER_CHECK);
+        if !due {
+            if let Some((c, _)) = &m.current {
+                return Ok(c.clone());
+            }
+        }
+        // Asks a sentinel, then the master itself (ROLE): a few round trips.
+        let client = tokio::time::timeout(IO_TIMEOUT * 2, m.sentinel.async_get_client())
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis Sentinel timed out".into()))?
+            .map_err(|e| {
+                inner.recheck.store(true, Ordering::Relaxed);
+                map_err(e)
+            })?;
+        let addr = client.get_connection_info().addr().to_string();
+        let moved = m.current.as_ref().is_some_and(|(_, a)| *a != addr);
+        if moved {
+            tracing::info!(master = %addr, "Redis Sentinel names a new master; reconnecting");
+            inner.generation.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut idle) = inner.idle.lock() {
+                idle.clear();
+            }
+        }
+        m.current = Some((client.clone(), addr));
+        m.checked = Some(Instant::now());
+        Ok(client)
     }
 }
 
@@ -473,7 +545,7 @@ mod tests {
             .into_iter()
             .filter(|n| packed.contains(&format!("\r\n{n}\r\n")))
             .collect();
-        let mut positions: Vec<usize> = names
+        let positions: Vec<usize> = names
             .iter()
             .map(|n| packed.find(&format!("\r\n{n}\r\n")).unwrap_or(0))
             .collect();
