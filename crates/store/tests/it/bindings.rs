@@ -391,8 +391,40 @@ async fn embedded_two_tasks_lose_nothing() {
 
 /// Redis dies: calls fail fast with Unavailable; it comes back on the same port: the same
 /// `Bindings` works again.
+/// Log lines written while it is alive (on this thread: the tests run current-thread).
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
 #[tokio::test]
 async fn redis_outage_fails_fast_and_recovers() {
+    let logs = Logs::default();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish(),
+    );
     let mut server = RedisServer::start();
     let (port, dir) = (server.port, server.dir.clone());
     let b = Bindings::open(&server.url(), &temp_dir("unused"))
@@ -425,6 +457,9 @@ async fn redis_outage_fails_fast_and_recovers() {
     assert_eq!(b.get("a@h").await.unwrap(), Record::default());
     write(&b, "a@h", ch).await;
     assert_eq!(b.get("a@h").await.unwrap(), record(&[("f", "v")]));
+    // Ten failed calls, one outage: logged once when it started, once when it ended.
+    assert_eq!(logs.count("store unavailable"), 1);
+    assert_eq!(logs.count("store recovered"), 1);
     drop(server);
 }
 
