@@ -453,14 +453,14 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let len = (rng.next() % 96) as usize;
-            let mut v: Vec<u8> = if rng.next() % 2 == 0 {
+            let mut v: Vec<u8> = if rng.next().is_multiple_of(2) {
                 b"Digest ".to_vec()
             } else {
                 Vec::new()
             };
             for _ in 0..len {
                 let r = rng.next();
-                v.push(if r % 4 == 0 {
+                v.push(if r.is_multiple_of(4) {
                     r as u8
                 } else {
                     alphabet[(r >> 8) as usize % alphabet.len()]

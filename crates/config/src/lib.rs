@@ -49,6 +49,8 @@ pub struct Config {
     pub dns: DnsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub registrar: RegistrarConfig,
+    pub store: StoreConfig,
 }
 
 /// `[node]`: who this node is.
@@ -315,6 +317,72 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 9090)),
         }
     }
+}
+
+/// How a registrar domain takes registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrarMode {
+    /// The PBX is the registrar; stg passes the REGISTER on with its Path and stores the
+    /// binding when the PBX answers 2xx (the seed's Flexisip `reg-on-response`).
+    Through,
+    /// stg is the registrar: digest challenge, binding store, answer.
+    Local,
+}
+
+/// One `[[registrar.domains]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarDomain {
+    /// A SIP domain, or `*` for every REGISTER (and calls to the node's own names).
+    pub name: String,
+    /// `through` or `local`.
+    pub mode: RegistrarMode,
+}
+
+/// `[registrar]`: which REGISTERs stg takes and the rules of its bindings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    /// Empty: REGISTER is forwarded like any request and nothing is stored. Default: every
+    /// domain, `through`.
+    pub domains: Vec<RegistrarDomain>,
+    /// Shortest registration accepted in local mode (423 below it). Default 60 s.
+    pub min_expires: Duration,
+    /// Longest registration granted in local mode. Default 1 day.
+    pub max_expires: Duration,
+    /// Granted when the device asks for none. Default 1 hour.
+    pub default_expires: Duration,
+    /// Contacts kept per AOR; beyond it the oldest is evicted. Default 10.
+    pub max_contacts: usize,
+    /// Remove RFC 8599 push parameters from the Contact sent to the PBX. Default true.
+    pub strip_push_params: bool,
+    /// Digest realm of local mode; "" = the domain of the request. Default "".
+    pub realm: String,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        Self {
+            domains: vec![RegistrarDomain {
+                name: "*".to_owned(),
+                mode: RegistrarMode::Through,
+            }],
+            min_expires: Duration::from_secs(60),
+            max_expires: Duration::from_secs(86_400),
+            default_expires: Duration::from_secs(3600),
+            max_contacts: 10,
+            strip_push_params: true,
+            realm: String::new(),
+        }
+    }
+}
+
+/// `[store]`: where bindings and credentials live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreConfig {
+    /// Bindings: "" = the embedded store in `node.data_dir`; `redis://host:port[/db]`, or
+    /// `redis+sentinel://host:port[,host:port…]/master` (Flexisip's `fs:<aor>` layout).
+    pub url: String,
+    /// SIP credentials: "" = SQLite in `node.data_dir`; `mysql://…`, `postgres://…`.
+    pub users_url: String,
 }
 
 /// `[log]`: what is logged and how.

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use crate::text::{Nameserver, Parse};
 use crate::{
     AdminConfig, Config, DnsConfig, Host, HostPort, ListenerConfig, LogConfig, LogFormat,
-    NodeConfig, Side, SipConfig, TimersConfig, TlsConfig, TlsFiles, Transport, Upstream,
+    NodeConfig, RegistrarConfig, RegistrarDomain, RegistrarMode, Side, SipConfig, StoreConfig,
+    TimersConfig, TlsConfig, TlsFiles, Transport, Upstream,
 };
 
 /// A key whose value cannot be used, before the environment variable behind it is known.
@@ -51,6 +52,8 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         dns: raw.dns.convert(),
         admin: raw.admin.convert(),
         log: raw.log.convert()?,
+        registrar: raw.registrar.convert()?,
+        store: raw.store.convert()?,
     })
 }
 
@@ -70,6 +73,8 @@ struct RawConfig {
     dns: RawDns,
     admin: RawAdmin,
     log: RawLog,
+    registrar: RawRegistrar,
+    store: RawStore,
 }
 
 #[derive(Default, Deserialize)]
@@ -465,5 +470,128 @@ impl RawLog {
             ));
         }
         Ok(log)
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [registrar] table")]
+struct RawRegistrar {
+    domains: Option<Vec<RawDomain>>,
+    min_expires: Option<Parse<Duration>>,
+    max_expires: Option<Parse<Duration>>,
+    default_expires: Option<Parse<Duration>>,
+    max_contacts: Option<usize>,
+    strip_push_params: Option<bool>,
+    realm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[registrar.domains]] table")]
+struct RawDomain {
+    name: String,
+    mode: String,
+}
+
+impl RawRegistrar {
+    fn convert(self) -> Result<RegistrarConfig, Invalid> {
+        let mut r = RegistrarConfig::default();
+        if let Some(domains) = self.domains {
+            r.domains = Vec::with_capacity(domains.len());
+            for (i, d) in domains.into_iter().enumerate() {
+                let key = |k: &str| format!("registrar.domains[{i}].{k}");
+                let mode = match d.mode.as_str() {
+                    "through" => RegistrarMode::Through,
+                    "local" => RegistrarMode::Local,
+                    other => {
+                        return Err(invalid(
+                            key("mode"),
+                            format!("{other:?} is neither \"through\" nor \"local\""),
+                        ))
+                    }
+                };
+                let name = d.name.trim().to_owned();
+                if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '@') {
+                    return Err(invalid(
+                        key("name"),
+                        format!("{:?} is not a domain (or \"*\" for every domain)", d.name),
+                    ));
+                }
+                if r.domains.iter().any(|o| o.name.eq_ignore_ascii_case(&name)) {
+                    return Err(invalid(key("name"), format!("{name} is listed twice")));
+                }
+                r.domains.push(RegistrarDomain { name, mode });
+            }
+        }
+        set(&mut r.min_expires, self.min_expires);
+        set(&mut r.max_expires, self.max_expires);
+        set(&mut r.default_expires, self.default_expires);
+        r.max_contacts = self.max_contacts.unwrap_or(r.max_contacts);
+        r.strip_push_params = self.strip_push_params.unwrap_or(r.strip_push_params);
+        r.realm = self.realm.unwrap_or(r.realm);
+        let show = |d| humantime::format_duration(d).to_string();
+        if r.min_expires > r.max_expires {
+            return Err(invalid(
+                "registrar.min_expires",
+                format!(
+                    "{} is longer than registrar.max_expires ({})",
+                    show(r.min_expires),
+                    show(r.max_expires)
+                ),
+            ));
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            return Err(invalid(
+                "registrar.default_expires",
+                "must lie between registrar.min_expires and registrar.max_expires",
+            ));
+        }
+        if r.max_contacts == 0 {
+            return Err(invalid("registrar.max_contacts", "must be at least 1"));
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [store] table")]
+struct RawStore {
+    url: Option<String>,
+    users_url: Option<String>,
+}
+
+impl RawStore {
+    fn convert(self) -> Result<StoreConfig, Invalid> {
+        let s = StoreConfig {
+            url: self.url.unwrap_or_default().trim().to_owned(),
+            users_url: self.users_url.unwrap_or_default().trim().to_owned(),
+        };
+        let bindings_ok = s.url.is_empty()
+            || s.url == "embedded"
+            || s.url.starts_with("redis://")
+            || s.url.starts_with("rediss://")
+            || s.url.starts_with("redis+sentinel://");
+        if !bindings_ok {
+            return Err(invalid(
+                "store.url",
+                "must be \"\" (the embedded store), redis://… or redis+sentinel://…",
+            ));
+        }
+        let users_ok = s.users_url.is_empty()
+            || [
+                "sqlite:",
+                "mysql://",
+                "mariadb://",
+                "postgres://",
+                "postgresql://",
+            ]
+            .iter()
+            .any(|p| s.users_url.starts_with(p));
+        if !users_ok {
+            return Err(invalid(
+                "store.users_url",
+                "must be \"\" (SQLite in node.data_dir), sqlite:…, mysql://… or postgres://…",
+            ));
+        }
+        Ok(s)
     }
 }

@@ -50,6 +50,16 @@ pub(crate) enum CoreInput {
         id: stg_sip_core::proxy::ResolveId,
         result: Vec<(Transport, SocketAddr)>,
     },
+    /// The registrar's answer to a registration.
+    Registered {
+        id: stg_sip_core::proxy::OpId,
+        answer: stg_sip_core::proxy::RegisterAnswer,
+    },
+    /// The location service's answer (`Err`: the store failed).
+    Located {
+        id: stg_sip_core::proxy::OpId,
+        result: Result<Vec<stg_sip_core::proxy::Located>, ()>,
+    },
 }
 
 /// What the per-source limits count as one source: an IPv4 address, or an IPv6 address cut

@@ -26,6 +26,7 @@ mod conn;
 mod limits;
 mod node;
 pub mod proxy_protocol;
+mod registrar;
 pub mod resolver;
 mod stream;
 mod throttle;
@@ -60,4 +61,7 @@ pub enum EdgeError {
     /// The DNS resolver could not be set up.
     #[error("dns: {0}")]
     Dns(String),
+    /// The binding store or the credentials database could not be opened.
+    #[error("store: {0}")]
+    Store(String),
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use stg_config::{Config, Host, Side as CfgSide, Transport as CfgTransport};
 use stg_sip_core::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
-use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, ResolveTarget};
+use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, RegisterAnswer, ResolveTarget};
 use stg_sip_core::transaction::TransactionConfig;
+use stg_sip_msg::StatusCode;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -224,6 +225,7 @@ impl Node {
                 source_prefix_v6: self.config.sip.source_prefix_v6,
                 max_transaction_bytes: self.config.sip.max_transaction_bytes,
             },
+            registrar: crate::registrar::domains(&self.config),
             allowed_destinations: self
                 .config
                 .sip
@@ -234,7 +236,6 @@ impl Node {
                     prefix_len: n.prefix_len(),
                 })
                 .collect(),
-            registrar: Vec::new(),
         }
     }
 
@@ -242,6 +243,15 @@ impl Node {
     /// or `sip.drain_timeout` passed).
     pub async fn run(self, drain: CancellationToken) -> Result<(), EdgeError> {
         let proxy = Proxy::new(self.proxy_config());
+        let registrar = if self.config.registrar.domains.is_empty() {
+            None
+        } else {
+            let r = crate::registrar::Registrar::open(&self.config)
+                .await
+                .map_err(|e| EdgeError::Store(e.to_string()))?;
+            tracing::info!(store = r.store_kind(), "registrar ready");
+            Some(Arc::new(r))
+        };
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
         let accept_stop = CancellationToken::new();
         let shared = Arc::new(Shared::new(
@@ -296,6 +306,7 @@ impl Node {
             resolver,
             lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
             listener_sides: self.listeners.iter().map(|l| l.side).collect(),
+            registrar,
         };
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
             .await;
@@ -325,6 +336,8 @@ struct Core {
     /// come from messages (inside routing), so they are capped like connects.
     lookups: Arc<tokio::sync::Semaphore>,
     listener_sides: Vec<Side>,
+    /// Bindings and credentials; None when `[registrar]` names no domain.
+    registrar: Option<Arc<crate::registrar::Registrar>>,
 }
 
 /// Most DNS lookups in flight at once; beyond it a lookup fails at once (the request gets
@@ -430,6 +443,11 @@ impl Core {
             CoreInput::Message { inbound, bytes } => self.proxy.handle_input(inbound, bytes, now),
             CoreInput::SendFailed(r) => self.proxy.handle_send_failed(r, now),
             CoreInput::Resolved { id, result } => self.proxy.handle_resolved(id, &result, now),
+            CoreInput::Registered { id, answer } => self.proxy.handle_register(id, answer, now),
+            CoreInput::Located { id, result } => {
+                self.proxy
+                    .handle_located(id, result.as_deref().map_err(|_| ()), now);
+            }
         }
         self.flush();
     }
@@ -481,6 +499,28 @@ impl Core {
                                 .send(CoreInput::Resolved { id, result })
                                 .await;
                         });
+                    }
+                    Output::Register(r) => {
+                        let id = r.id;
+                        let answer = match &self.registrar {
+                            Some(reg) => reg.register(*r, &self.shared),
+                            None => Some(RegisterAnswer::Respond {
+                                status: StatusCode::SERVICE_UNAVAILABLE,
+                                headers: Vec::new(),
+                            }),
+                        };
+                        if let Some(a) = answer {
+                            self.proxy.handle_register(id, a, crate::now());
+                        }
+                    }
+                    Output::Locate { id, aor } => {
+                        let started = self
+                            .registrar
+                            .as_ref()
+                            .is_some_and(|reg| reg.locate(id, aor, &self.shared));
+                        if !started {
+                            self.proxy.handle_located(id, Err(()), crate::now());
+                        }
                     }
                     Output::Event(e) => self.log_event(&e),
                     _ => {}

@@ -323,13 +323,19 @@ pub fn upstream_contacts(reg: &Register, s: &Settings) -> Vec<String> {
             if !s.strip_push_params {
                 return c.raw.clone();
             }
+            let stripped = c.uri_without_push();
+            if stripped == c.uri {
+                // Nothing to remove: the value goes on byte for byte, as a proxy forwards
+                // what it does not need to change.
+                return c.raw.clone();
+            }
             let mut out = String::new();
             if let Some(d) = &c.display_name {
                 out.push_str(d);
                 out.push(' ');
             }
             out.push('<');
-            out.push_str(&c.uri_without_push());
+            out.push_str(&stripped);
             out.push('>');
             out.push_str(&c.params_raw);
             out

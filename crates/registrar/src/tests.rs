@@ -158,19 +158,19 @@ fn random_bindings_round_trip() {
             },
             uri: format!(
                 "sip{}:{}@h{}.example:{};transport=tls;pn-prid={}",
-                if r() % 2 == 0 { "" } else { "s" },
+                if r().is_multiple_of(2) { "" } else { "s" },
                 token(&mut r),
                 r() % 9,
                 r() % 65536,
                 token(&mut r)
             ),
-            conn_id: (r() % 2 == 0).then(|| format!("{:x}", r())),
+            conn_id: r().is_multiple_of(2).then(|| format!("{:x}", r())),
             call_id: random_text(&mut r, 12),
             cseq: r() as u32,
             expires: r() as u32,
             updated_at: r() % 4_000_000_000,
-            alias: r() % 2 == 0,
-            used_as_route: r() % 2 == 0,
+            alias: r().is_multiple_of(2),
+            used_as_route: r().is_multiple_of(2),
             path: (0..r() % 3)
                 .map(|_| {
                     format!(

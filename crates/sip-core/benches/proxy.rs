@@ -159,7 +159,7 @@ fn main() {
             i += 1;
             call(&mut p, i, now);
             // Let the lingering transactions go now and then, as timers would.
-            if i % 4096 == 0 {
+            if i.is_multiple_of(4096) {
                 now += Duration::from_secs(64);
                 p.handle_timeout(now);
                 while p.poll_output().is_some() {}

@@ -39,6 +39,9 @@ fn expect(name: &str, tcp: bool) -> Expect {
             _,
         ) => Reply(400),
         ("badvers", _) => Reply(505),
+        // stg is the registrar's edge ([registrar] domains "*" by default): a REGISTER whose
+        // To is no SIP AOR cannot be bound, and the manifest's registrar answers 400.
+        ("unksm2", _) => Reply(400),
         ("unkscm" | "novelsc", _) => Reply(416),
         ("bext01", _) => Reply(420),
         ("zeromf", _) => Reply(483),

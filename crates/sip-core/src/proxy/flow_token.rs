@@ -240,7 +240,7 @@ pub(crate) fn push_hex_u64(out: &mut Vec<u8>, v: u64) {
 
 /// Decodes hex into `buf`; `None` when it is not hex or does not fit.
 fn unhex_into<'a>(text: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
-    if text.len() % 2 != 0 || text.len() / 2 > buf.len() {
+    if !text.len().is_multiple_of(2) || text.len() / 2 > buf.len() {
         return None;
     }
     let n = text.len() / 2;

@@ -1,0 +1,387 @@
+//! The shell around the registrar: what the core's [`Output::Register`] and
+//! [`Output::Locate`] ask for, done against the binding store and the credentials.
+//!
+//! Every decision is made by the sans-IO crates (`stg-registrar` for bindings and answers,
+//! `stg-auth` for digest); this module only sequences them around the asynchronous store:
+//! the store's atomic read-modify-write runs [`stg_registrar::apply`] on the record it read,
+//! so two nodes registering one AOR at the same moment lose nothing.
+//!
+//! Failures of the store answer 503 with `Retry-After` (the store logs the outage once and
+//! counts it); nothing is acknowledged to a device that was not written.
+//!
+//! [`Output::Register`]: stg_sip_core::proxy::Output::Register
+//! [`Output::Locate`]: stg_sip_core::proxy::Output::Locate
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use stg_auth::{AuthFailure, Credentials, Digest, DigestConfig, Verdict};
+use stg_config::{Config, RegistrarMode as CfgMode};
+use stg_registrar::{Applied, Origin, Register, Reject, Settings};
+use stg_sip_core::proxy::{
+    Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
+};
+use stg_sip_msg::{Message, StatusCode};
+use stg_store::{Bindings, Change, StoreError, Users};
+use tokio::sync::Semaphore;
+
+use crate::conn::{CoreInput, Shared};
+
+/// Store operations in flight at once; beyond it a registration or a lookup is answered 503
+/// at once (a flood of REGISTERs must not queue unbounded work behind a slow store).
+const MAX_STORE_OPS: usize = 512;
+
+/// The registrar's state in the shell: stores, policy, the digest engine.
+pub(crate) struct Registrar {
+    bindings: Bindings,
+    users: Option<Users>,
+    settings: Settings,
+    realm: String,
+    digest: Mutex<Digest>,
+    ops: Arc<Semaphore>,
+}
+
+/// The core's view of the `[registrar]` domains.
+pub(crate) fn domains(config: &Config) -> Vec<RegistrarDomain> {
+    config
+        .registrar
+        .domains
+        .iter()
+        .map(|d| RegistrarDomain {
+            domain: d.name.clone(),
+            mode: match d.mode {
+                CfgMode::Through => RegistrarMode::Through,
+                CfgMode::Local => RegistrarMode::Local,
+            },
+        })
+        .collect()
+}
+
+/// Wall-clock unix seconds: bindings are shared with other nodes (and Flexisip), so their
+/// times are the wall clock's, not the process's monotonic one.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // getrandom fails only without an entropy source at all; then uniqueness, not secrecy,
+    // is what the callers (generated binding keys, nonce salt) need.
+    if getrandom::fill(&mut b).is_err() {
+        return unix_now() ^ u64::from(std::process::id()).rotate_left(32);
+    }
+    u64::from_le_bytes(b)
+}
+
+fn answer(status: u16, headers: Vec<(&'static str, String)>) -> RegisterAnswer {
+    RegisterAnswer::Respond {
+        status: StatusCode(status),
+        headers: headers
+            .into_iter()
+            .map(|(n, v)| (n, Bytes::from(v)))
+            .collect(),
+    }
+}
+
+fn rejected(r: &Reject) -> RegisterAnswer {
+    answer(r.status, r.headers.clone())
+}
+
+fn unavailable() -> RegisterAnswer {
+    answer(503, vec![("Retry-After", "5".to_owned())])
+}
+
+fn count(mode: &'static str, result: &'static str) {
+    metrics::counter!("stg_registrar_registers_total", "mode" => mode, "result" => result)
+        .increment(1);
+}
+
+impl Registrar {
+    /// Opens the stores named by `[store]`. The credentials database is opened only when a
+    /// domain is in local mode (through mode never reads it).
+    pub(crate) async fn open(config: &Config) -> Result<Self, StoreError> {
+        let data_dir = &config.node.data_dir;
+        let bindings = Bindings::open(&config.store.url, data_dir).await?;
+        let local = config
+            .registrar
+            .domains
+            .iter()
+            .any(|d| d.mode == CfgMode::Local);
+        let users = if local {
+            Some(Users::open(&config.store.users_url, data_dir).await?)
+        } else {
+            None
+        };
+        let r = &config.registrar;
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let settings = Settings {
+            min_expires: secs(r.min_expires),
+            max_expires: secs(r.max_expires),
+            default_expires: secs(r.default_expires),
+            max_contacts: r.max_contacts,
+            strip_push_params: r.strip_push_params,
+            ..Settings::default()
+        };
+        let mut key = [0u8; 32];
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&random_u64().to_le_bytes());
+        }
+        Ok(Self {
+            bindings,
+            users,
+            settings,
+            realm: r.realm.clone(),
+            digest: Mutex::new(Digest::new(key, DigestConfig::default())),
+            ops: Arc::new(Semaphore::new(MAX_STORE_OPS)),
+        })
+    }
+
+    /// The store's kind, for the startup line.
+    pub(crate) fn store_kind(&self) -> &'static str {
+        self.bindings.kind()
+    }
+
+    /// Handles one [`Output::Register`]: the first step of a `through` registration is
+    /// answered at once (no store access); the rest run as tasks that answer through the
+    /// core's queue.
+    ///
+    /// [`Output::Register`]: stg_sip_core::proxy::Output::Register
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        r: Registration,
+        shared: &Arc<Shared>,
+    ) -> Option<RegisterAnswer> {
+        let reg = match stg_registrar::parse_register(&r.request, &self.settings) {
+            Ok(reg) => reg,
+            Err(rej) => {
+                count(mode_label(r.mode), "rejected");
+                return Some(rejected(&rej));
+            }
+        };
+        if r.mode == RegistrarMode::Through && r.response.is_none() {
+            let contacts = stg_registrar::upstream_contacts(&reg, &self.settings)
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
+            return Some(RegisterAnswer::Forward { contacts });
+        }
+        let Ok(permit) = self.ops.clone().try_acquire_owned() else {
+            count(mode_label(r.mode), "overloaded");
+            return Some(unavailable());
+        };
+        let this = self.clone();
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            let _permit = permit;
+            let id = r.id;
+            let answer = match r.mode {
+                RegistrarMode::Through => this.bind(&r, &reg, r.response.as_ref()).await,
+                RegistrarMode::Local => this.local(&r, &reg, &shared2).await,
+            };
+            let _ = shared2
+                .core_tx
+                .send(CoreInput::Registered { id, answer })
+                .await;
+        });
+        None
+    }
+
+    /// Stores the binding (`granted`: the PBX's 2xx in through mode) and builds the 2xx.
+    async fn bind(
+        &self,
+        r: &Registration,
+        reg: &Register,
+        granted: Option<&Message>,
+    ) -> RegisterAnswer {
+        let mode = mode_label(r.mode);
+        let now = unix_now();
+        let mut path = Vec::with_capacity(1 + reg.path.len());
+        path.push(String::from_utf8_lossy(&r.path).into_owned());
+        path.extend(reg.path.iter().cloned());
+        let origin = Origin {
+            conn_id: &r.flow_token,
+            path: &path,
+            now,
+        };
+        let settings = &self.settings;
+        let result = self
+            .bindings
+            .update(&reg.aor, |record| {
+                let mut rng = random_u64;
+                let applied = stg_registrar::apply(
+                    &record.fields,
+                    reg,
+                    &origin,
+                    granted,
+                    settings,
+                    &mut rng,
+                )?;
+                let change = Change {
+                    set: applied.set.clone(),
+                    del: applied.del.clone(),
+                    delete_all: applied.delete_all,
+                    expire_at: applied.expire_at,
+                    publish: Some(applied.publish.clone()),
+                };
+                Ok::<(Change, Applied), Reject>((change, applied))
+            })
+            .await;
+        match result {
+            Ok(Ok(applied)) => {
+                count(mode, "ok");
+                answer(200, stg_registrar::ok_headers(reg, &applied, now))
+            }
+            Ok(Err(rej)) => {
+                count(mode, "rejected");
+                rejected(&rej)
+            }
+            Err(e) => {
+                count(mode, "store_error");
+                tracing::debug!(aor = %reg.aor, error = %e, "binding not stored");
+                unavailable()
+            }
+        }
+    }
+
+    /// Local mode: digest first (the first challenge is not a failure), then the binding.
+    async fn local(&self, r: &Registration, reg: &Register, shared: &Shared) -> RegisterAnswer {
+        let realm = if self.realm.is_empty() {
+            request_domain(&r.request)
+        } else {
+            self.realm.clone()
+        };
+        let Some(creds) = Digest::credentials(&r.request, false, &realm) else {
+            count("local", "challenged");
+            return self.challenge(&realm, false);
+        };
+        let Some(users) = &self.users else {
+            return unavailable();
+        };
+        // The HA1 is fetched whatever the credentials look like: a known and an unknown
+        // user must cost the same time and get the same answer.
+        let ha1 = match users.ha1(&creds.user, &realm, creds.algorithm.name()).await {
+            Ok(h) => h,
+            Err(e) => {
+                count("local", "store_error");
+                tracing::debug!(error = %e, "credentials not read");
+                return unavailable();
+            }
+        };
+        let verdict = self
+            .digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .verify(&creds, b"REGISTER", ha1.as_deref(), crate::now());
+        match verdict {
+            Verdict::Ok => self.bind(r, reg, None).await,
+            Verdict::Stale => {
+                count("local", "challenged");
+                self.challenge(&realm, true)
+            }
+            Verdict::Fail(reason) => {
+                count("local", "auth_failed");
+                auth_failure(shared, r.flow.remote.ip(), reason, &creds);
+                self.challenge(&realm, false)
+            }
+        }
+    }
+
+    fn challenge(&self, realm: &str, stale: bool) -> RegisterAnswer {
+        let values = self
+            .digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .challenge(realm, stale, crate::now(), random_u64());
+        answer(
+            401,
+            values
+                .into_iter()
+                .map(|v| ("WWW-Authenticate", v))
+                .collect(),
+        )
+    }
+
+    /// Handles one [`Output::Locate`]: the AOR's live bindings, newest first.
+    ///
+    /// [`Output::Locate`]: stg_sip_core::proxy::Output::Locate
+    pub(crate) fn locate(self: &Arc<Self>, id: OpId, aor: String, shared: &Arc<Shared>) -> bool {
+        let Ok(permit) = self.ops.clone().try_acquire_owned() else {
+            metrics::counter!("stg_registrar_lookups_total", "result" => "overloaded").increment(1);
+            return false;
+        };
+        let this = self.clone();
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            let _permit = permit;
+            let result = match this.bindings.get(&aor).await {
+                Ok(record) => {
+                    let (live, bad) = stg_registrar::live_bindings(&record.fields, unix_now());
+                    if bad > 0 {
+                        metrics::counter!("stg_registrar_undecodable_total").increment(bad as u64);
+                    }
+                    let result = if live.is_empty() { "none" } else { "found" };
+                    metrics::counter!("stg_registrar_lookups_total", "result" => result)
+                        .increment(1);
+                    Ok(live
+                        .into_iter()
+                        .map(|b| Located {
+                            uri: Bytes::from(b.uri),
+                            conn: b.conn_id,
+                        })
+                        .collect())
+                }
+                Err(_) => {
+                    metrics::counter!("stg_registrar_lookups_total", "result" => "store_error")
+                        .increment(1);
+                    Err(())
+                }
+            };
+            let _ = shared2
+                .core_tx
+                .send(CoreInput::Located { id, result })
+                .await;
+        });
+        true
+    }
+}
+
+fn mode_label(m: RegistrarMode) -> &'static str {
+    match m {
+        RegistrarMode::Through => "through",
+        RegistrarMode::Local => "local",
+    }
+}
+
+/// The host of the Request-URI (the domain a REGISTER is for).
+fn request_domain(m: &Message) -> String {
+    m.request_uri()
+        .and_then(|u| {
+            u.as_sip()
+                .map(|s| String::from_utf8_lossy(s.host_raw).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// One authentication failure: the operators' `TRUCO_KO` line (throttled per source like
+/// every line an outsider can cause; the counter is exact) and, later, the guard's input.
+pub(crate) fn auth_failure(
+    shared: &Shared,
+    ip: IpAddr,
+    reason: stg_auth::FailReason,
+    creds: &Credentials,
+) {
+    report(shared, AuthFailure::sip(ip, reason, &creds.user));
+}
+
+/// Logs and counts a failure already built.
+pub(crate) fn report(shared: &Shared, failure: AuthFailure) {
+    metrics::counter!("stg_auth_failures_total", "service" => failure.service, "reason" => failure.reason)
+        .increment(1);
+    if shared.may_log("authentication failures", failure.reason, failure.ip) {
+        tracing::warn!(target: "stg::auth", "{failure}");
+    }
+}
