@@ -596,6 +596,21 @@ impl Core {
             {
                 tracing::info!(%remote, reason, detail, answered, "malformed SIP message");
             }
+            Event::AuthRejected {
+                remote,
+                credentials,
+                ..
+            } => {
+                let user = stg_auth::Credentials::parse(credentials, "")
+                    .map(|c| c.user)
+                    .unwrap_or_default();
+                let failure = stg_auth::AuthFailure::sip(
+                    remote.ip(),
+                    stg_auth::FailReason::PbxRejected,
+                    &user,
+                );
+                crate::registrar::report(&self.shared, failure);
+            }
             Event::Dropped { remote, reason }
                 if tracing::enabled!(tracing::Level::DEBUG)
                     && self.shared.may_log("dropped messages", reason, remote.ip()) =>

@@ -199,9 +199,9 @@ impl Registrar {
     ) -> RegisterAnswer {
         let mode = mode_label(r.mode);
         let now = unix_now();
-        let mut path = Vec::with_capacity(1 + reg.path.len());
-        path.push(String::from_utf8_lossy(&r.path).into_owned());
-        path.extend(reg.path.iter().cloned());
+        // Only stg's own entry: a Path a device wrote itself names whatever it likes, and a
+        // stored path is where calls for the device are sent.
+        let path = [String::from_utf8_lossy(&r.path).into_owned()];
         let origin = Origin {
             conn_id: &r.flow_token,
             path: &path,
@@ -331,6 +331,7 @@ impl Registrar {
                         .map(|b| Located {
                             uri: Bytes::from(b.uri),
                             conn: b.conn_id,
+                            path: b.path.into_iter().map(Bytes::from).collect(),
                         })
                         .collect())
                 }

@@ -209,6 +209,16 @@ pub enum Event {
         /// Whether an error response was sent.
         answered: bool,
     },
+    /// The upstream answered 401, 403 or 407 to a request from outside that carried
+    /// credentials (RFC 3261 §22): the device's credentials were refused.
+    AuthRejected {
+        /// Who sent them.
+        remote: SocketAddr,
+        /// The upstream's answer.
+        status: StatusCode,
+        /// The `Authorization` (or `Proxy-Authorization`) value sent.
+        credentials: Bytes,
+    },
     /// A message was dropped on purpose.
     Dropped {
         /// Who sent it.
@@ -320,6 +330,16 @@ struct Branch {
     request_uri: Option<Bytes>,
     /// A registered device's flow: a transport failure means it is unreachable (480).
     located: bool,
+    /// Route values this branch adds (a binding's Path towards the node holding the device).
+    routes: Vec<Bytes>,
+}
+
+/// What a target set says about one branch besides its destination.
+#[derive(Debug, Default)]
+struct BranchSpec {
+    request_uri: Option<Bytes>,
+    located: bool,
+    routes: Vec<Bytes>,
 }
 
 #[derive(Debug)]
@@ -957,7 +977,7 @@ impl Proxy {
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
         match route {
-            Route::Target(t) => self.add_branch(ctx_id, t, None, false, now),
+            Route::Target(t) => self.add_branch(ctx_id, t, BranchSpec::default(), now),
             Route::Locate(aor) => {
                 let op = self.wait(ctx_id, now);
                 self.out.push_back(Output::Locate { id: op, aor });
@@ -972,14 +992,7 @@ impl Proxy {
     }
 
     /// Starts one branch of a context towards `target`.
-    fn add_branch(
-        &mut self,
-        ctx_id: u64,
-        target: Target,
-        request_uri: Option<Bytes>,
-        located: bool,
-        now: Instant,
-    ) {
+    fn add_branch(&mut self, ctx_id: u64, target: Target, spec: BranchSpec, now: Instant) {
         let (target_side, policy) = match &target {
             Target::Flow(_) => (Side::Outside, DestPolicy::Upstream),
             Target::Resolve(_, side, policy) => (*side, *policy),
@@ -999,8 +1012,9 @@ impl Proxy {
             policy,
             candidates: Vec::new(),
             deadline,
-            request_uri,
-            located,
+            request_uri: spec.request_uri,
+            located: spec.located,
+            routes: spec.routes,
         });
         let big = ctx.big;
         match target {
@@ -1098,26 +1112,23 @@ impl Proxy {
             self.pump(now);
             return;
         };
-        let mut flows = Vec::with_capacity(targets.len());
+        let mut branches = Vec::with_capacity(targets.len());
         for t in targets.iter().take(MAX_TARGETS) {
-            let flow = t
-                .conn
-                .as_deref()
-                .and_then(|c| self.tokens.decode(c.as_bytes()))
-                .filter(|f| {
-                    self.listener(f.listener)
-                        .is_some_and(|l| l.side == Side::Outside)
-                });
-            match flow {
-                Some(f) => flows.push((f, t.uri.clone())),
+            match self.binding_target(t) {
+                Some((target, routes)) => branches.push((target, t.uri.clone(), routes)),
                 None => bump(&mut self.stats.dropped, "binding_unreachable"),
             }
         }
-        if flows.is_empty() {
+        if branches.is_empty() {
             self.finish_with(ctx_id, unreachable_status(targets.len()), now);
         } else {
-            for (flow, uri) in flows {
-                self.add_branch(ctx_id, Target::Flow(flow), Some(uri), true, now);
+            for (target, uri, routes) in branches {
+                let spec = BranchSpec {
+                    request_uri: Some(uri),
+                    located: true,
+                    routes,
+                };
+                self.add_branch(ctx_id, target, spec, now);
             }
         }
         self.pump(now);
@@ -1137,8 +1148,7 @@ impl Proxy {
                 self.add_branch(
                     ctx_id,
                     Target::Resolve(upstream, Side::Inside, DestPolicy::Upstream),
-                    None,
-                    false,
+                    BranchSpec::default(),
                     now,
                 );
             }
@@ -1367,13 +1377,22 @@ impl Proxy {
             .is_some()
             .then(|| self.path_entry(&ctx.inbound.flow, Some(out_l.id)));
         let mut extra: Vec<(&str, &[u8])> = Vec::new();
-        let mut drop: &[HeaderName] = &[];
         if let Some(p) = &path {
             extra.push(("Path", p));
         }
         if let Some(contacts) = &ctx.contacts {
-            drop = &[HeaderName::Contact];
             extra.extend(contacts.iter().map(|c| ("Contact", &c[..])));
+        }
+        // A Path the device wrote itself would make the PBX send its calls wherever the
+        // device likes: from the internet, stg's entry is the only one (it is the first hop).
+        let drop: &[HeaderName] = match (&path, &ctx.contacts) {
+            (Some(_), Some(_)) => &[HeaderName::Contact, HeaderName::Path],
+            (Some(_), None) => &[HeaderName::Path],
+            (None, Some(_)) => &[HeaderName::Contact],
+            (None, None) => &[],
+        };
+        if let Some(br) = ctx.branches.get(b as usize) {
+            extra.extend(br.routes.iter().map(|r| ("Route", &r[..])));
         }
         let request_uri = ctx
             .branches
@@ -1732,6 +1751,9 @@ impl Proxy {
             self.maybe_finish(ctx_id, now);
             return;
         }
+        if matches!(status.0, 401 | 403 | 407) {
+            self.auth_rejected(ctx_id, status);
+        }
         if status.class() == 6 {
             self.cancel_others(ctx_id, b, now);
         }
@@ -1741,6 +1763,30 @@ impl Proxy {
             }
         }
         self.maybe_finish(ctx_id, now);
+    }
+
+    /// The PBX refused credentials a device sent (through mode): an authentication failure
+    /// for the operators' log and the guard. A first challenge (no credentials) is not one.
+    fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        if ctx.inbound.side != Side::Outside {
+            return;
+        }
+        let credentials = ctx
+            .request
+            .header_values_by_name(b"Authorization")
+            .chain(ctx.request.header_values_by_name(b"Proxy-Authorization"))
+            .next();
+        if let Some(c) = credentials {
+            let event = Event::AuthRejected {
+                remote: ctx.inbound.flow.remote,
+                status,
+                credentials: ctx.request.slice(c),
+            };
+            self.out.push_back(Output::Event(event));
+        }
     }
 
     /// A branch ended without a response of its own (timeout, transport error, cancelled).

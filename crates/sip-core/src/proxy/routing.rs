@@ -92,8 +92,13 @@ pub struct Located {
     /// The binding's contact: the branch's Request-URI.
     pub uri: Bytes,
     /// The flow token the binding recorded (`fs-conn-id`); a token that does not check (an
-    /// older process, another node, garbage) makes the target unreachable.
+    /// older process, another node, garbage) means the device is not connected here.
     pub conn: Option<String>,
+    /// The binding's Path (RFC 3327), top first, each a URI with or without brackets. When
+    /// the device is not connected here, a first entry naming another node (a cluster peer,
+    /// a Flexisip node during a migration) is where the request goes, with the path as its
+    /// Route set; an entry of this node's means the connection is gone (480).
+    pub path: Vec<Bytes>,
 }
 
 /// Where a request goes next.
@@ -251,6 +256,62 @@ impl Proxy {
         e.extend_from_slice(l.transport.param().as_bytes());
         e.extend_from_slice(b";lr;ob>");
         Bytes::from(e)
+    }
+}
+
+impl Proxy {
+    /// Where a binding is reached: over its flow when its token names a connection of this
+    /// process; else through the node its Path names first (with the path as Route set),
+    /// unless that node is this one (then the connection is gone: `None`, 480).
+    pub(super) fn binding_target(&self, t: &Located) -> Option<(Target, Vec<Bytes>)> {
+        let flow = t
+            .conn
+            .as_deref()
+            .and_then(|c| self.tokens.decode(c.as_bytes()))
+            .filter(|f| {
+                self.listener(f.listener)
+                    .is_some_and(|l| l.side == Side::Outside)
+            });
+        if let Some(f) = flow {
+            return Some((Target::Flow(f), Vec::new()));
+        }
+        let first = t.path.first()?;
+        let inner = strip_brackets(first);
+        let Ok(Uri::Sip(u)) = Uri::parse(inner) else {
+            return None;
+        };
+        if self.is_local(&u) {
+            return None;
+        }
+        let routes = t
+            .path
+            .iter()
+            .map(|p| {
+                if p.first() == Some(&b'<') {
+                    p.clone()
+                } else {
+                    let mut v = Vec::with_capacity(p.len() + 2);
+                    v.push(b'<');
+                    v.extend_from_slice(p);
+                    v.push(b'>');
+                    Bytes::from(v)
+                }
+            })
+            .collect();
+        // The path came from the store, not from the request, yet a device's record must not
+        // become a way to reach what the destination filter protects.
+        Some((
+            Target::Resolve(uri_target(&u), Side::Inside, DestPolicy::Chosen),
+            routes,
+        ))
+    }
+}
+
+fn strip_brackets(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii();
+    match (v.first(), v.last()) {
+        (Some(b'<'), Some(b'>')) => &v[1..v.len() - 1],
+        _ => v,
     }
 }
 

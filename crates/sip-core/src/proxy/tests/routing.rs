@@ -344,6 +344,7 @@ fn call_to_an_aor_goes_over_the_flow_its_binding_recorded() {
     let target = Located {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
+        path: Vec::new(),
     };
     let outs = sim.located(op, Ok(&[target]));
     let (flow, fwd) = only(&outs);
@@ -363,10 +364,12 @@ fn several_bindings_fork_one_branch_each() {
         Located {
             uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
             conn: Some(device_token()),
+            path: Vec::new(),
         },
         Located {
             uri: Bytes::from_static(b"sip:alice@10.9.9.9:5060"),
             conn: Some(other),
+            path: Vec::new(),
         },
     ];
     let s = sent(&sim.located(op, Ok(&targets)));
@@ -385,6 +388,7 @@ fn nobody_registered_is_404_and_a_dead_binding_is_480() {
                 uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
                 // Minted by another process (another key): it names nothing here.
                 conn: Some(FlowTokens::new([8; 16]).encode(&device().flow)),
+                path: Vec::new(),
             }],
             480,
         ),
@@ -392,6 +396,7 @@ fn nobody_registered_is_404_and_a_dead_binding_is_480() {
             vec![Located {
                 uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
                 conn: None,
+                path: Vec::new(),
             }],
             480,
         ),
@@ -421,6 +426,7 @@ fn a_binding_whose_connection_is_gone_is_480() {
     let target = Located {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
+        path: Vec::new(),
     };
     let outs = sim.located(op, Ok(&[target]));
     let (_, _, r) = tracked_send(&outs);
@@ -443,6 +449,7 @@ fn a_lookup_answered_after_the_cancel_makes_no_branch() {
     let target = Located {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
+        path: Vec::new(),
     };
     nothing_sent(&sim.located(op, Ok(&[target])));
     sim.settle();
@@ -462,6 +469,7 @@ fn a_lookup_that_never_answers_ends_with_timer_c() {
     let target = Located {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
+        path: Vec::new(),
     };
     nothing_sent(&sim.located(op, Ok(&[target])));
     assert_idle(&sim);
@@ -501,4 +509,117 @@ fn an_ack_for_an_aor_is_not_looked_up() {
     let outs = sim.input(pbx_tcp(), ack.build());
     assert!(locates(&outs).is_empty());
     nothing_sent(&outs);
+}
+
+#[test]
+fn a_binding_held_by_another_node_is_reached_through_its_path() {
+    let mut cfg = with_registrar(tcp_upstream(), "example.com", RegistrarMode::Through);
+    cfg.allowed_destinations = vec![crate::net::IpNetwork {
+        addr: "10.0.0.0".parse().unwrap(),
+        prefix_len: 8,
+    }];
+    let mut sim = Sim::new(cfg);
+    let op = start_located_call(&mut sim);
+    // A Flexisip node's binding: its own connection id, its own Path.
+    let target = Located {
+        uri: Bytes::from_static(b"sip:alice@79.146.86.86:33030;transport=tls"),
+        conn: Some("169505b8df5e2d3".into()),
+        path: vec![
+            Bytes::from_static(b"<sip:10.0.0.9:5556;transport=tcp;fs-proxy-id=ab;lr>"),
+            Bytes::from_static(b"<sips:10.0.0.9:5554;lr>"),
+        ],
+    };
+    let (flow, fwd) = only(&sim.located(op, Ok(&[target])));
+    assert_eq!(flow.remote, addr("10.0.0.9:5556"));
+    assert_eq!(flow.transport, Transport::Tcp);
+    assert_eq!(
+        fwd.request_uri_bytes(),
+        b"sip:alice@79.146.86.86:33030;transport=tls"
+    );
+    let routes: Vec<String> = fwd
+        .routes()
+        .map(|r| String::from_utf8_lossy(r.raw).into_owned())
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            "<sip:10.0.0.9:5556;transport=tcp;fs-proxy-id=ab;lr>",
+            "<sips:10.0.0.9:5554;lr>"
+        ]
+    );
+}
+
+#[test]
+fn a_path_to_loopback_is_refused_by_the_destination_filter() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: None,
+        path: vec![Bytes::from_static(b"<sip:127.0.0.1:6379;lr>")],
+    };
+    let (_, resp) = only(&sim.located(op, Ok(&[target])));
+    assert_eq!(code(&resp), 403);
+}
+
+#[test]
+fn a_path_of_this_node_with_a_dead_token_is_480() {
+    let mut sim = located_domain();
+    let op = start_located_call(&mut sim);
+    let stale = FlowTokens::new([8; 16]).encode(&device().flow);
+    let target = Located {
+        uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
+        conn: Some(stale.clone()),
+        path: vec![Bytes::from(format!(
+            "<sip:{stale}@10.0.0.1:5060;transport=tcp;lr;ob>"
+        ))],
+    };
+    let (_, resp) = only(&sim.located(op, Ok(&[target])));
+    assert_eq!(code(&resp), 480);
+}
+
+#[test]
+fn a_path_the_device_wrote_never_reaches_the_pbx() {
+    let mut sim = through();
+    let reg = register().header("Path: <sip:evil.example.net;lr>");
+    let r = registrations(&sim.input(device(), reg.build())).remove(0);
+    let (_, fwd) = only(&sim.registered(
+        r.id,
+        RegisterAnswer::Forward {
+            contacts: Vec::new(),
+        },
+    ));
+    let path = header(&fwd, "Path");
+    assert_eq!(path.len(), 1, "{path:?}");
+    assert!(path[0].contains("10.0.0.1:5060"));
+}
+
+#[test]
+fn credentials_the_pbx_refuses_are_an_authentication_failure() {
+    let mut sim = Sim::new(tcp_upstream());
+    for (creds, want) in [(false, 0), (true, 1)] {
+        let id = if creds { "with" } else { "without" };
+        let mut inv = invite().call_id(id).branch(&format!("z9hG4bK-{id}"));
+        if creds {
+            inv = inv.header("Proxy-Authorization: Digest username=\"alice\", realm=\"x\"");
+        }
+        let s = sent(&sim.input(device(), inv.build()));
+        let fwd = s[1].1.clone();
+        let outs = sim.input(pbx_tcp(), answer(&fwd, 407));
+        let failures: Vec<_> = events(&outs)
+            .into_iter()
+            .filter(|e| matches!(e, Event::AuthRejected { .. }))
+            .collect();
+        assert_eq!(failures.len(), want, "credentials sent: {creds}");
+        if let Some(Event::AuthRejected {
+            remote,
+            status,
+            credentials,
+        }) = failures.first()
+        {
+            assert_eq!(*remote, addr(DEVICE));
+            assert_eq!(status.0, 407);
+            assert!(credentials.starts_with(b"Digest username=\"alice\""));
+        }
+    }
 }
