@@ -336,6 +336,9 @@ pub struct RegistrarDomain {
     pub name: String,
     /// `through` or `local`.
     pub mode: RegistrarMode,
+    /// Local mode: devices of this domain (their From host) must answer a digest challenge
+    /// (407) before their INVITEs and MESSAGEs go to the PBX. Default false.
+    pub authenticate: bool,
 }
 
 /// `[registrar]`: which REGISTERs stg takes and the rules of its bindings.
@@ -364,6 +367,7 @@ impl Default for RegistrarConfig {
             domains: vec![RegistrarDomain {
                 name: "*".to_owned(),
                 mode: RegistrarMode::Through,
+                authenticate: false,
             }],
             min_expires: Duration::from_secs(60),
             max_expires: Duration::from_secs(86_400),

@@ -490,6 +490,7 @@ struct RawRegistrar {
 struct RawDomain {
     name: String,
     mode: String,
+    authenticate: Option<bool>,
 }
 
 impl RawRegistrar {
@@ -519,7 +520,19 @@ impl RawRegistrar {
                 if r.domains.iter().any(|o| o.name.eq_ignore_ascii_case(&name)) {
                     return Err(invalid(key("name"), format!("{name} is listed twice")));
                 }
-                r.domains.push(RegistrarDomain { name, mode });
+                let authenticate = d.authenticate.unwrap_or(false);
+                if authenticate && mode == RegistrarMode::Through {
+                    return Err(invalid(
+                        key("authenticate"),
+                        "needs mode = \"local\": in through mode the PBX holds the credentials \
+                         and challenges itself",
+                    ));
+                }
+                r.domains.push(RegistrarDomain {
+                    name,
+                    mode,
+                    authenticate,
+                });
             }
         }
         set(&mut r.min_expires, self.min_expires);

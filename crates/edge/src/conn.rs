@@ -55,6 +55,11 @@ pub(crate) enum CoreInput {
         id: stg_sip_core::proxy::OpId,
         answer: stg_sip_core::proxy::RegisterAnswer,
     },
+    /// The digest check of a device's request.
+    Authorized {
+        id: stg_sip_core::proxy::OpId,
+        answer: stg_sip_core::proxy::Authorization,
+    },
     /// The location service's answer (`Err`: the store failed).
     Located {
         id: stg_sip_core::proxy::OpId,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use stg_config::{Config, Host, Side as CfgSide, Transport as CfgTransport};
 use stg_sip_core::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
-use stg_sip_core::proxy::{Event, Output, Proxy, ProxyConfig, RegisterAnswer, ResolveTarget};
+use stg_sip_core::proxy::{
+    Authorization, Event, Output, Proxy, ProxyConfig, RegisterAnswer, ResolveTarget,
+};
 use stg_sip_core::transaction::TransactionConfig;
 use stg_sip_msg::StatusCode;
 use tokio::net::{TcpListener, UdpSocket};
@@ -444,6 +446,7 @@ impl Core {
             CoreInput::SendFailed(r) => self.proxy.handle_send_failed(r, now),
             CoreInput::Resolved { id, result } => self.proxy.handle_resolved(id, &result, now),
             CoreInput::Registered { id, answer } => self.proxy.handle_register(id, answer, now),
+            CoreInput::Authorized { id, answer } => self.proxy.handle_authorized(id, answer, now),
             CoreInput::Located { id, result } => {
                 self.proxy
                     .handle_located(id, result.as_deref().map_err(|_| ()), now);
@@ -511,6 +514,18 @@ impl Core {
                         };
                         if let Some(a) = answer {
                             self.proxy.handle_register(id, a, crate::now());
+                        }
+                    }
+                    Output::Authorize { id, request, flow } => {
+                        let answer = match &self.registrar {
+                            Some(reg) => reg.authorize(id, request, flow, &self.shared),
+                            None => Some(Authorization::Deny {
+                                status: StatusCode::SERVICE_UNAVAILABLE,
+                                headers: Vec::new(),
+                            }),
+                        };
+                        if let Some(a) = answer {
+                            self.proxy.handle_authorized(id, a, crate::now());
                         }
                     }
                     Output::Locate { id, aor } => {

@@ -21,7 +21,7 @@ use stg_auth::{AuthFailure, Credentials, Digest, DigestConfig, Verdict};
 use stg_config::{Config, RegistrarMode as CfgMode};
 use stg_registrar::{Applied, Origin, Register, Reject, Settings};
 use stg_sip_core::proxy::{
-    Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
+    Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
 };
 use stg_sip_msg::{Message, StatusCode};
 use stg_store::{Bindings, Change, StoreError, Users};
@@ -55,6 +55,7 @@ pub(crate) fn domains(config: &Config) -> Vec<RegistrarDomain> {
                 CfgMode::Through => RegistrarMode::Through,
                 CfgMode::Local => RegistrarMode::Local,
             },
+            authenticate: d.authenticate,
         })
         .collect()
 }
@@ -291,18 +292,109 @@ impl Registrar {
     }
 
     fn challenge(&self, realm: &str, stale: bool) -> RegisterAnswer {
+        let (status, headers) = self.challenge_headers(realm, stale, false);
+        RegisterAnswer::Respond { status, headers }
+    }
+
+    /// A 401 (`WWW-Authenticate`, a registrar) or 407 (`Proxy-Authenticate`, a proxy).
+    fn challenge_headers(
+        &self,
+        realm: &str,
+        stale: bool,
+        proxy: bool,
+    ) -> (StatusCode, Vec<(&'static str, Bytes)>) {
         let values = self
             .digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .challenge(realm, stale, crate::now(), random_u64());
-        answer(
-            401,
-            values
-                .into_iter()
-                .map(|v| ("WWW-Authenticate", v))
-                .collect(),
+        let (status, name) = if proxy {
+            (407, "Proxy-Authenticate")
+        } else {
+            (401, "WWW-Authenticate")
+        };
+        (
+            StatusCode(status),
+            values.into_iter().map(|v| (name, Bytes::from(v))).collect(),
         )
+    }
+
+    /// Handles one [`Output::Authorize`]: a device's INVITE or MESSAGE in a domain that
+    /// asks for digest (a proxy's 407, RFC 3261 §22.3).
+    ///
+    /// [`Output::Authorize`]: stg_sip_core::proxy::Output::Authorize
+    pub(crate) fn authorize(
+        self: &Arc<Self>,
+        id: OpId,
+        request: Message,
+        flow: stg_sip_core::net::Flow,
+        shared: &Arc<Shared>,
+    ) -> Option<Authorization> {
+        let Ok(permit) = self.ops.clone().try_acquire_owned() else {
+            return Some(Authorization::Deny {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                headers: vec![("Retry-After", Bytes::from_static(b"5"))],
+            });
+        };
+        let this = self.clone();
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            let _permit = permit;
+            let answer = this.check_request(&request, flow, &shared2).await;
+            let _ = shared2
+                .core_tx
+                .send(CoreInput::Authorized { id, answer })
+                .await;
+        });
+        None
+    }
+
+    async fn check_request(
+        &self,
+        request: &Message,
+        flow: stg_sip_core::net::Flow,
+        shared: &Shared,
+    ) -> Authorization {
+        let realm = if self.realm.is_empty() {
+            request
+                .from()
+                .and_then(|f| {
+                    f.uri
+                        .as_sip()
+                        .map(|u| String::from_utf8_lossy(u.host_raw).into_owned())
+                })
+                .unwrap_or_default()
+        } else {
+            self.realm.clone()
+        };
+        let deny = |(status, headers): (StatusCode, Vec<(&'static str, Bytes)>)| {
+            Authorization::Deny { status, headers }
+        };
+        let Some(creds) = Digest::credentials(request, true, &realm) else {
+            return deny(self.challenge_headers(&realm, false, true));
+        };
+        let Some(users) = &self.users else {
+            return deny((StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
+        };
+        let Ok(ha1) = users.ha1(&creds.user, &realm, creds.algorithm.name()).await else {
+            return deny((
+                StatusCode::SERVICE_UNAVAILABLE,
+                vec![("Retry-After", Bytes::from_static(b"5"))],
+            ));
+        };
+        let verdict = self
+            .digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .verify(&creds, request.method_bytes(), ha1.as_deref(), crate::now());
+        match verdict {
+            Verdict::Ok => Authorization::Allow,
+            Verdict::Stale => deny(self.challenge_headers(&realm, true, true)),
+            Verdict::Fail(reason) => {
+                auth_failure(shared, flow.remote.ip(), reason, &creds);
+                deny(self.challenge_headers(&realm, false, true))
+            }
+        }
     }
 
     /// Handles one [`Output::Locate`]: the AOR's live bindings, newest first.

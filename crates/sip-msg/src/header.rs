@@ -26,6 +26,8 @@ pub enum HeaderName {
     MaxForwards,
     /// `Path` (RFC 3327).
     Path,
+    /// `Proxy-Authorization` (stg's own digest challenges).
+    ProxyAuthorization,
     /// `Proxy-Require`.
     ProxyRequire,
     /// `Record-Route`.
@@ -78,6 +80,7 @@ impl HeaderName {
             (b"proxy-require", HeaderName::ProxyRequire),
             (b"require", HeaderName::Require),
             (b"supported", HeaderName::Supported),
+            (b"proxy-authorization", HeaderName::ProxyAuthorization),
         ];
         TABLE
             .iter()
@@ -98,6 +101,7 @@ impl HeaderName {
             Self::From => "From",
             Self::MaxForwards => "Max-Forwards",
             Self::Path => "Path",
+            Self::ProxyAuthorization => "Proxy-Authorization",
             Self::ProxyRequire => "Proxy-Require",
             Self::RecordRoute => "Record-Route",
             Self::Require => "Require",

@@ -46,7 +46,9 @@ mod routing;
 mod tests;
 
 use routing::{unreachable_status, Route, Target};
-pub use routing::{Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration};
+pub use routing::{
+    Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
+};
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
@@ -190,6 +192,16 @@ pub enum Output {
     },
     /// Process a registration and answer with [`Proxy::handle_register`].
     Register(Box<Registration>),
+    /// Check the digest credentials of a device's request (RFC 3261 §22.3, a proxy's 407)
+    /// and answer with [`Proxy::handle_authorized`].
+    Authorize {
+        /// The id to answer with.
+        id: OpId,
+        /// The request as the device sent it.
+        request: Message,
+        /// Where it came from.
+        flow: Flow,
+    },
     /// Something worth a log line.
     Event(Event),
 }
@@ -399,6 +411,8 @@ struct Ctx {
     path: Option<Bytes>,
     /// `through` registration: the PBX's 2xx, held until the binding is stored.
     held: Option<Message>,
+    /// The credentials were stg's (a 407 it sent): they are not passed upstream.
+    strip_credentials: bool,
 }
 
 /// What a pending resolution is for.
@@ -973,6 +987,7 @@ impl Proxy {
             contacts: None,
             path: None,
             held: None,
+            strip_credentials: false,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
@@ -988,7 +1003,57 @@ impl Proxy {
                 }
                 self.emit_registration(ctx_id, None, now);
             }
+            Route::Authorize => {
+                let op = self.wait(ctx_id, now);
+                if let Some(c) = self.ctxs.get(&ctx_id) {
+                    let (request, flow) = (c.request.clone(), c.inbound.flow);
+                    self.out.push_back(Output::Authorize {
+                        id: op,
+                        request,
+                        flow,
+                    });
+                }
+            }
         }
+    }
+
+    /// The shell's answer to an [`Output::Authorize`].
+    pub fn handle_authorized(&mut self, id: OpId, answer: Authorization, now: Instant) {
+        let Some(ctx_id) = self.answered(id) else {
+            return;
+        };
+        match answer {
+            Authorization::Allow => {
+                let upstream = self.config.upstream.clone();
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.strip_credentials = true;
+                }
+                self.add_branch(
+                    ctx_id,
+                    Target::Resolve(upstream, Side::Inside, DestPolicy::Upstream),
+                    BranchSpec::default(),
+                    now,
+                );
+            }
+            Authorization::Deny { status, headers } => {
+                if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
+                    let extra: Vec<(&str, &[u8])> =
+                        headers.iter().map(|(n, v)| (*n, &v[..])).collect();
+                    let bytes = ctx.request.response(
+                        status,
+                        None,
+                        Some(&ctx.to_tag),
+                        Some(&ctx.top_via),
+                        &extra,
+                    );
+                    ctx.final_sent = true;
+                    let server = ctx.server;
+                    self.respond(server, status, bytes, now);
+                    self.maybe_finish(ctx_id, now);
+                }
+            }
+        }
+        self.pump(now);
     }
 
     /// Starts one branch of a context towards `target`.
@@ -1389,6 +1454,7 @@ impl Proxy {
             (Some(_), Some(_)) => &[HeaderName::Contact, HeaderName::Path],
             (Some(_), None) => &[HeaderName::Path],
             (None, Some(_)) => &[HeaderName::Contact],
+            (None, None) if ctx.strip_credentials => &[HeaderName::ProxyAuthorization],
             (None, None) => &[],
         };
         if let Some(br) = ctx.branches.get(b as usize) {
@@ -1519,7 +1585,7 @@ impl Proxy {
         };
         let target = match self.route_request(&m, inbound, &mut plan, route_flow) {
             Route::Target(t) => t,
-            Route::Locate(_) | Route::Register(_) => {
+            Route::Locate(_) | Route::Register(_) | Route::Authorize => {
                 // Only requests with a context look bindings up.
                 self.stats_drop("unroutable");
                 return;

@@ -39,6 +39,9 @@ pub struct RegistrarDomain {
     pub domain: String,
     /// How.
     pub mode: RegistrarMode,
+    /// Devices of this domain (the From host) must prove who they are with digest before
+    /// their INVITEs and MESSAGEs go upstream ([`Output::Authorize`]).
+    pub authenticate: bool,
 }
 
 /// Id of a location or registrar operation the shell performs for the core.
@@ -86,6 +89,20 @@ pub enum RegisterAnswer {
     },
 }
 
+/// The shell's answer to an [`Output::Authorize`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authorization {
+    /// The credentials checked: the request goes on (without them: they were for stg).
+    Allow,
+    /// Answer this instead (407 with a challenge, 503 when the credentials store failed).
+    Deny {
+        /// Status.
+        status: StatusCode,
+        /// Headers to add (`Proxy-Authenticate`, `Retry-After`).
+        headers: Vec<(&'static str, Bytes)>,
+    },
+}
+
 /// A target the location service found for a request ([`Proxy::handle_located`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Located {
@@ -119,6 +136,8 @@ pub(super) enum Route {
     Locate(String),
     /// The registrar's.
     Register(RegistrarMode),
+    /// To the upstream once the device has proven who it is.
+    Authorize,
 }
 
 impl Proxy {
@@ -135,6 +154,12 @@ impl Proxy {
                 if let Some(mode) = self.registrar_mode(m) {
                     return Route::Register(mode);
                 }
+            }
+            if matches!(m.method(), Some(Method::Invite | Method::Message))
+                && m.to_tag().is_none()
+                && self.must_authenticate(m)
+            {
+                return Route::Authorize;
             }
             return Route::Target(Target::Resolve(
                 self.config.upstream.clone(),
@@ -202,6 +227,20 @@ impl Proxy {
             .iter()
             .find(|d| d.domain == "*" || d.domain.as_bytes().eq_ignore_ascii_case(u.host_raw))
             .map(|d| d.mode)
+    }
+
+    /// Whether the caller's domain (its From host) asks for digest before calls go upstream.
+    fn must_authenticate(&self, m: &Message) -> bool {
+        let Some(from) = m.from() else {
+            return false;
+        };
+        let Some(u) = from.uri.as_sip() else {
+            return false;
+        };
+        self.config.registrar.iter().any(|d| {
+            d.authenticate
+                && (d.domain == "*" || d.domain.as_bytes().eq_ignore_ascii_case(u.host_raw))
+        })
     }
 
     /// `user@host` when a Request-URI names an AOR of a registrar domain: the domain itself,

@@ -12,6 +12,7 @@ fn with_registrar(mut cfg: ProxyConfig, domain: &str, mode: RegistrarMode) -> Pr
     cfg.registrar = vec![RegistrarDomain {
         domain: domain.into(),
         mode,
+        authenticate: false,
     }];
     cfg
 }
@@ -622,4 +623,66 @@ fn credentials_the_pbx_refuses_are_an_authentication_failure() {
             assert!(credentials.starts_with(b"Digest username=\"alice\""));
         }
     }
+}
+
+fn authorizations(outs: &[Output]) -> Vec<OpId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Authorize { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_domain_that_asks_for_digest_gets_its_calls_checked_before_they_go_upstream() {
+    let mut cfg = with_registrar(tcp_upstream(), "example.com", RegistrarMode::Local);
+    cfg.registrar[0].authenticate = true;
+    let mut sim = Sim::new(cfg);
+    // No credentials: the shell answers 407.
+    let outs = sim.input(device(), invite().build());
+    let (_, trying) = only(&outs);
+    assert_eq!(code(&trying), 100);
+    let op = authorizations(&outs)[0];
+    sim.proxy.handle_authorized(
+        op,
+        crate::proxy::Authorization::Deny {
+            status: StatusCode(407),
+            headers: vec![(
+                "Proxy-Authenticate",
+                Bytes::from_static(b"Digest realm=\"example.com\", nonce=\"n\", qop=\"auth\""),
+            )],
+        },
+        sim.now,
+    );
+    let (flow, resp) = only(&drain(&mut sim.proxy));
+    assert_eq!(flow, device().flow);
+    assert_eq!(code(&resp), 407);
+    assert_eq!(header(&resp, "Proxy-Authenticate").len(), 1);
+
+    // With credentials that check: upstream, without them.
+    let inv = invite()
+        .branch("z9hG4bK-dev-2")
+        .cseq(2)
+        .header("Proxy-Authorization: Digest username=\"alice\", realm=\"example.com\"");
+    let outs = sim.input(device(), inv.build());
+    let op = authorizations(&outs)[0];
+    sim.proxy
+        .handle_authorized(op, crate::proxy::Authorization::Allow, sim.now);
+    let (flow, fwd) = only(&drain(&mut sim.proxy));
+    assert_eq!(flow.remote, addr(PBX));
+    assert!(header(&fwd, "Proxy-Authorization").is_empty());
+    assert_eq!(header(&fwd, "Contact").len(), 1, "the rest is untouched");
+}
+
+#[test]
+fn a_domain_that_does_not_ask_for_digest_is_not_checked() {
+    let mut sim = Sim::new(with_registrar(
+        tcp_upstream(),
+        "example.com",
+        RegistrarMode::Local,
+    ));
+    let outs = sim.input(device(), invite().build());
+    assert!(authorizations(&outs).is_empty());
+    assert_eq!(sent(&outs).len(), 2, "100 and the INVITE upstream");
 }
