@@ -29,6 +29,10 @@ pub enum FailReason {
     WrongRealm,
     /// The response does not match the stored HA1: a wrong password.
     WrongResponse,
+    /// Valid credentials of one user for another user's identity (a REGISTER for someone
+    /// else's AOR, a call From someone else): an authorization failure (RFC 3261 §10.3
+    /// step 6), as worth a ban as a wrong password.
+    WrongIdentity,
 }
 
 impl FailReason {
@@ -36,6 +40,7 @@ impl FailReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadAlgorithm => "bad_algorithm",
+            Self::WrongIdentity => "wrong_identity",
             Self::BadNonce => "bad_nonce",
             Self::BadQop => "bad_qop",
             Self::Malformed => "malformed",

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use stg_auth::{AuthFailure, Credentials, Digest, DigestConfig, Verdict};
+use stg_auth::{AuthFailure, Credentials, Digest, DigestConfig, FailReason, Verdict};
 use stg_config::{Config, RegistrarMode as CfgMode};
 use stg_registrar::{Applied, Origin, Register, Reject, Settings};
 use stg_sip_core::proxy::{
@@ -278,6 +278,17 @@ impl Registrar {
             .unwrap_or_else(PoisonError::into_inner)
             .verify(&creds, b"REGISTER", ha1.as_deref(), crate::now());
         match verdict {
+            // RFC 3261 §10.3 step 6: the user may change only the bindings of its own AOR.
+            Verdict::Ok if !own_identity(&reg.aor, &creds.user) => {
+                count("local", "forbidden");
+                auth_failure(
+                    shared,
+                    r.flow.remote.ip(),
+                    FailReason::WrongIdentity,
+                    &creds,
+                );
+                answer(403, Vec::new())
+            }
             Verdict::Ok => self.bind(r, reg, None).await,
             Verdict::Stale => {
                 count("local", "challenged");
@@ -387,7 +398,17 @@ impl Registrar {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .verify(&creds, request.method_bytes(), ha1.as_deref(), crate::now());
+        let from_user = request
+            .from()
+            .and_then(|f| f.uri.as_sip().and_then(|u| u.user))
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
         match verdict {
+            // A device calls as itself: a caller's identity is its From (the PBX trusts it).
+            Verdict::Ok if from_user != creds.user => {
+                auth_failure(shared, flow.remote.ip(), FailReason::WrongIdentity, &creds);
+                deny((StatusCode::FORBIDDEN, Vec::new()))
+            }
             Verdict::Ok => Authorization::Allow,
             Verdict::Stale => deny(self.challenge_headers(&realm, true, true)),
             Verdict::Fail(reason) => {
@@ -442,6 +463,11 @@ impl Registrar {
     }
 }
 
+/// Whether `aor` (`user@host`) belongs to the authenticated `user`.
+fn own_identity(aor: &str, user: &str) -> bool {
+    aor.rsplit_once('@').is_some_and(|(u, _)| u == user)
+}
+
 fn mode_label(m: RegistrarMode) -> &'static str {
     match m {
         RegistrarMode::Through => "through",
@@ -461,12 +487,7 @@ fn request_domain(m: &Message) -> String {
 
 /// One authentication failure: the operators' `TRUCO_KO` line (throttled per source like
 /// every line an outsider can cause; the counter is exact) and, later, the guard's input.
-pub(crate) fn auth_failure(
-    shared: &Shared,
-    ip: IpAddr,
-    reason: stg_auth::FailReason,
-    creds: &Credentials,
-) {
+pub(crate) fn auth_failure(shared: &Shared, ip: IpAddr, reason: FailReason, creds: &Credentials) {
     report(shared, AuthFailure::sip(ip, reason, &creds.user));
 }
 

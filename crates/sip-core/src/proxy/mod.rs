@@ -1036,21 +1036,7 @@ impl Proxy {
                 );
             }
             Authorization::Deny { status, headers } => {
-                if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-                    let extra: Vec<(&str, &[u8])> =
-                        headers.iter().map(|(n, v)| (*n, &v[..])).collect();
-                    let bytes = ctx.request.response(
-                        status,
-                        None,
-                        Some(&ctx.to_tag),
-                        Some(&ctx.top_via),
-                        &extra,
-                    );
-                    ctx.final_sent = true;
-                    let server = ctx.server;
-                    self.respond(server, status, bytes, now);
-                    self.maybe_finish(ctx_id, now);
-                }
+                self.answer_own(ctx_id, status, &headers, now);
             }
         }
         self.pump(now);
@@ -1221,26 +1207,69 @@ impl Proxy {
                 let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
                     return;
                 };
-                let extra: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, &v[..])).collect();
-                let bytes = match ctx.held.take() {
+                match ctx.held.take() {
                     Some(ok) if status.is_success() => {
-                        ok.forward_response_edited(&[HeaderName::Contact], &extra)
+                        let extra: Vec<(&str, &[u8])> =
+                            headers.iter().map(|(n, v)| (*n, &v[..])).collect();
+                        let bytes = ok.forward_response_edited(&[HeaderName::Contact], &extra);
+                        ctx.final_sent = true;
+                        let server = ctx.server;
+                        self.respond(server, status, bytes, now);
+                        self.maybe_finish(ctx_id, now);
                     }
-                    _ => ctx.request.response(
-                        status,
-                        None,
-                        Some(&ctx.to_tag),
-                        Some(&ctx.top_via),
-                        &extra,
-                    ),
-                };
-                ctx.final_sent = true;
-                let server = ctx.server;
-                self.respond(server, status, bytes, now);
-                self.maybe_finish(ctx_id, now);
+                    _ => self.answer_own(ctx_id, status, &headers, now),
+                }
             }
         }
         self.pump(now);
+    }
+
+    /// The node's own final answer to a context's request (a registrar's 200, a challenge).
+    /// Over UDP from outside the source may be spoofed, so the answer is never larger than
+    /// the request: headers go from the last, a challenge keeps its first one, and an answer
+    /// that still does not fit is not sent (the transaction ends unanswered).
+    fn answer_own(
+        &mut self,
+        ctx_id: u64,
+        status: StatusCode,
+        headers: &[(&'static str, Bytes)],
+        now: Instant,
+    ) {
+        let unverified = self
+            .ctxs
+            .get(&ctx_id)
+            .is_some_and(|c| self.unverified(c.inbound));
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let limit = ctx.request.raw().len();
+        let keep_min = usize::from(matches!(status.0, 401 | 407) && !headers.is_empty());
+        let mut n = headers.len();
+        let bytes = loop {
+            let extra: Vec<(&str, &[u8])> =
+                headers[..n].iter().map(|(h, v)| (*h, &v[..])).collect();
+            let bytes =
+                ctx.request
+                    .response(status, None, Some(&ctx.to_tag), Some(&ctx.top_via), &extra);
+            if !unverified || bytes.len() <= limit {
+                break Some(bytes);
+            }
+            if n <= keep_min {
+                break None;
+            }
+            n -= 1;
+        };
+        ctx.final_sent = true;
+        let server = ctx.server;
+        match bytes {
+            Some(b) => self.respond(server, status, b, now),
+            None => {
+                self.stats_drop("amplification");
+                self.uncount_server(server);
+                self.tx.server_transport_error(server, now);
+            }
+        }
+        self.maybe_finish(ctx_id, now);
     }
 
     /// Answers a context that has no branch left to wait for with `status`.

@@ -640,7 +640,7 @@ fn a_domain_that_asks_for_digest_gets_its_calls_checked_before_they_go_upstream(
     cfg.registrar[0].authenticate = true;
     let mut sim = Sim::new(cfg);
     // No credentials: the shell answers 407.
-    let outs = sim.input(device(), invite().build());
+    let outs = sim.input(device(), invite().realistic().build());
     let (_, trying) = only(&outs);
     assert_eq!(code(&trying), 100);
     let op = authorizations(&outs)[0];
@@ -685,4 +685,53 @@ fn a_domain_that_does_not_ask_for_digest_is_not_checked() {
     let outs = sim.input(device(), invite().build());
     assert!(authorizations(&outs).is_empty());
     assert_eq!(sent(&outs).len(), 2, "100 and the INVITE upstream");
+}
+
+#[test]
+fn a_challenge_larger_than_a_udp_request_is_not_sent() {
+    let mut sim = Sim::new(with_registrar(
+        tcp_upstream(),
+        "example.com",
+        RegistrarMode::Local,
+    ));
+    // A bare REGISTER from a possibly spoofed UDP source.
+    let tiny = req("REGISTER", "sip:example.com").to("<sip:alice@example.com>");
+    let outs = sim.input(device(), tiny.build());
+    let r = registrations(&outs).remove(0);
+    let big = |n: usize| {
+        Bytes::from(format!(
+            "Digest realm=\"example.com\", nonce=\"{}\"",
+            "n".repeat(n)
+        ))
+    };
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode(401),
+            headers: vec![
+                ("WWW-Authenticate", big(200)),
+                ("WWW-Authenticate", big(200)),
+            ],
+        },
+    );
+    nothing_sent(&outs);
+    sim.settle();
+    assert_idle(&sim);
+
+    // A real device's REGISTER is larger: it gets its challenge, as many as fit.
+    let outs = sim.input(device(), register().branch("z9hG4bK-real").build());
+    let r = registrations(&outs).remove(0);
+    let outs = sim.registered(
+        r.id,
+        RegisterAnswer::Respond {
+            status: StatusCode(401),
+            headers: vec![
+                ("WWW-Authenticate", big(40)),
+                ("WWW-Authenticate", big(300)),
+            ],
+        },
+    );
+    let (_, resp) = only(&outs);
+    assert_eq!(code(&resp), 401);
+    assert_eq!(header(&resp, "WWW-Authenticate").len(), 1);
 }
