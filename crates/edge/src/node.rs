@@ -228,6 +228,7 @@ impl Node {
                 max_transaction_bytes: self.config.sip.max_transaction_bytes,
             },
             registrar: crate::registrar::domains(&self.config),
+            node_id: self.config.node.id.clone().unwrap_or_default(),
             allowed_destinations: self
                 .config
                 .sip

@@ -50,6 +50,7 @@ fn config() -> ProxyConfig {
         },
         allowed_destinations: Vec::new(),
         registrar: Vec::new(),
+        node_id: String::new(),
     }
 }
 

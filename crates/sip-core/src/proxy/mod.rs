@@ -101,6 +101,9 @@ pub struct ProxyConfig {
     /// Domains whose REGISTERs the node takes (and whose AORs it locates); empty: REGISTER
     /// is forwarded like any request.
     pub registrar: Vec<RegistrarDomain>,
+    /// This node's id (`node.id`, an RFC 3261 token), written as `stg-node` in its Path so a
+    /// stored binding names the node that holds the device's connection; empty: omitted.
+    pub node_id: String,
 }
 
 /// What the budgets of [`ProxyLimits`] hold at a moment.

@@ -293,6 +293,10 @@ impl Proxy {
         e.extend_from_slice(&host_port);
         e.extend_from_slice(b";transport=");
         e.extend_from_slice(l.transport.param().as_bytes());
+        if !self.config.node_id.is_empty() {
+            e.extend_from_slice(b";stg-node=");
+            e.extend_from_slice(self.config.node_id.as_bytes());
+        }
         e.extend_from_slice(b";lr;ob>");
         Bytes::from(e)
     }

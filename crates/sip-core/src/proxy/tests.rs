@@ -69,6 +69,7 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
         limits: super::ProxyLimits::default(),
         allowed_destinations: Vec::new(),
         registrar: Vec::new(),
+        node_id: String::new(),
     }
 }
 

@@ -735,3 +735,22 @@ fn a_challenge_larger_than_a_udp_request_is_not_sent() {
     assert_eq!(code(&resp), 401);
     assert_eq!(header(&resp, "WWW-Authenticate").len(), 1);
 }
+
+#[test]
+fn the_path_names_the_node_when_it_has_an_id() {
+    let mut cfg = with_registrar(tcp_upstream(), "*", RegistrarMode::Through);
+    cfg.node_id = "edge-1".into();
+    let mut sim = Sim::new(cfg);
+    let r = registrations(&sim.input(device(), register().build())).remove(0);
+    let (_, fwd) = only(&sim.registered(
+        r.id,
+        RegisterAnswer::Forward {
+            contacts: Vec::new(),
+        },
+    ));
+    let path = header(&fwd, "Path").remove(0);
+    assert!(
+        path.ends_with(";transport=tcp;stg-node=edge-1;lr;ob>"),
+        "{path}"
+    );
+}
