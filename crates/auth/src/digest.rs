@@ -114,6 +114,21 @@ impl Digest {
         now: Instant,
         random: u64,
     ) -> Vec<String> {
+        self.challenge_for(realm, b"", stale, now, random)
+    }
+
+    /// [`Self::challenge`] with a nonce bound to `client` (the source address): only a request
+    /// from that client can use it ([`Self::verify_for`]). A wrong response with a bound nonce
+    /// then proves the source received the challenge, so a spoofed UDP source cannot make a
+    /// victim's address look like a password guesser.
+    pub fn challenge_for(
+        &mut self,
+        realm: &str,
+        client: &[u8],
+        stale: bool,
+        now: Instant,
+        random: u64,
+    ) -> Vec<String> {
         let epoch = *self.epoch.get_or_insert(Epoch {
             at: now,
             generation: random,
@@ -123,7 +138,7 @@ impl Digest {
         raw[..8].copy_from_slice(&epoch.generation.to_be_bytes());
         raw[8..16].copy_from_slice(&issued_ms.to_be_bytes());
         raw[16..24].copy_from_slice(&random.to_be_bytes());
-        let mac = self.nonce_mac(&raw[..24], realm);
+        let mac = self.nonce_mac(&raw[..24], realm, client);
         raw[24..].copy_from_slice(&mac);
         let nonce = to_hex(&raw);
         let realm = quote(realm);
@@ -177,13 +192,26 @@ impl Digest {
         ha1: Option<&str>,
         now: Instant,
     ) -> Verdict {
+        self.verify_for(c, b"", method, ha1, now)
+    }
+
+    /// [`Self::verify`] for a nonce issued by [`Self::challenge_for`] to `client`; a nonce of
+    /// another client is [`FailReason::BadNonce`].
+    pub fn verify_for(
+        &mut self,
+        c: &Credentials,
+        client: &[u8],
+        method: &[u8],
+        ha1: Option<&str>,
+        now: Instant,
+    ) -> Verdict {
         if let Some(p) = c.problem {
             return Verdict::Fail(p);
         }
         if !self.config.algorithms.contains(&c.algorithm) {
             return Verdict::Fail(FailReason::BadAlgorithm);
         }
-        let Some(nonce) = self.open_nonce(&c.nonce, &c.realm) else {
+        let Some(nonce) = self.open_nonce(&c.nonce, &c.realm, client) else {
             return Verdict::Fail(FailReason::BadNonce);
         };
 
@@ -260,9 +288,9 @@ impl Digest {
     }
 
     /// Decodes a nonce and checks its MAC (in constant time); `None` unless it is ours.
-    fn open_nonce(&self, text: &str, realm: &str) -> Option<Nonce> {
+    fn open_nonce(&self, text: &str, realm: &str, client: &[u8]) -> Option<Nonce> {
         let raw = from_hex::<NONCE_LEN>(text)?;
-        let want = self.nonce_mac(&raw[..24], realm);
+        let want = self.nonce_mac(&raw[..24], realm, client);
         if !bool::from(want.ct_eq(&raw[24..])) {
             return None;
         }
@@ -278,11 +306,17 @@ impl Digest {
         })
     }
 
-    fn nonce_mac(&self, head: &[u8], realm: &str) -> [u8; 16] {
+    fn nonce_mac(&self, head: &[u8], realm: &str, client: &[u8]) -> [u8; 16] {
         let mut m = self.mac.clone();
         m.update(b"stg-auth nonce v1\0");
         m.update(head);
         m.update(realm.as_bytes());
+        if !client.is_empty() {
+            // Length-prefixed so that realm and client cannot trade bytes.
+            m.update(b"\0client\0");
+            m.update(&(client.len() as u64).to_be_bytes());
+            m.update(client);
+        }
         let full = m.finalize().into_bytes();
         let mut out = [0u8; 16];
         out.copy_from_slice(&full[..16]);

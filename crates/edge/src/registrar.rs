@@ -40,7 +40,11 @@ pub(crate) struct Registrar {
     settings: Settings,
     realm: String,
     digest: Mutex<Digest>,
+    /// Registrations and digest checks in flight.
     ops: Arc<Semaphore>,
+    /// Location lookups in flight: their own share, so a flood of registrations or
+    /// credentials from outside cannot starve the PBX's calls to registered devices.
+    lookups: Arc<Semaphore>,
 }
 
 /// The core's view of the `[registrar]` domains.
@@ -76,6 +80,42 @@ fn random_u64() -> u64 {
         return unix_now() ^ u64::from(std::process::id()).rotate_left(32);
     }
     u64::from_le_bytes(b)
+}
+
+/// The digest nonce key, kept in `<data_dir>/digest.key` (0600) so that a restart does not
+/// turn every device's nonce into a failure; copy the file to every node of a cluster.
+fn digest_key(data_dir: &std::path::Path) -> Result<[u8; 32], StoreError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("digest.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            StoreError::Config(format!(
+                "{}: holds {} bytes, not a 32-byte key (remove it to make a new one)",
+                path.display(),
+                bytes.len()
+            ))
+        });
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| StoreError::Config(format!("no randomness for the digest key: {e}")))?;
+    let created = std::fs::create_dir_all(data_dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+    });
+    match created {
+        Ok(mut f) => f
+            .write_all(&key)
+            .map_err(|e| StoreError::Config(format!("{}: {e}", path.display())))?,
+        // Another process made it first: its key is the one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return digest_key(data_dir),
+        Err(e) => return Err(StoreError::Config(format!("{}: {e}", path.display()))),
+    }
+    Ok(key)
 }
 
 fn answer(status: u16, headers: Vec<(&'static str, String)>) -> RegisterAnswer {
@@ -127,10 +167,7 @@ impl Registrar {
             strip_push_params: r.strip_push_params,
             ..Settings::default()
         };
-        let mut key = [0u8; 32];
-        for chunk in key.chunks_mut(8) {
-            chunk.copy_from_slice(&random_u64().to_le_bytes());
-        }
+        let key = digest_key(data_dir)?;
         Ok(Self {
             bindings,
             users,
@@ -138,6 +175,7 @@ impl Registrar {
             realm: r.realm.clone(),
             digest: Mutex::new(Digest::new(key, DigestConfig::default())),
             ops: Arc::new(Semaphore::new(MAX_STORE_OPS)),
+            lookups: Arc::new(Semaphore::new(MAX_STORE_OPS)),
         })
     }
 
@@ -255,9 +293,10 @@ impl Registrar {
         } else {
             self.realm.clone()
         };
+        let client = r.flow.remote.ip();
         let Some(creds) = Digest::credentials(&r.request, false, &realm) else {
             count("local", "challenged");
-            return self.challenge(&realm, false);
+            return self.challenge(&realm, client, false);
         };
         let Some(users) = &self.users else {
             return unavailable();
@@ -276,10 +315,17 @@ impl Registrar {
             .digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .verify(&creds, b"REGISTER", ha1.as_deref(), crate::now());
+            .verify_for(
+                &creds,
+                client.to_string().as_bytes(),
+                b"REGISTER",
+                ha1.as_deref(),
+                crate::now(),
+            );
         match verdict {
-            // RFC 3261 §10.3 step 6: the user may change only the bindings of its own AOR.
-            Verdict::Ok if !own_identity(&reg.aor, &creds.user) => {
+            // RFC 3261 §10.3 step 6: the user may change only the bindings of its own AOR, in
+            // the domain its credentials are for.
+            Verdict::Ok if !own_identity(&reg.aor, &creds.user, &request_domain(&r.request)) => {
                 count("local", "forbidden");
                 auth_failure(
                     shared,
@@ -292,18 +338,24 @@ impl Registrar {
             Verdict::Ok => self.bind(r, reg, None).await,
             Verdict::Stale => {
                 count("local", "challenged");
-                self.challenge(&realm, true)
+                self.challenge(&realm, client, true)
+            }
+            // Not ours, not for this source, or from another run: a device that changed
+            // network or met a restarted node, or a spoofer. Challenged again, not a failure.
+            Verdict::Fail(FailReason::BadNonce) => {
+                count("local", "challenged");
+                self.challenge(&realm, client, false)
             }
             Verdict::Fail(reason) => {
                 count("local", "auth_failed");
-                auth_failure(shared, r.flow.remote.ip(), reason, &creds);
-                self.challenge(&realm, false)
+                auth_failure(shared, client, reason, &creds);
+                self.challenge(&realm, client, false)
             }
         }
     }
 
-    fn challenge(&self, realm: &str, stale: bool) -> RegisterAnswer {
-        let (status, headers) = self.challenge_headers(realm, stale, false);
+    fn challenge(&self, realm: &str, client: IpAddr, stale: bool) -> RegisterAnswer {
+        let (status, headers) = self.challenge_headers(realm, client, stale, false);
         RegisterAnswer::Respond { status, headers }
     }
 
@@ -311,6 +363,7 @@ impl Registrar {
     fn challenge_headers(
         &self,
         realm: &str,
+        client: IpAddr,
         stale: bool,
         proxy: bool,
     ) -> (StatusCode, Vec<(&'static str, Bytes)>) {
@@ -318,7 +371,13 @@ impl Registrar {
             .digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .challenge(realm, stale, crate::now(), random_u64());
+            .challenge_for(
+                realm,
+                client.to_string().as_bytes(),
+                stale,
+                crate::now(),
+                random_u64(),
+            );
         let (status, name) = if proxy {
             (407, "Proxy-Authenticate")
         } else {
@@ -381,8 +440,9 @@ impl Registrar {
         let deny = |(status, headers): (StatusCode, Vec<(&'static str, Bytes)>)| {
             Authorization::Deny { status, headers }
         };
+        let client = flow.remote.ip();
         let Some(creds) = Digest::credentials(request, true, &realm) else {
-            return deny(self.challenge_headers(&realm, false, true));
+            return deny(self.challenge_headers(&realm, client, false, true));
         };
         let Some(users) = &self.users else {
             return deny((StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
@@ -397,7 +457,13 @@ impl Registrar {
             .digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .verify(&creds, request.method_bytes(), ha1.as_deref(), crate::now());
+            .verify_for(
+                &creds,
+                client.to_string().as_bytes(),
+                request.method_bytes(),
+                ha1.as_deref(),
+                crate::now(),
+            );
         let from_user = request
             .from()
             .and_then(|f| f.uri.as_sip().and_then(|u| u.user))
@@ -410,10 +476,13 @@ impl Registrar {
                 deny((StatusCode::FORBIDDEN, Vec::new()))
             }
             Verdict::Ok => Authorization::Allow,
-            Verdict::Stale => deny(self.challenge_headers(&realm, true, true)),
+            Verdict::Stale => deny(self.challenge_headers(&realm, client, true, true)),
+            Verdict::Fail(FailReason::BadNonce) => {
+                deny(self.challenge_headers(&realm, client, false, true))
+            }
             Verdict::Fail(reason) => {
-                auth_failure(shared, flow.remote.ip(), reason, &creds);
-                deny(self.challenge_headers(&realm, false, true))
+                auth_failure(shared, client, reason, &creds);
+                deny(self.challenge_headers(&realm, client, false, true))
             }
         }
     }
@@ -422,7 +491,7 @@ impl Registrar {
     ///
     /// [`Output::Locate`]: stg_sip_core::proxy::Output::Locate
     pub(crate) fn locate(self: &Arc<Self>, id: OpId, aor: String, shared: &Arc<Shared>) -> bool {
-        let Ok(permit) = self.ops.clone().try_acquire_owned() else {
+        let Ok(permit) = self.lookups.clone().try_acquire_owned() else {
             metrics::counter!("stg_registrar_lookups_total", "result" => "overloaded").increment(1);
             return false;
         };
@@ -463,9 +532,10 @@ impl Registrar {
     }
 }
 
-/// Whether `aor` (`user@host`) belongs to the authenticated `user`.
-fn own_identity(aor: &str, user: &str) -> bool {
-    aor.rsplit_once('@').is_some_and(|(u, _)| u == user)
+/// Whether `aor` (`user@host`) belongs to the authenticated `user` of `domain`.
+fn own_identity(aor: &str, user: &str, domain: &str) -> bool {
+    aor.rsplit_once('@')
+        .is_some_and(|(u, h)| u == user && h.eq_ignore_ascii_case(domain))
 }
 
 fn mode_label(m: RegistrarMode) -> &'static str {

@@ -230,6 +230,11 @@ pub fn apply(
         .filter(|b| set_keys.contains(&b.key))
         .map(|b| (b.key.clone(), b.encode()))
         .collect();
+    // What cannot be read back would never count against max_contacts nor expire with the
+    // rest: nothing is written that does not decode.
+    if set.iter().any(|(k, v)| Binding::decode(k, v).is_err()) {
+        return Err(Reject::bad("Contact cannot be stored"));
+    }
     for (k, _) in &set {
         del.remove(k);
     }
@@ -350,10 +355,14 @@ fn granted_expiry(resp: &Message, reg: &Register, c: &Contact, s: &Settings) -> 
         .next()
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u32>().ok());
-    header
-        .or(c.expires)
-        .or(reg.expires)
-        .unwrap_or(s.default_expires)
+    // The PBX's word wins; when it said nothing, the device's wish is bounded as in local
+    // mode (a device must not make its binding outlive every refresh).
+    header.unwrap_or_else(|| {
+        c.expires
+            .or(reg.expires)
+            .unwrap_or(s.default_expires)
+            .min(s.max_expires)
+    })
 }
 
 /// RFC 3261 §19.1.4, reduced to what tells two device contacts apart: scheme, user

@@ -184,7 +184,7 @@ pub fn aor_of(m: &Message) -> Option<String> {
 /// `Expires: 0`. All of these give 400. The 423 for a too-brief expiry is not decided here,
 /// since only a registrar answering itself refuses it: see [`Register::local_expiry`], which
 /// [`crate::apply`] calls in local mode.
-pub fn parse_register(m: &Message, _s: &Settings) -> Result<Register, Reject> {
+pub fn parse_register(m: &Message, s: &Settings) -> Result<Register, Reject> {
     if m.method() != Some(Method::Register) {
         return Err(Reject::bad("Not a REGISTER"));
     }
@@ -194,8 +194,19 @@ pub fn parse_register(m: &Message, _s: &Settings) -> Result<Register, Reject> {
         .as_sip()
         .ok_or(Reject::bad("From is not a SIP URI"))?;
     let to = m.to().ok_or(Reject::bad("Bad To"))?;
-    if to.uri.as_sip().is_none() {
+    let Some(to_sip) = to.uri.as_sip() else {
         return Err(Reject::bad("To is not a SIP URI"));
+    };
+    // The record is keyed by From (Flexisip's layout) while a PBX registrar binds and
+    // authenticates To: a REGISTER whose two differ would write, under an identity nobody
+    // checked, someone else's record. Third-party registration is refused (RFC 3261 §10.2
+    // lets a registrar do so).
+    if from_sip.user != to_sip.user || !from_sip.host_raw.eq_ignore_ascii_case(to_sip.host_raw) {
+        return Err(Reject {
+            status: 403,
+            reason: "Third-party registration not allowed",
+            headers: Vec::new(),
+        });
     }
     let aor = aor_of(m).ok_or(Reject::bad("Bad From"))?;
     let expires = match m.header_values(HeaderName::Expires).next() {
@@ -216,6 +227,25 @@ pub fn parse_register(m: &Message, _s: &Settings) -> Result<Register, Reject> {
             contacts.push(contact_of(&na)?);
         }
     }
+    // Each contact costs a merge against every stored one and up to a record value of its
+    // size: a REGISTER cannot bring more than the AOR may keep, nor contacts of any size.
+    if contacts.len() > s.max_contacts {
+        return Err(Reject {
+            status: 403,
+            reason: "Too many contacts",
+            headers: Vec::new(),
+        });
+    }
+    if contacts.iter().any(|c| c.raw.len() > MAX_CONTACT_LEN) {
+        return Err(Reject::bad("Contact too long"));
+    }
+    if contacts
+        .iter()
+        .filter_map(Contact::instance)
+        .any(|i| !valid_instance(i))
+    {
+        return Err(Reject::bad("Bad +sip.instance"));
+    }
     if star && (!contacts.is_empty() || expires != Some(0)) {
         return Err(Reject::bad(
             "Contact * needs Expires: 0 and no other contact",
@@ -230,13 +260,14 @@ pub fn parse_register(m: &Message, _s: &Settings) -> Result<Register, Reject> {
     let user_agent = m
         .header_values_by_name(b"User-Agent")
         .next()
-        .map(|v| text(trim(v)))
+        .map(|v| text(trim(&v[..v.len().min(MAX_USER_AGENT_LEN)])))
         .filter(|v| !v.is_empty());
     let accept = m
         .header_values_by_name(b"Accept")
         .flat_map(|v| v.split(|&b| b == b','))
         .map(|item| text(trim(item.split(|&b| b == b';').next().unwrap_or(item))))
-        .filter(|a| !a.is_empty())
+        .filter(|a| !a.is_empty() && a.len() <= MAX_ACCEPT_LEN)
+        .take(MAX_ACCEPT)
         .collect();
     let supported = m
         .option_tags(HeaderName::Supported)
@@ -257,6 +288,31 @@ pub fn parse_register(m: &Message, _s: &Settings) -> Result<Register, Reject> {
         accept,
         supported,
     })
+}
+
+/// Longest Contact value kept (a device's, push parameters included, is a few hundred).
+const MAX_CONTACT_LEN: usize = 1024;
+/// Longest User-Agent stored (longer ones are cut).
+const MAX_USER_AGENT_LEN: usize = 256;
+/// Media types of Accept stored, and the longest one.
+const MAX_ACCEPT: usize = 16;
+const MAX_ACCEPT_LEN: usize = 128;
+
+/// A `+sip.instance` value stg can store and quote back in a `pub-gruu`: `"<urn>"` with no
+/// quote, backslash or angle bracket inside the URN.
+fn valid_instance(v: &str) -> bool {
+    let inner = v
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(v);
+    let urn = inner
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .unwrap_or(inner);
+    !urn.is_empty()
+        && !urn
+            .bytes()
+            .any(|b| matches!(b, b'"' | b'\\' | b'<' | b'>') || b.is_ascii_control())
 }
 
 fn contact_of(na: &NameAddr<'_>) -> Result<Contact, Reject> {

@@ -864,3 +864,92 @@ fn domain_registration_is_used_as_route() {
     assert_eq!(a.publish.0, "example.com");
     assert!(a.bindings[0].used_as_route);
 }
+
+// === what a hostile device may send ===
+
+fn status_of(m: &Message) -> Option<u16> {
+    parse_register(m, &Settings::default())
+        .err()
+        .map(|e| e.status)
+}
+
+#[test]
+fn third_party_registration_is_refused() {
+    // Keyed by From, bound by To at the PBX: the two must name the same AOR.
+    let r = Req::new(&[DEV]);
+    let text = String::from_utf8(r.message().raw().to_vec())
+        .unwrap()
+        .replace(
+            "To: <sip:40004*01@sips.mdtel.es>",
+            "To: <sip:mallory@sips.mdtel.es>",
+        );
+    assert_eq!(
+        status_of(&Message::parse(Bytes::from(text)).unwrap()),
+        Some(403)
+    );
+    let text = String::from_utf8(r.message().raw().to_vec())
+        .unwrap()
+        .replace(
+            "To: <sip:40004*01@sips.mdtel.es>",
+            "To: <sip:40004*01@other.example>",
+        );
+    assert_eq!(
+        status_of(&Message::parse(Bytes::from(text)).unwrap()),
+        Some(403)
+    );
+    // Host case does not matter (RFC 3261 §19.1.4).
+    let text = String::from_utf8(r.message().raw().to_vec())
+        .unwrap()
+        .replace(
+            "To: <sip:40004*01@sips.mdtel.es>",
+            "To: <sip:40004*01@SIPS.mdtel.es>",
+        );
+    assert_eq!(status_of(&Message::parse(Bytes::from(text)).unwrap()), None);
+}
+
+#[test]
+fn oversized_registrations_are_refused_before_any_merge() {
+    let many: Vec<String> = (0..11).map(|i| format!("<sip:a{i}@h>")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(status_of(&Req::new(&refs).message()), Some(403));
+    let long = format!("<sip:a@h;x={}>", "A".repeat(2000));
+    assert_eq!(status_of(&Req::new(&[&long]).message()), Some(400));
+    // An instance that would break the quoted pub-gruu built from it.
+    for bad in [
+        "<sip:a@h>;+sip.instance=\"<i1\\>\"",
+        "<sip:a@h>;+sip.instance=\"<>\"",
+    ] {
+        assert_eq!(status_of(&Req::new(&[bad]).message()), Some(400), "{bad}");
+    }
+    let mut r = Req::new(&[DEV]);
+    let ua = format!("User-Agent: {}", "U".repeat(5000));
+    r.extra = vec![Box::leak(ua.into_boxed_str())];
+    let reg = r.reg();
+    assert_eq!(reg.user_agent.map(|u| u.len()), Some(256));
+}
+
+#[test]
+fn through_mode_bounds_the_devices_own_expiry() {
+    // The PBX said nothing about expiry: the device's wish is capped like in local mode.
+    let mut r = Req::new(&[DEV]);
+    r.expires = Some("4294967295");
+    let mut st = Store::new();
+    let reg = r.reg();
+    let path = st.path.clone();
+    let origin = Origin {
+        conn_id: "tok",
+        path: &path,
+        now: T0,
+    };
+    let ok = ok_response("");
+    let a = apply(
+        &st.hash,
+        &reg,
+        &origin,
+        Some(&ok),
+        &Settings::default(),
+        &mut st.rng,
+    )
+    .unwrap();
+    assert_eq!(a.bindings[0].expires, 86_400);
+}

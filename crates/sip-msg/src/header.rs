@@ -26,6 +26,10 @@ pub enum HeaderName {
     MaxForwards,
     /// `Path` (RFC 3327).
     Path,
+    /// `P-Asserted-Identity` (RFC 3325): never taken from outside.
+    PAssertedIdentity,
+    /// `Remote-Party-ID` (its pre-standard form): never taken from outside.
+    RemotePartyId,
     /// `Proxy-Authorization` (stg's own digest challenges).
     ProxyAuthorization,
     /// `Proxy-Require`.
@@ -81,6 +85,8 @@ impl HeaderName {
             (b"require", HeaderName::Require),
             (b"supported", HeaderName::Supported),
             (b"proxy-authorization", HeaderName::ProxyAuthorization),
+            (b"p-asserted-identity", HeaderName::PAssertedIdentity),
+            (b"remote-party-id", HeaderName::RemotePartyId),
         ];
         TABLE
             .iter()
@@ -102,6 +108,8 @@ impl HeaderName {
             Self::MaxForwards => "Max-Forwards",
             Self::Path => "Path",
             Self::ProxyAuthorization => "Proxy-Authorization",
+            Self::PAssertedIdentity => "P-Asserted-Identity",
+            Self::RemotePartyId => "Remote-Party-ID",
             Self::ProxyRequire => "Proxy-Require",
             Self::RecordRoute => "Record-Route",
             Self::Require => "Require",

@@ -676,3 +676,28 @@ fn credentials_user_for_through_mode() {
         None
     );
 }
+
+#[test]
+fn a_nonce_bound_to_a_client_works_only_for_that_client() {
+    let mut d = digest();
+    let now = t0();
+    let ch = d
+        .challenge_for(REALM, b"192.0.2.1", false, now, 7)
+        .pop()
+        .unwrap();
+    let c = creds(&answer(&ch, "alice", "secret", 1));
+    let stored = ha1(c.algorithm, "alice", REALM, "secret");
+    // Another source (a spoofer who fetched the nonce elsewhere, or the same nonce unbound).
+    assert_eq!(
+        d.verify_for(&c, b"198.51.100.9", b"REGISTER", Some(&stored), now),
+        Verdict::Fail(FailReason::BadNonce)
+    );
+    assert_eq!(
+        d.verify(&c, b"REGISTER", Some(&stored), now),
+        Verdict::Fail(FailReason::BadNonce)
+    );
+    assert_eq!(
+        d.verify_for(&c, b"192.0.2.1", b"REGISTER", Some(&stored), now),
+        Verdict::Ok
+    );
+}

@@ -1212,9 +1212,21 @@ impl Proxy {
                 };
                 match ctx.held.take() {
                     Some(ok) if status.is_success() => {
-                        let extra: Vec<(&str, &[u8])> =
-                            headers.iter().map(|(n, v)| (*n, &v[..])).collect();
-                        let bytes = ok.forward_response_edited(&[HeaderName::Contact], &extra);
+                        // The device's own binding comes first: over UDP from outside, the
+                        // others go until the answer is no larger than the request.
+                        let unverified = ctx.inbound.side == Side::Outside
+                            && ctx.inbound.flow.transport == Transport::Udp;
+                        let limit = ctx.request.raw().len();
+                        let mut n = headers.len();
+                        let bytes = loop {
+                            let extra: Vec<(&str, &[u8])> =
+                                headers[..n].iter().map(|(h, v)| (*h, &v[..])).collect();
+                            let b = ok.forward_response_edited(&[HeaderName::Contact], &extra);
+                            if !unverified || b.len() <= limit || n <= 1 {
+                                break b;
+                            }
+                            n -= 1;
+                        };
                         ctx.final_sent = true;
                         let server = ctx.server;
                         self.respond(server, status, bytes, now);
@@ -1480,15 +1492,23 @@ impl Proxy {
         if let Some(contacts) = &ctx.contacts {
             extra.extend(contacts.iter().map(|c| ("Contact", &c[..])));
         }
-        // A Path the device wrote itself would make the PBX send its calls wherever the
-        // device likes: from the internet, stg's entry is the only one (it is the first hop).
-        let drop: &[HeaderName] = match (&path, &ctx.contacts) {
-            (Some(_), Some(_)) => &[HeaderName::Contact, HeaderName::Path],
-            (Some(_), None) => &[HeaderName::Path],
-            (None, Some(_)) => &[HeaderName::Contact],
-            (None, None) if ctx.strip_credentials => &[HeaderName::ProxyAuthorization],
-            (None, None) => &[],
-        };
+        let mut drop: Vec<HeaderName> = Vec::new();
+        if ctx.inbound.side == Side::Outside {
+            // The PBX trusts stg: an identity asserted by a device would be taken as proven
+            // (RFC 3325 §5: removed at the trust boundary).
+            drop.extend([HeaderName::PAssertedIdentity, HeaderName::RemotePartyId]);
+            // A Path the device wrote itself would make the PBX send its calls wherever the
+            // device likes: from the internet, stg's entry is the only one (the first hop).
+            if ctx.request.method() == Some(Method::Register) {
+                drop.push(HeaderName::Path);
+            }
+        }
+        if ctx.contacts.is_some() {
+            drop.push(HeaderName::Contact);
+        }
+        if ctx.strip_credentials {
+            drop.push(HeaderName::ProxyAuthorization);
+        }
         if let Some(br) = ctx.branches.get(b as usize) {
             extra.extend(br.routes.iter().map(|r| ("Route", &r[..])));
         }
@@ -1506,7 +1526,7 @@ impl Proxy {
             append_route: ctx.plan.append_route.as_deref(),
             remove_last_route: ctx.plan.remove_last_route,
             max_forwards: ctx.plan.max_forwards,
-            drop,
+            drop: &drop,
             extra: &extra,
         });
         let method = ctx.request.method();
@@ -1849,8 +1869,8 @@ impl Proxy {
             self.maybe_finish(ctx_id, now);
             return;
         }
-        if matches!(status.0, 401 | 403 | 407) {
-            self.auth_rejected(ctx_id, status);
+        if matches!(status.0, 401 | 407) {
+            self.auth_rejected(ctx_id, status, &m);
         }
         if status.class() == 6 {
             self.cancel_others(ctx_id, b, now);
@@ -1865,11 +1885,26 @@ impl Proxy {
 
     /// The PBX refused credentials a device sent (through mode): an authentication failure
     /// for the operators' log and the guard. A first challenge (no credentials) is not one.
-    fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode) {
+    ///
+    /// Not counted: a source that may be spoofed (UDP from outside: anyone can make a
+    /// victim's address send garbage credentials), and a challenge saying `stale=true` (a
+    /// device's right credentials with an expired nonce: a refresh, not a guess).
+    fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode, response: &Message) {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        if ctx.inbound.side != Side::Outside {
+        if ctx.inbound.side != Side::Outside || self.unverified(ctx.inbound) {
+            return;
+        }
+        let stale = response
+            .header_values_by_name(b"WWW-Authenticate")
+            .chain(response.header_values_by_name(b"Proxy-Authenticate"))
+            .any(|v| {
+                v.windows(10).any(|w| w.eq_ignore_ascii_case(b"stale=true"))
+                    || v.windows(12)
+                        .any(|w| w.eq_ignore_ascii_case(b"stale=\"true\""))
+            });
+        if stale {
             return;
         }
         let credentials = ctx

@@ -155,8 +155,11 @@ impl Proxy {
                     return Route::Register(mode);
                 }
             }
-            if matches!(m.method(), Some(Method::Invite | Method::Message))
-                && m.to_tag().is_none()
+            // Out of dialog: no To-tag, or one that does not follow stg's own Record-Route (a
+            // made-up "in-dialog" request is no less initial to a PBX that trusts stg).
+            let initial = m.to_tag().is_none() || plan.pop_routes == 0;
+            if initial
+                && !matches!(m.method(), Some(Method::Ack | Method::Cancel))
                 && self.must_authenticate(m)
             {
                 return Route::Authorize;
@@ -229,18 +232,26 @@ impl Proxy {
             .map(|d| d.mode)
     }
 
-    /// Whether the caller's domain (its From host) asks for digest before calls go upstream.
+    /// Whether a request from outside must prove its caller first. Once any domain asks for
+    /// digest, the PBX is taking stg's word for who calls, so the From host a device writes
+    /// cannot be the way around it: only a caller of a `through` domain (whose PBX checks
+    /// credentials itself) is let through unchecked; any other From (an authenticating
+    /// domain, an unknown host, an IP) is challenged in its own realm, where only real users
+    /// of that domain can answer.
     fn must_authenticate(&self, m: &Message) -> bool {
-        let Some(from) = m.from() else {
+        if !self.config.registrar.iter().any(|d| d.authenticate) {
             return false;
-        };
-        let Some(u) = from.uri.as_sip() else {
-            return false;
-        };
-        self.config.registrar.iter().any(|d| {
-            d.authenticate
-                && (d.domain == "*" || d.domain.as_bytes().eq_ignore_ascii_case(u.host_raw))
-        })
+        }
+        let host = m
+            .from()
+            .and_then(|f| f.uri.as_sip().map(|u| u.host_raw.to_vec()))
+            .unwrap_or_default();
+        let through = self.config.registrar.iter().any(|d| {
+            d.mode == RegistrarMode::Through
+                && d.domain != "*"
+                && d.domain.as_bytes().eq_ignore_ascii_case(&host)
+        });
+        !through
     }
 
     /// `user@host` when a Request-URI names an AOR of a registrar domain: the domain itself,
@@ -324,6 +335,18 @@ impl Proxy {
             return None;
         };
         if self.is_local(&u) {
+            return None;
+        }
+        // Every entry becomes a Route header: each must be one SIP URI, nothing else (a stored
+        // value is as good as whoever could write the store).
+        let all_uris = t.path.iter().all(|p| {
+            let inner = strip_brackets(p);
+            matches!(Uri::parse(inner), Ok(Uri::Sip(_)))
+                && !inner
+                    .iter()
+                    .any(|&b| b == b'<' || b == b'>' || b.is_ascii_control())
+        });
+        if !all_uris {
             return None;
         }
         let routes = t

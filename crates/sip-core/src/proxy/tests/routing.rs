@@ -595,23 +595,56 @@ fn a_path_the_device_wrote_never_reaches_the_pbx() {
     assert!(path[0].contains("10.0.0.1:5060"));
 }
 
+/// The device over TCP (a connection it opened: its address is not spoofed).
+fn device_tcp() -> Inbound {
+    Inbound {
+        flow: Flow {
+            listener: ListenerId(1),
+            transport: Transport::Tcp,
+            remote: addr(DEVICE),
+            conn: Some(ConnId(3)),
+        },
+        side: Side::Outside,
+    }
+}
+
 #[test]
 fn credentials_the_pbx_refuses_are_an_authentication_failure() {
     let mut sim = Sim::new(tcp_upstream());
-    for (creds, want) in [(false, 0), (true, 1)] {
-        let id = if creds { "with" } else { "without" };
+    let cases = [
+        ("without", device_tcp(), false, "", 0),
+        ("with", device_tcp(), true, "", 1),
+        // A stale challenge: right credentials, an expired nonce.
+        ("stale", device_tcp(), true, ", stale=true", 0),
+        // Over UDP the source may be a spoofed victim.
+        ("udp", device(), true, "", 0),
+    ];
+    for (id, from, creds, stale, want) in cases {
         let mut inv = invite().call_id(id).branch(&format!("z9hG4bK-{id}"));
         if creds {
             inv = inv.header("Proxy-Authorization: Digest username=\"alice\", realm=\"x\"");
         }
-        let s = sent(&sim.input(device(), inv.build()));
-        let fwd = s[1].1.clone();
-        let outs = sim.input(pbx_tcp(), answer(&fwd, 407));
+        let s = sent(&sim.input(from, inv.build()));
+        let fwd = s
+            .iter()
+            .find(|(f, _)| f.remote == addr(PBX))
+            .expect("forwarded")
+            .1
+            .clone();
+        let challenge = format!("Digest realm=\"x\", nonce=\"n\"{stale}");
+        let resp = fwd.response(
+            StatusCode(407),
+            None,
+            Some(b"callee"),
+            None,
+            &[("Proxy-Authenticate", challenge.as_bytes())],
+        );
+        let outs = sim.input(pbx_tcp(), resp);
         let failures: Vec<_> = events(&outs)
             .into_iter()
             .filter(|e| matches!(e, Event::AuthRejected { .. }))
             .collect();
-        assert_eq!(failures.len(), want, "credentials sent: {creds}");
+        assert_eq!(failures.len(), want, "{id}");
         if let Some(Event::AuthRejected {
             remote,
             status,
@@ -625,13 +658,26 @@ fn credentials_the_pbx_refuses_are_an_authentication_failure() {
     }
 }
 
-fn authorizations(outs: &[Output]) -> Vec<OpId> {
-    outs.iter()
-        .filter_map(|o| match o {
-            Output::Authorize { id, .. } => Some(*id),
-            _ => None,
-        })
-        .collect()
+#[test]
+fn identities_a_device_asserts_are_removed() {
+    let mut sim = Sim::new(tcp_upstream());
+    let inv = invite()
+        .header("P-Asserted-Identity: <sip:ceo@example.com>")
+        .header("Remote-Party-ID: <sip:ceo@example.com>;party=calling");
+    let s = sent(&sim.input(device(), inv.build()));
+    let fwd = &s[1].1;
+    assert!(header(fwd, "P-Asserted-Identity").is_empty());
+    assert!(header(fwd, "Remote-Party-ID").is_empty());
+    // A REGISTER's own Path is never passed on, registrar or not.
+    let reg = register()
+        .branch("z9hG4bK-plain-reg")
+        .header("Path: <sip:10.0.0.7;lr>");
+    let s = sent(&sim.input(device(), reg.build()));
+    let (_, fwd) = s
+        .iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .expect("forwarded");
+    assert!(header(fwd, "Path").is_empty());
 }
 
 #[test]
@@ -753,4 +799,61 @@ fn the_path_names_the_node_when_it_has_an_id() {
         path.ends_with(";transport=tcp;stg-node=edge-1;lr;ob>"),
         "{path}"
     );
+}
+
+#[test]
+fn once_a_domain_asks_for_digest_no_from_header_gets_around_it() {
+    let mut cfg = tcp_upstream();
+    cfg.registrar = vec![
+        RegistrarDomain {
+            domain: "example.com".into(),
+            mode: RegistrarMode::Local,
+            authenticate: true,
+        },
+        RegistrarDomain {
+            domain: "partner.example".into(),
+            mode: RegistrarMode::Through,
+            authenticate: false,
+        },
+    ];
+    let mut sim = Sim::new(cfg);
+    let cases = [
+        ("<sip:alice@example.com>;tag=1", None, true),
+        ("<sip:1000@evil.example>;tag=2", None, true),
+        ("<sip:1000@192.0.2.1>;tag=3", None, true),
+        // Made up "in dialog": a To-tag, but not along stg's Record-Route.
+        ("<sip:alice@example.com>;tag=4", Some("x"), true),
+        // The through domain's PBX checks its callers itself.
+        ("<sip:bob@partner.example>;tag=5", None, false),
+    ];
+    for (i, (from, to_tag, want)) in cases.into_iter().enumerate() {
+        let mut inv = invite()
+            .realistic()
+            .from(from)
+            .call_id(&format!("c{i}"))
+            .branch(&format!("z9hG4bK-m2-{i}"));
+        if let Some(t) = to_tag {
+            inv = inv.in_dialog(t);
+        }
+        let outs = sim.input(device(), inv.build());
+        assert_eq!(!authorizations(&outs).is_empty(), want, "{from} {to_tag:?}");
+    }
+    // Other methods too.
+    let outs = sim.input(
+        device(),
+        req("SUBSCRIBE", "sip:bob@example.com")
+            .realistic()
+            .branch("z9hG4bK-m2-sub")
+            .build(),
+    );
+    assert_eq!(authorizations(&outs).len(), 1);
+}
+
+fn authorizations(outs: &[Output]) -> Vec<OpId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Authorize { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
 }
