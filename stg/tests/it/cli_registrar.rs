@@ -2,7 +2,7 @@
 //! in a Redis written the way Flexisip writes it, and the embedded store through a running
 //! node (a digest REGISTER from SIPp in local mode).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -684,6 +684,36 @@ fn reg_through_the_running_node_after_digest_registers() {
     assert_eq!(node.metric("stg_registrar_bindings "), Some(0.0));
     let o = stg(&cfg, &["reg", "rm", aor]);
     assert_eq!(o.status.code(), Some(1), "nothing left: {}", text(&o));
+
+    // The admin endpoint refuses what it does not serve.
+    let admin = |req: &[u8]| {
+        let mut s = TcpStream::connect(node.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split("\r\n").next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        admin(b"POST /registrar/aors HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(
+        admin(b"DELETE /registrar/aors HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(
+        admin(b"GET /registrar/aor/%zz HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(
+        admin(b"GET /registrar/aors?limit=0 HTTP/1.1\r\n\r\n"),
+        "HTTP/1.1 400 Bad Request"
+    );
+    let mut huge = b"GET /registrar/aors?pattern=".to_vec();
+    huge.resize(8192, b'a');
+    assert_eq!(admin(&huge), "HTTP/1.1 431 Request Header Fields Too Large");
+    assert_eq!(admin(b"GET /health HTTP/1.1\r\n\r\n"), "HTTP/1.1 200 OK");
 
     // The node stopped: the embedded store cannot be read from outside it.
     drop((c1, c2));
