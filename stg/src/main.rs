@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod lint;
+mod reg_cmd;
+mod user_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// sysexits(3) codes, so init systems and scripts can tell failures apart.
 mod exit {
+    pub(crate) const USAGE: u8 = 64;
     pub(crate) const NOINPUT: u8 = 66;
+    pub(crate) const UNAVAILABLE: u8 = 69;
     pub(crate) const SOFTWARE: u8 = 70;
     pub(crate) const OSERR: u8 = 71;
     pub(crate) const CONFIG: u8 = 78;
@@ -46,6 +50,17 @@ enum Command {
     Sip {
         #[command(subcommand)]
         command: SipCommand,
+    },
+    /// Registrations in the binding store of the configuration (Redis directly; the
+    /// embedded store through the running node's admin endpoint).
+    Reg {
+        #[command(subcommand)]
+        command: reg_cmd::RegCommand,
+    },
+    /// SIP digest credentials of local-mode registrar domains (`[store] users_url`).
+    User {
+        #[command(subcommand)]
+        command: user_cmd::UserCommand,
     },
 }
 
@@ -95,7 +110,24 @@ fn main() -> ExitCode {
         Command::Sip {
             command: SipCommand::Lint { file },
         } => lint::run(&file),
+        Command::Reg { command } => {
+            with_config(cli.config.as_deref(), |c| reg_cmd::run(c, command))
+        }
+        Command::User { command } => {
+            with_config(cli.config.as_deref(), |c| user_cmd::run(c, command))
+        }
         Command::Run => run(cli.config.as_deref()),
+    }
+}
+
+/// Runs `f` on the configuration, or says why it cannot be read.
+fn with_config(path: Option<&Path>, f: impl FnOnce(&Config) -> ExitCode) -> ExitCode {
+    match load_config(path) {
+        Ok((config, _)) => f(&config),
+        Err(e) => {
+            eprintln!("stg: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
     }
 }
 

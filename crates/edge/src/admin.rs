@@ -1,28 +1,56 @@
-//! The internal admin listener: Prometheus metrics (`GET /metrics`) and a liveness probe
-//! (`GET /health`). HTTP/1.0-style, one request per connection: it is scraped every few
-//! seconds from the inside network, and the web front (axum) will take it over later.
+//! The internal admin listener: Prometheus metrics (`GET /metrics`), a liveness probe
+//! (`GET /health`) and the registrar's diagnostics for `stg reg` (the embedded store is
+//! locked by the running node, so the CLI reads it through here):
+//!
+//! - `GET /registrar/aors?pattern=GLOB&limit=N`: `{"aors": [..], "truncated": bool}`, AORs
+//!   (`user@host`) matching a Redis glob, sorted;
+//! - `GET /registrar/aor/<aor>`: the AOR's raw hash, `{field: value}` (`{}` when absent);
+//! - `DELETE /registrar/aor/<aor>[?field=F]`: `{"removed": bool}`.
+//!
+//! Path and query are percent-decoded (`%XX` only; `+` is a plus). HTTP/1.0-style, one
+//! request per connection, a request head of at most [`MAX_HEAD`] bytes, GET and DELETE
+//! only. It serves the inside network (scrapes, operators); the web front (axum) will take
+//! it over later. No authentication: `admin.listen` must stay on a trusted address.
 
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use stg_store::Bindings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// Longest request head read; a longer one is answered 431.
+const MAX_HEAD: usize = 8192;
+
+/// Default and largest `limit` of `/registrar/aors`.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 100_000;
+
+/// Most AORs counted for the `stg_registrar_bindings` gauge at one scrape.
+const GAUGE_SCAN_CAP: usize = 1_000_000;
 
 /// Installs the process-wide Prometheus recorder; `None` if one is already installed.
 pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
     PrometheusBuilder::new().install_recorder().ok()
 }
 
-pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    bindings: Option<Bindings>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let handle = handle.clone();
+        let bindings = bindings.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; MAX_HEAD];
             let mut n = 0;
+            let mut complete = false;
             let read = tokio::time::timeout(Duration::from_secs(5), async {
                 while n < buf.len() {
                     match sock.read(&mut buf[n..]).await {
@@ -30,29 +58,224 @@ pub(crate) async fn serve(listener: TcpListener, handle: PrometheusHandle) {
                         Ok(k) => n += k,
                     }
                     if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        complete = true;
                         break;
                     }
                 }
             })
             .await;
-            if read.is_err() {
+            if read.is_err() || n == 0 {
                 return;
             }
-            let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
-            let (status, ctype, body) = if line.starts_with(b"GET /metrics ") {
-                ("200 OK", "text/plain; version=0.0.4", handle.render())
-            } else if line.starts_with(b"GET /health ") {
-                ("200 OK", "text/plain", "ok\n".to_string())
+            let reply = if complete {
+                let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
+                respond(line, &handle, bindings.as_ref()).await
             } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
+                Reply::text("431 Request Header Fields Too Large", "request too large\n")
             };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
+            let mut head = format!(
+                "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                reply.status,
+                reply.ctype,
+                reply.body.len()
             );
+            if reply.status.starts_with("405") {
+                head.push_str("Allow: GET, DELETE\r\n");
+            }
+            head.push_str("\r\n");
             let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.write_all(reply.body.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
+    }
+}
+
+struct Reply {
+    status: &'static str,
+    ctype: &'static str,
+    body: String,
+}
+
+impl Reply {
+    fn text(status: &'static str, body: &str) -> Self {
+        Self {
+            status,
+            ctype: "text/plain",
+            body: body.to_owned(),
+        }
+    }
+
+    fn json(status: &'static str, v: &serde_json::Value) -> Self {
+        let mut body = v.to_string();
+        body.push('\n');
+        Self {
+            status,
+            ctype: "application/json",
+            body,
+        }
+    }
+
+    fn error(status: &'static str, msg: &str) -> Self {
+        Self::json(status, &json!({ "error": msg }))
+    }
+}
+
+/// Answers one request line (`METHOD TARGET VERSION`).
+async fn respond(line: &[u8], handle: &PrometheusHandle, bindings: Option<&Bindings>) -> Reply {
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Reply::text("400 Bad Request", "bad request line\n");
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(_version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Reply::text("400 Bad Request", "bad request line\n");
+    };
+    let get = match method {
+        "GET" => true,
+        "DELETE" => false,
+        _ => return Reply::text("405 Method Not Allowed", "GET or DELETE only\n"),
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match (get, path) {
+        (true, "/metrics") => {
+            if let Some(b) = bindings.filter(|b| b.kind() == "embedded") {
+                // A count is one pass over the embedded table; on Redis it would be a SCAN of
+                // the whole keyspace per scrape, so the gauge is left out there.
+                if let Ok(aors) = b.scan("*", GAUGE_SCAN_CAP).await {
+                    metrics::gauge!("stg_registrar_bindings").set(aors.len() as f64);
+                }
+            }
+            Reply {
+                status: "200 OK",
+                ctype: "text/plain; version=0.0.4",
+                body: handle.render(),
+            }
+        }
+        (true, "/health") => Reply::text("200 OK", "ok\n"),
+        _ => {
+            if let Some(rest) = path.strip_prefix("/registrar/") {
+                let Some(b) = bindings else {
+                    return Reply::error(
+                        "503 Service Unavailable",
+                        "no registrar: [registrar] domains is empty",
+                    );
+                };
+                return registrar(get, rest, query, b).await;
+            }
+            Reply::text("404 Not Found", "not found\n")
+        }
+    }
+}
+
+async fn registrar(get: bool, path: &str, query: &str, b: &Bindings) -> Reply {
+    let Some(q) = parse_query(query) else {
+        return Reply::error("400 Bad Request", "bad percent-encoding in the query");
+    };
+    let param = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let unavailable = |e: stg_store::StoreError| {
+        Reply::error(
+            if e.is_transient() {
+                "503 Service Unavailable"
+            } else {
+                "500 Internal Server Error"
+            },
+            &e.to_string(),
+        )
+    };
+    if path == "aors" {
+        if !get {
+            return Reply::text("405 Method Not Allowed", "GET only\n");
+        }
+        let pattern = param("pattern").filter(|p| !p.is_empty()).unwrap_or("*");
+        let limit = match param("limit").map(str::parse::<usize>) {
+            None => DEFAULT_LIMIT,
+            Some(Ok(n)) if n > 0 => n.min(MAX_LIMIT),
+            Some(_) => return Reply::error("400 Bad Request", "limit: a positive integer"),
+        };
+        return match b.scan(pattern, limit).await {
+            Ok(mut aors) => {
+                aors.sort();
+                let truncated = aors.len() >= limit;
+                Reply::json("200 OK", &json!({ "aors": aors, "truncated": truncated }))
+            }
+            Err(e) => unavailable(e),
+        };
+    }
+    let Some(aor) = path.strip_prefix("aor/") else {
+        return Reply::text("404 Not Found", "not found\n");
+    };
+    let Some(aor) = percent_decode(aor).filter(|a| !a.is_empty()) else {
+        return Reply::error("400 Bad Request", "bad AOR in the path");
+    };
+    if get {
+        match b.get(&aor).await {
+            Ok(r) => Reply::json("200 OK", &json!(r.fields)),
+            Err(e) => unavailable(e),
+        }
+    } else {
+        match b.remove(&aor, param("field")).await {
+            Ok(removed) => {
+                tracing::info!(aor = %aor, field = param("field"), removed, "binding removed by the admin endpoint");
+                Reply::json("200 OK", &json!({ "removed": removed }))
+            }
+            Err(e) => unavailable(e),
+        }
+    }
+}
+
+/// `a=b&c=d`, each part percent-decoded; `None` if a part does not decode.
+fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+/// `%XX` → byte; `None` on a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = |j: usize| b.get(j).and_then(|c| char::from(*c).to_digit(16));
+            let (hi, lo) = (h(i + 1)?, h(i + 2)?);
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_and_queries() {
+        assert_eq!(
+            percent_decode("40004%2A01%40sips.mdtel.es").as_deref(),
+            Some("40004*01@sips.mdtel.es")
+        );
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+        assert_eq!(
+            parse_query("pattern=40004%5C%2A01%40%2A&limit=5&&x").unwrap(),
+            [
+                ("pattern".to_owned(), "40004\\*01@*".to_owned()),
+                ("limit".to_owned(), "5".to_owned()),
+                ("x".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(parse_query("a=%"), None);
     }
 }

@@ -271,7 +271,8 @@ impl Node {
         let handle = admin::install_recorder();
         if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
             // Not tracked: it serves until the process ends.
-            tokio::spawn(admin::serve(listener, handle));
+            let bindings = registrar.as_ref().map(|r| r.bindings().clone());
+            tokio::spawn(admin::serve(listener, handle, bindings));
         }
         let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
         let mut udp_rx = Vec::new();

@@ -179,6 +179,11 @@ impl Registrar {
         })
     }
 
+    /// The binding store (for the admin endpoint's diagnostics).
+    pub(crate) fn bindings(&self) -> &Bindings {
+        &self.bindings
+    }
+
     /// The store's kind, for the startup line.
     pub(crate) fn store_kind(&self) -> &'static str {
         self.bindings.kind()

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod cli;
+mod cli_registrar;
 mod dns;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]

@@ -162,6 +162,15 @@ impl FlowTokens {
     }
 }
 
+/// The flow a token names, WITHOUT checking its MAC (the key is the running process's):
+/// for diagnostics only (`stg reg show` decoding a stored `fs-conn-id`), never for routing.
+pub fn peek_flow_token(token: &str) -> Option<Flow> {
+    let mut buf = [0u8; 64];
+    let p = unhex_into(token.as_bytes(), &mut buf)?;
+    let (payload, _mac) = p.split_at(p.len().checked_sub(MAC_LEN)?);
+    parse_payload(payload)
+}
+
 /// What a minted branch binds under its MAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Minted {
@@ -284,6 +293,7 @@ mod tests {
         ] {
             let s = t.encode(&flow);
             assert_eq!(t.decode(s.as_bytes()), Some(flow));
+            assert_eq!(peek_flow_token(&s), Some(flow), "peek ignores the key");
             let mut forged = s.into_bytes();
             forged[6] = if forged[6] == b'0' { b'1' } else { b'0' };
             assert_eq!(t.decode(&forged), None);
@@ -292,6 +302,8 @@ mod tests {
         }
         assert_eq!(t.decode(b"zz"), None);
         assert_eq!(t.decode(b""), None);
+        assert_eq!(peek_flow_token("7f3a2c001b40"), None);
+        assert_eq!(peek_flow_token(""), None);
     }
 
     #[test]

@@ -45,6 +45,7 @@ mod routing;
 #[cfg(test)]
 mod tests;
 
+pub use flow_token::peek_flow_token;
 use routing::{unreachable_status, Route, Target};
 pub use routing::{
     Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
