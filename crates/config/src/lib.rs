@@ -359,6 +359,10 @@ pub struct RegistrarConfig {
     pub strip_push_params: bool,
     /// Digest realm of local mode; "" = the domain of the request. Default "".
     pub realm: String,
+    /// Digest algorithms offered in challenges (`SHA-256`, `MD5`), strongest first whatever
+    /// the order. Default both. Clients that read only the first challenge and know only
+    /// MD5 (SIPp, old phones) need `["MD5"]`.
+    pub digest_algorithms: Vec<String>,
 }
 
 impl Default for RegistrarConfig {
@@ -375,6 +379,7 @@ impl Default for RegistrarConfig {
             max_contacts: 10,
             strip_push_params: true,
             realm: String::new(),
+            digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
         }
     }
 }

@@ -483,6 +483,7 @@ struct RawRegistrar {
     max_contacts: Option<usize>,
     strip_push_params: Option<bool>,
     realm: Option<String>,
+    digest_algorithms: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +542,23 @@ impl RawRegistrar {
         r.max_contacts = self.max_contacts.unwrap_or(r.max_contacts);
         r.strip_push_params = self.strip_push_params.unwrap_or(r.strip_push_params);
         r.realm = self.realm.unwrap_or(r.realm);
+        if let Some(algs) = self.digest_algorithms {
+            if algs.is_empty() {
+                return Err(invalid(
+                    "registrar.digest_algorithms",
+                    "must name at least one of \"SHA-256\", \"MD5\"",
+                ));
+            }
+            for a in &algs {
+                if a != "SHA-256" && a != "MD5" {
+                    return Err(invalid(
+                        "registrar.digest_algorithms",
+                        format!("{a:?} is neither \"SHA-256\" nor \"MD5\""),
+                    ));
+                }
+            }
+            r.digest_algorithms = algs;
+        }
         let show = |d| humantime::format_duration(d).to_string();
         if r.min_expires > r.max_expires {
             return Err(invalid(

@@ -173,7 +173,17 @@ impl Registrar {
             users,
             settings,
             realm: r.realm.clone(),
-            digest: Mutex::new(Digest::new(key, DigestConfig::default())),
+            digest: Mutex::new(Digest::new(
+                key,
+                DigestConfig {
+                    algorithms: r
+                        .digest_algorithms
+                        .iter()
+                        .filter_map(|a| stg_auth::Algorithm::parse(a))
+                        .collect(),
+                    ..DigestConfig::default()
+                },
+            )),
             ops: Arc::new(Semaphore::new(MAX_STORE_OPS)),
             lookups: Arc::new(Semaphore::new(MAX_STORE_OPS)),
         })
