@@ -47,6 +47,8 @@ transport = "tcp"
 address = "127.0.0.1:$port"
 [registrar]
 domains = [{ name = "*", mode = "$mode" }]
+# SIPp answers only the first challenge, and only MD5.
+digest_algorithms = ["MD5"]
 [store]
 url = "$url"
 [admin]
