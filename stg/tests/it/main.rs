@@ -11,6 +11,7 @@ mod dns;
 mod harness;
 mod kamailio;
 mod lifecycle;
+mod registrar_store;
 mod sipp;
 mod torture;
 mod transports;
