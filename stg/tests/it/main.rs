@@ -10,6 +10,7 @@ mod dns;
 mod harness;
 mod kamailio;
 mod lifecycle;
+mod registrar_e2e;
 mod sipp;
 mod torture;
 mod transports;
