@@ -102,20 +102,26 @@ onreply_route {
 /// A running Kamailio (`-DD -E`: main process in the foreground, logging to stderr), in a
 /// process group of its own. Drop: SIGTERM to the main PID (it stops its children), and
 /// only if it is still there after 3 s, SIGKILL to it and to its group.
-struct Kamailio {
+pub(crate) struct Kamailio {
     peer: Peer,
 }
 
 impl Kamailio {
     fn start(dir: &Path, port: u16, uas_port: u16) -> Self {
-        let cfg = dir.join("kamailio.cfg");
-        std::fs::write(
-            &cfg,
-            KAMAILIO_CFG
+        Self::start_with_config(
+            dir,
+            port,
+            &KAMAILIO_CFG
                 .replace("@PORT@", &port.to_string())
                 .replace("@UAS_PORT@", &uas_port.to_string()),
         )
-        .unwrap();
+    }
+
+    /// Writes `config` (listening on UDP and TCP `127.0.0.1:port`) into `dir` and starts
+    /// Kamailio with it; returns once both sockets are bound.
+    pub(crate) fn start_with_config(dir: &Path, port: u16, config: &str) -> Self {
+        let cfg = dir.join("kamailio.cfg");
+        std::fs::write(&cfg, config).unwrap();
         let run_dir = dir.join("kamailio-run");
         std::fs::create_dir_all(&run_dir).unwrap();
         let mut cmd = Command::new("kamailio");
@@ -150,11 +156,11 @@ impl Kamailio {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.peer.output()
     }
 
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.peer.alive()
     }
 }

@@ -12,6 +12,7 @@ mod harness;
 mod kamailio;
 mod lifecycle;
 mod registrar_store;
+mod registrar_e2e;
 mod sipp;
 mod torture;
 mod transports;
