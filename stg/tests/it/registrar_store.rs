@@ -259,7 +259,8 @@ impl Node {
         let config = format!(
             "[node]\ndata_dir = \"{data}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
              [log]\nformat = \"human\"\nlevel = \"info\"\n\n\
-             [sip]\nupstream = \"sip:{pbx}\"\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
+             [sip]\nupstream = \"sip:{pbx}\"\n\
+             allowed_destinations = [\"127.0.0.0/8\"]\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
              [[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{out}\"\nside = \"outside\"\n\n\
              [[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{ins}\"\nside = \"inside\"\n\n\
              {extra}",
@@ -1098,7 +1099,6 @@ fn local_mode_stale_nonce_is_rechallenged_stale() {
 /// to that node (the binding's Path: its fs-conn-id is Flexisip's, not stg's), with Route =
 /// the path and Request-URI = the contact.
 #[test]
-#[ignore = "routing along a foreign binding's Path is being implemented by the integrator (not on main yet)"]
 fn flexisip_record_is_routed_along_its_path() {
     let redis = RedisSrv::start();
     let flexisip = UdpSocket::bind("127.0.0.1:0").unwrap();

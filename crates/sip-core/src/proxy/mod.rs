@@ -1217,7 +1217,7 @@ impl Proxy {
                         // others go until the answer is no larger than the request.
                         let unverified = ctx.inbound.side == Side::Outside
                             && ctx.inbound.flow.transport == Transport::Udp;
-                        let limit = ctx.request.raw().len();
+                        let limit = ctx.request.raw().len() * AMPLIFICATION_FACTOR;
                         let mut n = headers.len();
                         let bytes = loop {
                             let extra: Vec<(&str, &[u8])> =
@@ -1241,9 +1241,12 @@ impl Proxy {
     }
 
     /// The node's own final answer to a context's request (a registrar's 200, a challenge).
-    /// Over UDP from outside the source may be spoofed, so the answer is never larger than
-    /// the request: headers go from the last, a challenge keeps its first one, and an answer
-    /// that still does not fit is not sent (the transaction ends unanswered).
+    /// Over UDP from outside the source may be spoofed, so the answer is at most three times
+    /// the request (QUIC's bound before an address is validated, RFC 9000 §8, and the budget
+    /// Timer G already draws on): a challenge must reach a small REGISTER (SIPp's is 339
+    /// bytes) or the device can never log in. Headers go from the last, a challenge keeps its
+    /// first one, and an answer that still does not fit is not sent (the transaction ends
+    /// unanswered).
     fn answer_own(
         &mut self,
         ctx_id: u64,
@@ -1258,7 +1261,7 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
         };
-        let limit = ctx.request.raw().len();
+        let limit = ctx.request.raw().len() * AMPLIFICATION_FACTOR;
         let keep_min = usize::from(matches!(status.0, 401 | 407) && !headers.is_empty());
         let mut n = headers.len();
         let bytes = loop {

@@ -740,7 +740,7 @@ fn a_challenge_larger_than_a_udp_request_is_not_sent() {
         "example.com",
         RegistrarMode::Local,
     ));
-    // A bare REGISTER from a possibly spoofed UDP source.
+    // A bare REGISTER from a possibly spoofed UDP source: more than three times its size.
     let tiny = req("REGISTER", "sip:example.com").to("<sip:alice@example.com>");
     let outs = sim.input(device(), tiny.build());
     let r = registrations(&outs).remove(0);
@@ -755,8 +755,8 @@ fn a_challenge_larger_than_a_udp_request_is_not_sent() {
         RegisterAnswer::Respond {
             status: StatusCode(401),
             headers: vec![
-                ("WWW-Authenticate", big(200)),
-                ("WWW-Authenticate", big(200)),
+                ("WWW-Authenticate", big(900)),
+                ("WWW-Authenticate", big(900)),
             ],
         },
     );
@@ -773,7 +773,7 @@ fn a_challenge_larger_than_a_udp_request_is_not_sent() {
             status: StatusCode(401),
             headers: vec![
                 ("WWW-Authenticate", big(40)),
-                ("WWW-Authenticate", big(300)),
+                ("WWW-Authenticate", big(3000)),
             ],
         },
     );
