@@ -172,9 +172,15 @@ impl RedisStore {
         let key = key_of(aor);
         for attempt in 0..MAX_ATTEMPTS {
             let r = with_conn!(self, conn, {
-                redis::cmd("WATCH").arg(&key).exec_async(conn).await?;
-                let fields: BTreeMap<String, String> =
-                    redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+                // One round trip for WATCH + HGETALL, one for MULTI…EXEC (PUBLISH inside it):
+                // every round trip is two wake-ups and four syscalls per REGISTER.
+                let (_, fields): (Value, BTreeMap<String, String>) = redis::pipe()
+                    .cmd("WATCH")
+                    .arg(&key)
+                    .cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await?;
                 let (change, out) = match f(&Record { fields }) {
                     Ok(x) => x,
                     Err(e) => {
@@ -184,18 +190,26 @@ impl RedisStore {
                 };
                 if change.is_empty() {
                     redis::cmd("UNWATCH").exec_async(conn).await?;
+                    if let Some((channel, message)) = &change.publish {
+                        publish(conn, channel, message).await;
+                    }
                 } else {
                     let done: Option<Vec<Value>> =
                         transaction(&key, &change).query_async(conn).await?;
-                    let Some(replies) = done else {
+                    let Some(mut replies) = done else {
                         return Ok(Attempt::Conflict);
                     };
+                    // The PUBLISH ran last, after the write: its failure is only counted.
+                    if change.publish.is_some() {
+                        if let Some(e) = replies.pop().and_then(server_error) {
+                            metrics::counter!("stg_store_errors_total", "backend" => "redis", "op" => "publish")
+                                .increment(1);
+                            tracing::warn!(error = %e, "PUBLISH after a stored registration failed");
+                        }
+                    }
                     if let Some(e) = replies.into_iter().find_map(server_error) {
                         return Err(e);
                     }
-                }
-                if let Some((channel, message)) = &change.publish {
-                    publish(conn, channel, message).await;
                 }
                 Ok(Attempt::Done(Ok(out)))
             })?;
@@ -399,6 +413,9 @@ fn transaction(key: &str, change: &Change) -> redis::Pipeline {
     }
     if let Some(t) = change.expire_at {
         p.cmd("EXPIREAT").arg(key).arg(t);
+    }
+    if let Some((channel, message)) = &change.publish {
+        p.cmd("PUBLISH").arg(channel).arg(message);
     }
     p
 }

@@ -316,6 +316,14 @@ impl Node {
         (self.dir.clone(), self.ports)
     }
 
+    /// SIGKILL by PID: a crash, nothing flushed on the way out.
+    fn crash(mut self) -> (PathBuf, Ports) {
+        self.proc.signal("KILL");
+        let status = self.proc.wait_exit(Duration::from_secs(10));
+        assert!(status.is_some(), "stg did not die on SIGKILL");
+        (self.dir.clone(), self.ports)
+    }
+
     fn log(&self) -> String {
         self.proc.output()
     }
@@ -743,7 +751,7 @@ fn redis_outage_503_then_recovers_and_keeps_acknowledged_bindings() {
 
 // === 4. restart of stg ===
 
-/// A device registers; a call from the inside reaches it; stg is stopped (SIGTERM) and
+/// A device registers; a call from the inside reaches it; stg is killed (SIGKILL) and
 /// started again on the same data dir and store: a call to the AOR is located (480: the
 /// binding is there, its connection is gone), not 404.
 fn bindings_survive_restart(store: &str, redis: Option<&RedisSrv>) {
@@ -785,7 +793,7 @@ fn bindings_survive_restart(store: &str, redis: Option<&RedisSrv>) {
     let before = caller.join().unwrap();
     assert_eq!(status(&before), 486, "before the restart: {before:?}");
 
-    let (dir, ports) = node.stop();
+    let (dir, ports) = node.crash();
     let node = Node::start(&dir, ports, pbx.addr, &cfg);
     let after = invite_from_inside(node.inside, "sip:bob@example.com", Duration::from_secs(10));
     assert_eq!(
