@@ -1105,6 +1105,167 @@ fn rtcp_highest_seq(mut p: &[u8], ssrc: u32) -> u32 {
     best
 }
 
+/// linphonec's user (the AOR `lin@DOMAIN`).
+const LIN_USER: &str = "lin";
+
+/// stg's `[tls]` section and an outside TLS listener on `tls_port`, for linphonec.
+fn tls_listener(cert: &Path, key: &Path, tls_port: u16) -> String {
+    format!(
+        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[sip.listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{tls_port}\"\nside = \"outside\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// linphonec registering `sip:lin@DOMAIN` over TLS through stg at `tls_port` (certificate
+/// checked against `cert`), its Contact carrying RFC 8599 push parameters; `password`: its
+/// digest credentials (realm = the domain).
+fn linphonerc(cert: &Path, tls_port: u16, password: Option<&str>) -> String {
+    let (lin_sip, lin_rtp) = (free_port(), free_port());
+    let mut rc = format!(
+        "[sip]\nsip_port=0\nsip_tcp_port=0\nsip_tls_port={lin_sip}\nbind_address=127.0.0.1\nuse_ipv6=0\nroot_ca={cert}\nverify_server_certs=1\nverify_server_cn=1\ndefault_proxy=0\n\n[rtp]\naudio_rtp_port={lin_rtp}\nbind_address=127.0.0.1\n\n[proxy_0]\nreg_proxy=<sip:127.0.0.1:{tls_port};transport=tls>\nreg_route=<sip:127.0.0.1:{tls_port};transport=tls>\nreg_identity=sip:{LIN_USER}@{DOMAIN}\nreg_expires=600\nreg_sendregister=1\npublish=0\ncontact_uri_parameters=pn-provider=fcm;pn-prid=tok123;pn-param=proj\n",
+        cert = cert.display()
+    );
+    if let Some(p) = password {
+        rc.push_str(&format!(
+            "\n[auth_info_0]\nusername={LIN_USER}\npasswd={p}\nrealm={DOMAIN}\ndomain={DOMAIN}\n"
+        ));
+    }
+    rc
+}
+
+/// linphonec with `rc` in `dir`, playing a 440 Hz tone as its microphone.
+fn start_linphonec(dir: &Path, rc: &str) -> Linphonec {
+    let wav = dir.join("tone.wav");
+    make_wav(&wav, 20);
+    let mut lin = Linphonec::start(dir, rc);
+    lin.cmd("soundcard use files");
+    lin.cmd(&format!("play {}", wav.display()));
+    lin
+}
+
+/// linphonec calls `sip:echo@DOMAIN` (stg -> Kamailio -> a SIPp callee on `echo_port`), and
+/// hangs up itself once the callee has its ACK.
+fn linphonec_calls_out(lin: &mut Linphonec, dir: &Path, pbx: &Pbx, echo_port: u16) {
+    let mut uas = Sipp::uas(
+        dir,
+        "lin-out-uas",
+        &shared_scenario("uas_call.xml"),
+        Transport::Udp,
+        addr(echo_port),
+        &["-rtp_echo", "-mp", &free_port().to_string()],
+    );
+    lin.cmd(&format!("call sip:echo@{DOMAIN}"));
+    assert!(
+        wait_for(15, || uas.messages().iter().any(|m| !m.sent && m.is("ACK"))),
+        "the callee got no ACK from linphonec:\n{}\n--- kamailio:\n{}\n--- linphonec:\n{}",
+        uas.report(),
+        pbx.log(),
+        tail(&lin.log(), 8000)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lin.cmd("terminate");
+    let st = uas.wait(Duration::from_secs(15));
+    assert!(
+        st.success(),
+        "callee {st}:\n{}\n--- linphonec:\n{}",
+        uas.report(),
+        tail(&lin.log(), 8000)
+    );
+}
+
+/// A SIPp caller behind Kamailio calls `sip:lin@DOMAIN`; Kamailio sends the INVITE to stg's
+/// inside listener, stg puts it on linphonec's TLS connection, linphonec auto-answers; the
+/// test plays the caller's media for 7 s, then the caller hangs up. Asserts RTP both ways.
+fn linphonec_is_called_back(lin: &Linphonec, dir: &Path, pbx: &Pbx, stg: &StgNode) {
+    let media = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mport = media.local_addr().unwrap().port();
+    let rtcp = std::net::UdpSocket::bind(("127.0.0.1", mport + 1))
+        .expect("the RTCP port next to the media port is taken: rerun");
+    let peer = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let media_thread = media_loop(media, rtcp, peer.clone(), stop.clone());
+    let caller_sf = dir.join("lin-caller.xml");
+    std::fs::write(
+        &caller_sf,
+        caller_scenario(true)
+            .replace("m=audio [media_port]", &format!("m=audio {mport}"))
+            .replace(
+                "<pause milliseconds=\"200\"/>",
+                "<pause milliseconds=\"7000\"/>",
+            ),
+    )
+    .unwrap();
+    let mut caller = Sipp::start(
+        dir,
+        "lin-in-caller",
+        &caller_sf,
+        Transport::Udp,
+        addr(free_port()),
+        Some(addr(pbx.port)),
+        &["-s", LIN_USER],
+    );
+    // The media peer: linphonec's port from its 200's SDP.
+    let got_200 = wait_for(15, || {
+        let msgs = caller.messages();
+        let Some(ok) = msgs.iter().find(|m| !m.sent && m.status() == Some(200)) else {
+            return false;
+        };
+        if let Some(p) = sdp_audio_port(&ok.text) {
+            *peer.lock().unwrap() = Some(addr(p));
+        }
+        true
+    });
+    let st = caller.wait(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rtp_in, reported) = media_thread.join().unwrap();
+    assert!(
+        got_200 && st.success(),
+        "call back to linphonec: caller {st}\n{}\n--- kamailio:\n{}\n--- stg:\n{}\n--- linphonec:\n{}",
+        caller.report(),
+        pbx.log(),
+        tail(&stg.log(), 8000),
+        tail(&lin.log(), 8000)
+    );
+    eprintln!(
+        "audio: {rtp_in} RTP packets from linphonec; linphonec's RTCP reports our stream up to sequence {reported}"
+    );
+    assert!(rtp_in >= 100, "linphonec -> caller: {rtp_in} RTP packets");
+    assert!(
+        reported >= 50,
+        "caller -> linphonec: linphonec's RTCP reports our stream up to sequence {reported}"
+    );
+}
+
+/// Stops stg and asserts that its embedded store's binding for `lin@DOMAIN` kept the push
+/// parameters of linphonec's Contact.
+fn assert_binding_has_push_params(stg: &mut StgNode) {
+    stg.signal("TERM");
+    assert!(stg.wait_exit(Duration::from_secs(10)).is_some());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = rt.block_on(async {
+        let b = stg_store::Bindings::open("", &stg.dir.join("data"))
+            .await
+            .unwrap();
+        b.get(&format!("{LIN_USER}@{DOMAIN}")).await.unwrap()
+    });
+    let all: String = record
+        .fields
+        .values()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("pn-provider=fcm")
+            && all.contains("pn-prid=tok123")
+            && all.contains("pn-param=proj"),
+        "stg's binding lost the push parameters: {record:#?}"
+    );
+}
+
 /// linphonec over TLS through stg, Kamailio as registrar with `use_path`; its Contact
 /// carries RFC 8599 push parameters. It registers (Kamailio gets the Contact without any
 /// `pn-*`, stg's stored binding keeps them), calls out to a SIPp callee behind Kamailio and
@@ -1117,23 +1278,10 @@ fn through_mode_linphonec_over_tls_with_push_params() {
     let dir = temp_dir("e2e-linphonec-pbx");
     let (cert, key) = make_cert(&dir);
     let pbx = Pbx::start(&dir, PbxRole::Registrar { auth: false }, echo_port);
-    let extra = format!(
-        "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n[[sip.listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:{tls_port}\"\nside = \"outside\"\n",
-        cert.display(),
-        key.display()
-    );
+    let extra = tls_listener(&cert, &key, tls_port);
     let mut stg = StgNode::start("e2e-linphonec", &stg_config(port, inside, pbx.port, &extra));
     let sdir = stg.dir.clone();
-    let wav = sdir.join("tone.wav");
-    make_wav(&wav, 20);
-    let (lin_sip, lin_rtp) = (free_port(), free_port());
-    let rc = format!(
-        "[sip]\nsip_port=0\nsip_tcp_port=0\nsip_tls_port={lin_sip}\nbind_address=127.0.0.1\nuse_ipv6=0\nroot_ca={cert}\nverify_server_certs=1\nverify_server_cn=1\ndefault_proxy=0\n\n[rtp]\naudio_rtp_port={lin_rtp}\nbind_address=127.0.0.1\n\n[proxy_0]\nreg_proxy=<sip:127.0.0.1:{tls_port};transport=tls>\nreg_route=<sip:127.0.0.1:{tls_port};transport=tls>\nreg_identity=sip:lin@{DOMAIN}\nreg_expires=600\nreg_sendregister=1\npublish=0\ncontact_uri_parameters=pn-provider=fcm;pn-prid=tok123;pn-param=proj\n",
-        cert = cert.display()
-    );
-    let mut lin = Linphonec::start(&sdir, &rc);
-    lin.cmd("soundcard use files");
-    lin.cmd(&format!("play {}", wav.display()));
+    let mut lin = start_linphonec(&sdir, &linphonerc(&cert, tls_port, None));
 
     let through_ok = "stg_registrar_registers_total{mode=\"through\",result=\"ok\"}";
     assert!(
@@ -1169,117 +1317,128 @@ fn through_mode_linphonec_over_tls_with_push_params() {
     );
 
     // Call out: linphonec -> stg (TLS) -> Kamailio -> SIPp callee; linphonec hangs up.
-    let mut uas = Sipp::uas(
-        &sdir,
-        "lin-out-uas",
-        &shared_scenario("uas_call.xml"),
-        Transport::Udp,
-        addr(echo_port),
-        &["-rtp_echo", "-mp", &free_port().to_string()],
-    );
-    lin.cmd(&format!("call sip:echo@{DOMAIN}"));
-    assert!(
-        wait_for(15, || uas.messages().iter().any(|m| !m.sent && m.is("ACK"))),
-        "the callee got no ACK from linphonec:\n{}\n--- kamailio:\n{}\n--- linphonec:\n{}",
-        uas.report(),
-        pbx.log(),
-        tail(&lin.log(), 8000)
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    lin.cmd("terminate");
-    let st = uas.wait(Duration::from_secs(15));
-    assert!(
-        st.success(),
-        "callee {st}:\n{}\n--- linphonec:\n{}",
-        uas.report(),
-        tail(&lin.log(), 8000)
-    );
-
+    linphonec_calls_out(&mut lin, &sdir, &pbx, echo_port);
     // Called back: SIPp caller -> Kamailio (lookup: the Path) -> stg inside -> TLS.
-    let media = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mport = media.local_addr().unwrap().port();
-    let rtcp = std::net::UdpSocket::bind(("127.0.0.1", mport + 1))
-        .expect("the RTCP port next to the media port is taken: rerun");
-    let peer = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let media_thread = media_loop(media, rtcp, peer.clone(), stop.clone());
-    let caller_sf = sdir.join("lin-caller.xml");
-    std::fs::write(
-        &caller_sf,
-        caller_scenario(true)
-            .replace("m=audio [media_port]", &format!("m=audio {mport}"))
-            .replace(
-                "<pause milliseconds=\"200\"/>",
-                "<pause milliseconds=\"7000\"/>",
-            ),
-    )
-    .unwrap();
-    let mut caller = Sipp::start(
-        &sdir,
-        "lin-in-caller",
-        &caller_sf,
-        Transport::Udp,
-        addr(free_port()),
-        Some(addr(pbx.port)),
-        &["-s", "lin"],
-    );
-    // The media peer: linphonec's port from its 200's SDP.
-    let got_200 = wait_for(15, || {
-        let msgs = caller.messages();
-        let Some(ok) = msgs.iter().find(|m| !m.sent && m.status() == Some(200)) else {
-            return false;
-        };
-        if let Some(p) = sdp_audio_port(&ok.text) {
-            *peer.lock().unwrap() = Some(addr(p));
-        }
-        true
-    });
-    let st = caller.wait(Duration::from_secs(30));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (rtp_in, reported) = media_thread.join().unwrap();
-    assert!(
-        got_200 && st.success(),
-        "call back to linphonec: caller {st}\n{}\n--- kamailio:\n{}\n--- stg:\n{}\n--- linphonec:\n{}",
-        caller.report(),
-        pbx.log(),
-        tail(&stg.log(), 8000),
-        tail(&lin.log(), 8000)
-    );
-    eprintln!(
-        "audio: {rtp_in} RTP packets from linphonec; linphonec's RTCP reports our stream up to sequence {reported}"
-    );
-    assert!(rtp_in >= 100, "linphonec -> caller: {rtp_in} RTP packets");
-    assert!(
-        reported >= 50,
-        "caller -> linphonec: linphonec's RTCP reports our stream up to sequence {reported}"
-    );
+    linphonec_is_called_back(&lin, &sdir, &pbx, &stg);
 
     // stg's binding keeps the push parameters: read the embedded store once stg is gone.
     drop(lin);
-    stg.signal("TERM");
-    assert!(stg.wait_exit(Duration::from_secs(10)).is_some());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let record = rt.block_on(async {
-        let b = stg_store::Bindings::open("", &sdir.join("data"))
-            .await
-            .unwrap();
-        b.get(&format!("lin@{DOMAIN}")).await.unwrap()
-    });
-    let all: String = record
-        .fields
-        .values()
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        all.contains("pn-provider=fcm")
-            && all.contains("pn-prid=tok123")
-            && all.contains("pn-param=proj"),
-        "stg's binding lost the push parameters: {record:#?}"
+    assert_binding_has_push_params(&mut stg);
+}
+
+/// The digest algorithms in linphonec's `Authorization`/`Proxy-Authorization` headers, as
+/// its log shows the requests it sent (`algorithm=...` values, in order).
+fn lin_digest_algorithms(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let l = l.trim_start().to_ascii_lowercase();
+            l.starts_with("authorization:") || l.starts_with("proxy-authorization:")
+        })
+        .filter_map(|l| {
+            let i = l.to_ascii_lowercase().find("algorithm=")?;
+            let v = &l[i + "algorithm=".len()..];
+            Some(
+                v.trim_start_matches('"')
+                    .split(|c: char| c == '"' || c == ',' || c.is_whitespace())
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// linphonec over TLS with stg in local mode: stg challenges its REGISTER (401, both digest
+/// algorithms offered) and stores the binding with the push parameters itself; Kamailio is
+/// only the PBX, routing the domain's calls statically to stg's inside listener. linphonec
+/// calls out to a SIPp callee behind Kamailio (the domain has `authenticate = true`: stg
+/// answers its INVITE 407 first) and hangs up; then a SIPp caller behind Kamailio calls its AOR, stg looks it up and delivers
+/// the INVITE over linphonec's TLS connection, linphonec auto-answers, RTP flows both ways,
+/// and the caller hangs up.
+#[test]
+fn local_mode_linphonec_over_tls() {
+    let (port, inside, tls_port) = (free_port(), free_port(), free_port());
+    let echo_port = free_port();
+    let dir = temp_dir("e2e-linlocal-pbx");
+    let (cert, key) = make_cert(&dir);
+    let users_url = make_users(
+        &dir,
+        DOMAIN,
+        &[(LIN_USER.to_string(), PASSWORD.to_string())],
     );
+    let mut pbx = Pbx::start(&dir, PbxRole::Static { stg_inside: inside }, echo_port);
+    let extra = format!(
+        "[registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\", authenticate = true }}]\n\n[store]\nusers_url = \"{users_url}\"\n\n{}",
+        tls_listener(&cert, &key, tls_port)
+    );
+    let mut stg = StgNode::start("e2e-linlocal", &stg_config(port, inside, pbx.port, &extra));
+    let sdir = stg.dir.clone();
+    let mut lin = start_linphonec(&sdir, &linphonerc(&cert, tls_port, Some(PASSWORD)));
+
+    // 401, then 200: stg answered the REGISTER itself.
+    let local_ok = "stg_registrar_registers_total{mode=\"local\",result=\"ok\"}";
+    assert!(
+        wait_for(20, || stg.counter(local_ok) >= 1.0),
+        "linphonec did not register with stg\n--- linphonec:\n{}\n--- stg:\n{}\n--- metrics:\n{}",
+        tail(&lin.log(), 8000),
+        tail(&stg.log(), 6000),
+        stg.metrics()
+    );
+    assert!(
+        stg.counter("stg_registrar_registers_total{mode=\"local\",result=\"challenged\"}") >= 1.0,
+        "{}",
+        stg.metrics()
+    );
+    let llog = lin.log();
+    assert!(
+        llog.contains("SIP/2.0 401") && llog.contains("SIP/2.0 200"),
+        "linphonec's log shows no 401 and 200:\n{}",
+        tail(&llog, 8000)
+    );
+    let reg_algs = lin_digest_algorithms(&llog);
+    assert!(
+        !reg_algs.is_empty()
+            && reg_algs
+                .iter()
+                .all(|a| a.eq_ignore_ascii_case("SHA-256") || a.eq_ignore_ascii_case("MD5")),
+        "linphonec's digest answers: {reg_algs:?}"
+    );
+    eprintln!("linphonec answered the REGISTER challenge with {reg_algs:?}");
+
+    // Call out: linphonec -> stg (TLS; 407, then with credentials) -> Kamailio -> callee.
+    linphonec_calls_out(&mut lin, &sdir, &pbx, echo_port);
+    let llog = lin.log();
+    let algs = lin_digest_algorithms(&llog);
+    assert!(
+        llog.contains("SIP/2.0 407") && algs.len() > reg_algs.len(),
+        "stg did not challenge linphonec's INVITE, or linphonec did not answer: {algs:?}\n{}",
+        tail(&llog, 8000)
+    );
+    eprintln!("linphonec's digest answers (REGISTER, INVITE, ACK, BYE): {algs:?}");
+    // Called back: SIPp caller -> Kamailio (static) -> stg inside (lookup) -> TLS.
+    linphonec_is_called_back(&lin, &sdir, &pbx, &stg);
+
+    let log = pbx.log();
+    assert_eq!(count(&log, "pbx: in REGISTER "), 0, "{log}");
+    assert_eq!(count(&log, "pbx: in INVITE "), 2, "{log}");
+    assert_eq!(count(&log, "pbx: in ACK "), 2, "{log}");
+    assert_eq!(count(&log, "pbx: in BYE "), 2, "{log}");
+    assert!(
+        stg.counter("stg_registrar_lookups_total{result=\"found\"}") >= 1.0,
+        "{}",
+        stg.metrics()
+    );
+    assert_eq!(
+        stg.counter_sum("stg_auth_failures_total"),
+        0.0,
+        "{}",
+        stg.metrics()
+    );
+    assert!(stg.alive(), "stg died");
+    assert!(pbx.kam.alive(), "kamailio died");
+
+    drop(lin);
+    assert_binding_has_push_params(&mut stg);
 }
 
 /// The last `n` bytes of `s` (on a char boundary).
