@@ -363,6 +363,9 @@ pub struct RegistrarConfig {
     /// the order. Default both. Clients that read only the first challenge and know only
     /// MD5 (SIPp, old phones) need `["MD5"]`.
     pub digest_algorithms: Vec<String>,
+    /// How long a digest nonce may be used; an older one is answered `stale=true`.
+    /// Default 5 min.
+    pub nonce_ttl: Duration,
 }
 
 impl Default for RegistrarConfig {
@@ -380,6 +383,7 @@ impl Default for RegistrarConfig {
             strip_push_params: true,
             realm: String::new(),
             digest_algorithms: vec!["SHA-256".to_owned(), "MD5".to_owned()],
+            nonce_ttl: Duration::from_secs(300),
         }
     }
 }

@@ -484,6 +484,7 @@ struct RawRegistrar {
     strip_push_params: Option<bool>,
     realm: Option<String>,
     digest_algorithms: Option<Vec<String>>,
+    nonce_ttl: Option<Parse<Duration>>,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +540,10 @@ impl RawRegistrar {
         set(&mut r.min_expires, self.min_expires);
         set(&mut r.max_expires, self.max_expires);
         set(&mut r.default_expires, self.default_expires);
+        set(&mut r.nonce_ttl, self.nonce_ttl);
+        if r.nonce_ttl < Duration::from_secs(1) {
+            return Err(invalid("registrar.nonce_ttl", "must be at least 1 s"));
+        }
         r.max_contacts = self.max_contacts.unwrap_or(r.max_contacts);
         r.strip_push_params = self.strip_push_params.unwrap_or(r.strip_push_params);
         r.realm = self.realm.unwrap_or(r.realm);

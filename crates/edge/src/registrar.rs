@@ -181,6 +181,7 @@ impl Registrar {
                         .iter()
                         .filter_map(|a| stg_auth::Algorithm::parse(a))
                         .collect(),
+                    nonce_ttl: r.nonce_ttl,
                     ..DigestConfig::default()
                 },
             )),
