@@ -304,27 +304,70 @@ impl Registrar {
 
     /// Local mode: digest first (the first challenge is not a failure), then the binding.
     async fn local(&self, r: &Registration, reg: &Register, shared: &Shared) -> RegisterAnswer {
+        let domain = request_domain(&r.request);
         let realm = if self.realm.is_empty() {
-            request_domain(&r.request)
+            domain.clone()
         } else {
             self.realm.clone()
         };
-        let client = r.flow.remote.ip();
-        let Some(creds) = Digest::credentials(&r.request, false, &realm) else {
-            count("local", "challenged");
-            return self.challenge(&realm, client, false);
+        // RFC 3261 §10.3 step 6: the user may change only the bindings of its own AOR, in the
+        // domain its credentials are for.
+        let owns = |user: &str| own_identity(&reg.aor, user, &domain);
+        match self
+            .digest_check(&r.request, false, &realm, r.flow.remote.ip(), owns, shared)
+            .await
+        {
+            Checked::Passed => self.bind(r, reg, None).await,
+            Checked::Answer {
+                status,
+                headers,
+                label,
+            } => {
+                count("local", label);
+                RegisterAnswer::Respond { status, headers }
+            }
+        }
+    }
+
+    /// The digest exchange of a REGISTER (401) or a device's request (407, `proxy`): no
+    /// credentials or a stale or foreign nonce is a new challenge, not a failure; a wrong
+    /// answer is a failure (TRUCO_KO) and a new challenge; right credentials for another
+    /// identity than `owns` accepts are a failure and 403.
+    async fn digest_check(
+        &self,
+        request: &Message,
+        proxy: bool,
+        realm: &str,
+        client: IpAddr,
+        owns: impl Fn(&str) -> bool,
+        shared: &Shared,
+    ) -> Checked {
+        let challenge = |stale: bool, label: &'static str| {
+            let (status, headers) = self.challenge_headers(realm, client, stale, proxy);
+            Checked::Answer {
+                status,
+                headers,
+                label,
+            }
+        };
+        let Some(creds) = Digest::credentials(request, proxy, realm) else {
+            return challenge(false, "challenged");
+        };
+        let unavailable = Checked::Answer {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: vec![("Retry-After", Bytes::from_static(b"5"))],
+            label: "store_error",
         };
         let Some(users) = &self.users else {
-            return unavailable();
+            return unavailable;
         };
         // The HA1 is fetched whatever the credentials look like: a known and an unknown
         // user must cost the same time and get the same answer.
-        let ha1 = match users.ha1(&creds.user, &realm, creds.algorithm.name()).await {
+        let ha1 = match users.ha1(&creds.user, realm, creds.algorithm.name()).await {
             Ok(h) => h,
             Err(e) => {
-                count("local", "store_error");
                 tracing::debug!(error = %e, "credentials not read");
-                return unavailable();
+                return unavailable;
             }
         };
         let verdict = self
@@ -334,45 +377,29 @@ impl Registrar {
             .verify_for(
                 &creds,
                 client.to_string().as_bytes(),
-                b"REGISTER",
+                request.method_bytes(),
                 ha1.as_deref(),
                 crate::now(),
             );
         match verdict {
-            // RFC 3261 §10.3 step 6: the user may change only the bindings of its own AOR, in
-            // the domain its credentials are for.
-            Verdict::Ok if !own_identity(&reg.aor, &creds.user, &request_domain(&r.request)) => {
-                count("local", "forbidden");
-                auth_failure(
-                    shared,
-                    r.flow.remote.ip(),
-                    FailReason::WrongIdentity,
-                    &creds,
-                );
-                answer(403, Vec::new())
+            Verdict::Ok if !owns(&creds.user) => {
+                auth_failure(shared, client, FailReason::WrongIdentity, &creds);
+                Checked::Answer {
+                    status: StatusCode::FORBIDDEN,
+                    headers: Vec::new(),
+                    label: "forbidden",
+                }
             }
-            Verdict::Ok => self.bind(r, reg, None).await,
-            Verdict::Stale => {
-                count("local", "challenged");
-                self.challenge(&realm, client, true)
-            }
+            Verdict::Ok => Checked::Passed,
+            Verdict::Stale => challenge(true, "challenged"),
             // Not ours, not for this source, or from another run: a device that changed
             // network or met a restarted node, or a spoofer. Challenged again, not a failure.
-            Verdict::Fail(FailReason::BadNonce) => {
-                count("local", "challenged");
-                self.challenge(&realm, client, false)
-            }
+            Verdict::Fail(FailReason::BadNonce) => challenge(false, "challenged"),
             Verdict::Fail(reason) => {
-                count("local", "auth_failed");
                 auth_failure(shared, client, reason, &creds);
-                self.challenge(&realm, client, false)
+                challenge(false, "auth_failed")
             }
         }
-    }
-
-    fn challenge(&self, realm: &str, client: IpAddr, stale: bool) -> RegisterAnswer {
-        let (status, headers) = self.challenge_headers(realm, client, stale, false);
-        RegisterAnswer::Respond { status, headers }
     }
 
     /// A 401 (`WWW-Authenticate`, a registrar) or 407 (`Proxy-Authenticate`, a proxy).
@@ -441,65 +468,26 @@ impl Registrar {
         flow: stg_sip_core::net::Flow,
         shared: &Shared,
     ) -> Authorization {
+        let from = request.from();
+        let from_sip = from.as_ref().and_then(|f| f.uri.as_sip());
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let from_host = from_sip.map(|u| text(u.host_raw)).unwrap_or_default();
+        let from_user = from_sip.and_then(|u| u.user).map(text).unwrap_or_default();
         let realm = if self.realm.is_empty() {
-            request
-                .from()
-                .and_then(|f| {
-                    f.uri
-                        .as_sip()
-                        .map(|u| String::from_utf8_lossy(u.host_raw).into_owned())
-                })
-                .unwrap_or_default()
+            from_host
         } else {
             self.realm.clone()
         };
-        let deny = |(status, headers): (StatusCode, Vec<(&'static str, Bytes)>)| {
-            Authorization::Deny { status, headers }
-        };
-        let client = flow.remote.ip();
-        let Some(creds) = Digest::credentials(request, true, &realm) else {
-            return deny(self.challenge_headers(&realm, client, false, true));
-        };
-        let Some(users) = &self.users else {
-            return deny((StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
-        };
-        let Ok(ha1) = users.ha1(&creds.user, &realm, creds.algorithm.name()).await else {
-            return deny((
-                StatusCode::SERVICE_UNAVAILABLE,
-                vec![("Retry-After", Bytes::from_static(b"5"))],
-            ));
-        };
-        let verdict = self
-            .digest
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .verify_for(
-                &creds,
-                client.to_string().as_bytes(),
-                request.method_bytes(),
-                ha1.as_deref(),
-                crate::now(),
-            );
-        let from_user = request
-            .from()
-            .and_then(|f| f.uri.as_sip().and_then(|u| u.user))
-            .map(|u| String::from_utf8_lossy(u).into_owned())
-            .unwrap_or_default();
-        match verdict {
-            // A device calls as itself: a caller's identity is its From (the PBX trusts it).
-            Verdict::Ok if from_user != creds.user => {
-                auth_failure(shared, flow.remote.ip(), FailReason::WrongIdentity, &creds);
-                deny((StatusCode::FORBIDDEN, Vec::new()))
-            }
-            Verdict::Ok => Authorization::Allow,
-            Verdict::Stale => deny(self.challenge_headers(&realm, client, true, true)),
-            Verdict::Fail(FailReason::BadNonce) => {
-                deny(self.challenge_headers(&realm, client, false, true))
-            }
-            Verdict::Fail(reason) => {
-                auth_failure(shared, client, reason, &creds);
-                deny(self.challenge_headers(&realm, client, false, true))
-            }
+        // A device calls as itself: a caller's identity is its From (the PBX trusts it).
+        let owns = |user: &str| user == from_user;
+        match self
+            .digest_check(request, true, &realm, flow.remote.ip(), owns, shared)
+            .await
+        {
+            Checked::Passed => Authorization::Allow,
+            Checked::Answer {
+                status, headers, ..
+            } => Authorization::Deny { status, headers },
         }
     }
 
@@ -552,6 +540,18 @@ impl Registrar {
 fn own_identity(aor: &str, user: &str, domain: &str) -> bool {
     aor.rsplit_once('@')
         .is_some_and(|(u, h)| u == user && h.eq_ignore_ascii_case(domain))
+}
+
+/// What the digest exchange decided.
+enum Checked {
+    /// The credentials check and are the identity's own: carry on.
+    Passed,
+    /// Answer this instead (a challenge, 403, 503), counted under `label`.
+    Answer {
+        status: StatusCode,
+        headers: Vec<(&'static str, Bytes)>,
+        label: &'static str,
+    },
 }
 
 fn mode_label(m: RegistrarMode) -> &'static str {
