@@ -266,7 +266,11 @@ pub fn parse_register(m: &Message, s: &Settings) -> Result<Register, Reject> {
         .header_values_by_name(b"Accept")
         .flat_map(|v| v.split(|&b| b == b','))
         .map(|item| text(trim(item.split(|&b| b == b';').next().unwrap_or(item))))
-        .filter(|a| !a.is_empty() && a.len() <= MAX_ACCEPT_LEN)
+        // A media type is a token pair: anything with a space or a control character in it
+        // (a vertical tab survives the trim) would not read back the same.
+        .filter(|a| {
+            !a.is_empty() && a.len() <= MAX_ACCEPT_LEN && a.bytes().all(|b| b.is_ascii_graphic())
+        })
         .take(MAX_ACCEPT)
         .collect();
     let supported = m

@@ -953,3 +953,13 @@ fn through_mode_bounds_the_devices_own_expiry() {
     .unwrap();
     assert_eq!(a.bindings[0].expires, 86_400);
 }
+
+#[test]
+fn accept_values_that_would_not_read_back_are_not_stored() {
+    // Found by the `registrar` fuzz target: a vertical tab after a media type survived the
+    // REGISTER's trim, was stored escaped, and decoded trimmed.
+    let mut r = Req::new(&[DEV]);
+    r.extra = vec!["Accept: application/sdp, text/plain\u{b}\u{b}, x y/z"];
+    let reg = r.reg();
+    assert_eq!(reg.accept, vec!["application/sdp"]);
+}
