@@ -63,16 +63,21 @@ impl Fail {
     }
 }
 
-pub(crate) fn run(config: &Config, command: RegCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The single-threaded runtime of a one-shot command (`stg reg`, `stg user`).
+pub(crate) fn command_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("stg: cannot start the runtime: {e}");
-            return ExitCode::from(exit::OSERR);
-        }
+            ExitCode::from(exit::OSERR)
+        })
+}
+
+pub(crate) fn run(config: &Config, command: RegCommand) -> ExitCode {
+    let runtime = match command_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     match runtime.block_on(run_inner(config, command)) {
         Ok(code) => code,

@@ -57,15 +57,9 @@ struct PasswordArgs {
 }
 
 pub(crate) fn run(config: &Config, command: UserCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::reg_cmd::command_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("stg: cannot start the runtime: {e}");
-            return ExitCode::from(exit::OSERR);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(run_inner(config, command)) {
         Ok(()) => ExitCode::SUCCESS,
