@@ -229,6 +229,7 @@ impl Node {
             },
             registrar: crate::registrar::domains(&self.config),
             node_id: self.config.node.id.clone().unwrap_or_default(),
+            push: Default::default(),
             allowed_destinations: self
                 .config
                 .sip

@@ -51,6 +51,7 @@ fn config() -> ProxyConfig {
         allowed_destinations: Vec::new(),
         registrar: Vec::new(),
         node_id: String::new(),
+        push: Default::default(),
     }
 }
 

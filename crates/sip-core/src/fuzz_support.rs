@@ -119,6 +119,7 @@ fn config(selector: u8) -> ProxyConfig {
         allowed_destinations: Vec::new(),
         registrar: Vec::new(),
         node_id: String::new(),
+        push: Default::default(),
     }
 }
 

@@ -284,7 +284,7 @@ fn check_request(m: &Message) {
     }
 
     if m.method() == Some(Method::Invite) {
-        let out = m.cancel_request();
+        let out = m.cancel_request(Some(b"SIP;cause=200"));
         if let Some(c) = reparse(out, m, 4, "cancel_request") {
             assert_eq!(c.method(), Some(Method::Cancel));
             assert_eq!(c.request_uri_bytes(), m.request_uri_bytes());

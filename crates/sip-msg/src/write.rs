@@ -316,19 +316,20 @@ impl Message {
     }
 
     /// A CANCEL for this (forwarded) INVITE (RFC 3261 §9.1): same Request-URI, top Via,
-    /// Route set, From, To, Call-ID and CSeq number.
-    pub fn cancel_request(&self) -> Bytes {
-        self.derived_request(b"CANCEL", None)
+    /// Route set, From, To, Call-ID and CSeq number; `reason` is a Reason header value
+    /// (RFC 3326), e.g. why a forked call stops ringing on this device.
+    pub fn cancel_request(&self, reason: Option<&[u8]>) -> Bytes {
+        self.derived_request(b"CANCEL", None, reason)
     }
 
     /// The ACK a proxy's client transaction sends for a non-2xx final `response` to this
     /// INVITE (RFC 3261 §17.1.1.3): To taken from the response.
     pub fn ack_for(&self, response: &Self) -> Bytes {
         let to = response.header_values(HeaderName::To).next();
-        self.derived_request(b"ACK", to)
+        self.derived_request(b"ACK", to, None)
     }
 
-    fn derived_request(&self, method: &[u8], to: Option<&[u8]>) -> Bytes {
+    fn derived_request(&self, method: &[u8], to: Option<&[u8]>, reason: Option<&[u8]>) -> Bytes {
         let raw = &self.raw[..];
         let mut out = BytesMut::with_capacity(raw.len().min(2048) + 64);
         out.put_slice(method);
@@ -357,7 +358,11 @@ impl Message {
         put_decimal(&mut out, self.cseq());
         out.put_u8(b' ');
         out.put_slice(method);
-        out.put_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        out.put_slice(b"\r\n");
+        if let Some(r) = reason {
+            put_header(&mut out, "Reason", r);
+        }
+        out.put_slice(b"Content-Length: 0\r\n\r\n");
         out.freeze()
     }
 }

@@ -41,11 +41,13 @@
 //! transport failure, response) are already inputs of that context.
 
 mod flow_token;
+mod late;
 mod routing;
 #[cfg(test)]
 mod tests;
 
 pub use flow_token::peek_flow_token;
+pub use late::{pn_timeout, PushId, PushOutcome, PushPolicy, PushRequest, Wake};
 use routing::{unreachable_status, Route, Target};
 pub use routing::{
     Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
@@ -63,7 +65,9 @@ use stg_sip_msg::{
     StatusCode, Uri, Via,
 };
 
-use crate::net::{canonical, Flow, IpNetwork, Listener, ListenerId, Side, SourceKey, Transport};
+use crate::net::{
+    canonical, ConnId, Flow, IpNetwork, Listener, ListenerId, Side, SourceKey, Transport,
+};
 use crate::transaction::{
     ClientMatch, ClientTxId, Output as TxOutput, RequestKind, ServerMatch, ServerState, ServerTxId,
     TransactionConfig, Transactions, TxEvent, TxKey,
@@ -105,6 +109,8 @@ pub struct ProxyConfig {
     /// This node's id (`node.id`, an RFC 3261 token), written as `stg-node` in its Path so a
     /// stored binding names the node that holds the device's connection; empty: omitted.
     pub node_id: String,
+    /// Push wake-up and late forking for devices with push parameters.
+    pub push: PushPolicy,
 }
 
 /// What the budgets of [`ProxyLimits`] hold at a moment.
@@ -206,6 +212,8 @@ pub enum Output {
         /// Where it came from.
         flow: Flow,
     },
+    /// Wake a device with a push and answer with [`Proxy::handle_pushed`].
+    Push(Box<PushRequest>),
     /// Something worth a log line.
     Event(Event),
 }
@@ -261,6 +269,9 @@ pub struct Stats {
     pub dropped: HashMap<&'static str, u64>,
     /// Requests refused by a limit or policy (answered where the RFC allows), by reason.
     pub refused: HashMap<&'static str, u64>,
+    /// Calls to sleeping devices: `push` (pushes asked), `late_branch` (branches made when a
+    /// device came back), `fork_timeout` (calls that waited in vain).
+    pub fork: HashMap<&'static str, u64>,
 }
 
 fn method_label(m: Option<Method>) -> &'static str {
@@ -321,6 +332,8 @@ struct Dest {
 enum BranchState {
     Resolving,
     Sent(ClientTxId),
+    /// The device was pushed and is not reachable: waiting for it to bind again.
+    Parked,
     Done,
 }
 
@@ -348,6 +361,38 @@ struct Branch {
     located: bool,
     /// Route values this branch adds (a binding's Path towards the node holding the device).
     routes: Vec<Bytes>,
+    /// The binding's key (the device), for a located branch.
+    key: Option<Bytes>,
+    /// The device can be woken by a push.
+    wake: Option<Wake>,
+    /// Sent only so a woken iOS app can dismiss a call cancelled meanwhile: INVITE, then
+    /// CANCEL at its first provisional; nothing goes back to the caller.
+    ghost: bool,
+    /// The `Reason` of this branch's CANCEL (RFC 3326).
+    cancel_reason: Option<Bytes>,
+}
+
+impl Branch {
+    fn new(spec: BranchSpec, target_side: Side, policy: DestPolicy, deadline: Instant) -> Self {
+        Self {
+            state: BranchState::Resolving,
+            sent: None,
+            flow: None,
+            provisional: false,
+            cancel_pending: false,
+            target_side,
+            policy,
+            candidates: Vec::new(),
+            deadline,
+            request_uri: spec.request_uri,
+            located: spec.located,
+            routes: spec.routes,
+            key: spec.key,
+            wake: spec.wake,
+            ghost: spec.ghost,
+            cancel_reason: None,
+        }
+    }
 }
 
 /// What a target set says about one branch besides its destination.
@@ -356,6 +401,9 @@ struct BranchSpec {
     request_uri: Option<Bytes>,
     located: bool,
     routes: Vec<Bytes>,
+    key: Option<Bytes>,
+    wake: Option<Wake>,
+    ghost: bool,
 }
 
 #[derive(Debug)]
@@ -417,6 +465,16 @@ struct Ctx {
     held: Option<Message>,
     /// The credentials were stg's (a 407 it sent): they are not passed upstream.
     strip_credentials: bool,
+    /// When the request arrived (the fork timeout counts from it).
+    created: Instant,
+    /// The AOR the location service was asked for.
+    aor: Option<String>,
+    /// Waiting for pushed devices until this instant (fork late).
+    late: Option<Instant>,
+    /// Binding keys pushed for this request (one push per device).
+    pushed: Vec<Bytes>,
+    /// `110 Push sent` went to the caller.
+    told_pushed: bool,
 }
 
 /// What a pending resolution is for.
@@ -475,6 +533,12 @@ pub struct Proxy {
     retransmitting: bool,
     /// `host:port` of each listener as written in Via and Record-Route, made once.
     host_ports: Vec<Bytes>,
+    /// Push timers (context, branch) and fork deadlines (context, `u32::MAX`).
+    late_timers: BTreeSet<(Instant, u64, u32)>,
+    /// Calls waiting for devices to come back, by AOR.
+    late_by_aor: HashMap<String, Vec<u64>>,
+    /// Device branches by the connection they were sent on.
+    by_conn: HashMap<ConnId, Vec<(u64, u32)>>,
 }
 
 impl Proxy {
@@ -512,6 +576,9 @@ impl Proxy {
             stats: Stats::default(),
             draining: false,
             retransmitting: false,
+            late_timers: BTreeSet::new(),
+            late_by_aor: HashMap::new(),
+            by_conn: HashMap::new(),
         }
     }
 
@@ -535,7 +602,11 @@ impl Proxy {
     /// Transactions that only linger to absorb retransmissions (timers D, H, I, J, K, L, M)
     /// do not count: waiting up to 32 s for them would hold a restart for nothing.
     pub fn is_idle(&self) -> bool {
-        self.ctxs.is_empty() && self.pending.is_empty()
+        self.ctxs.is_empty()
+            && self.pending.is_empty()
+            && self.late_by_aor.is_empty()
+            && self.by_conn.is_empty()
+            && self.ops.is_empty()
     }
 
     /// Stop accepting new requests: they get 503 with Retry-After while live transactions
@@ -552,10 +623,11 @@ impl Proxy {
     /// When [`Self::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let c = self.timer_c.first().map(|(t, _)| *t);
-        match (self.tx.poll_timeout(), c) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let late = self.late_timers.first().map(|(t, _, _)| *t);
+        [self.tx.poll_timeout(), c, late]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers.
@@ -574,6 +646,7 @@ impl Proxy {
             self.on_timer_c(ctx, now);
             self.pump(now);
         }
+        self.on_late_timers(now);
     }
 
     /// One datagram or one framed stream message arrived.
@@ -728,7 +801,13 @@ impl Proxy {
                 let tag = self.new_tag();
                 let resp = m.response(StatusCode::OK, None, Some(&tag), Some(&top_via), &[]);
                 self.respond(id, StatusCode::OK, resp, now);
-                self.cancel_ctx(ctx, now);
+                // RFC 3326: the caller's reason goes on to the devices (a bounded copy).
+                let reason = m
+                    .header_values_by_name(b"Reason")
+                    .next()
+                    .filter(|r| r.len() <= late::MAX_REASON_LEN)
+                    .map(|r| m.slice(r));
+                self.cancel_ctx(ctx, reason, now);
             }
             _ => {
                 let kind = if method == Method::Invite {
@@ -992,6 +1071,11 @@ impl Proxy {
             path: None,
             held: None,
             strip_credentials: false,
+            created: now,
+            aor: None,
+            late: None,
+            pushed: Vec::new(),
+            told_pushed: false,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
@@ -999,6 +1083,9 @@ impl Proxy {
             Route::Target(t) => self.add_branch(ctx_id, t, BranchSpec::default(), now),
             Route::Locate(aor) => {
                 let op = self.wait(ctx_id, now);
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.aor = Some(aor.clone());
+                }
                 self.out.push_back(Output::Locate { id: op, aor });
             }
             Route::Register(mode) => {
@@ -1057,21 +1144,10 @@ impl Proxy {
             return;
         };
         let b = ctx.branches.len() as u32;
-        ctx.branches.push(Branch {
-            state: BranchState::Resolving,
-            sent: None,
-            flow: None,
-            provisional: false,
-            cancel_pending: false,
-            target_side,
-            policy,
-            candidates: Vec::new(),
-            deadline,
-            request_uri: spec.request_uri,
-            located: spec.located,
-            routes: spec.routes,
-        });
+        ctx.branches
+            .push(Branch::new(spec, target_side, policy, deadline));
         let big = ctx.big;
+        self.arm_push_timer(ctx_id, b, now);
         match target {
             Target::Flow(flow) => self.send_branch(ctx_id, b, flow, now),
             Target::Resolve(t, _, _) => match literal_candidates(&t, big) {
@@ -1169,21 +1245,32 @@ impl Proxy {
         };
         let mut branches = Vec::with_capacity(targets.len());
         for t in targets.iter().take(MAX_TARGETS) {
+            let mut spec = BranchSpec {
+                request_uri: Some(t.uri.clone()),
+                located: true,
+                routes: Vec::new(),
+                key: Some(t.key.clone()),
+                wake: t.wake,
+                ghost: false,
+            };
             match self.binding_target(t) {
-                Some((target, routes)) => branches.push((target, t.uri.clone(), routes)),
+                Some((target, routes)) => {
+                    spec.routes = routes;
+                    branches.push((Some(target), spec));
+                }
+                // Not connected here, but a push can wake it.
+                None if t.wake.is_some() => branches.push((None, spec)),
                 None => bump(&mut self.stats.dropped, "binding_unreachable"),
             }
         }
         if branches.is_empty() {
             self.finish_with(ctx_id, unreachable_status(targets.len()), now);
         } else {
-            for (target, uri, routes) in branches {
-                let spec = BranchSpec {
-                    request_uri: Some(uri),
-                    located: true,
-                    routes,
-                };
-                self.add_branch(ctx_id, target, spec, now);
+            for (target, spec) in branches {
+                match target {
+                    Some(target) => self.add_branch(ctx_id, target, spec, now),
+                    None => self.add_asleep(ctx_id, spec, now),
+                }
             }
         }
         self.pump(now);
@@ -1460,8 +1547,10 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        if ctx.cancelled
-            || ctx.final_sent && !ctx.request.method().is_some_and(|m| m == Method::Invite)
+        let ghost = ctx.branches.get(b as usize).is_some_and(|br| br.ghost);
+        if !ghost
+            && (ctx.cancelled
+                || ctx.final_sent && !ctx.request.method().is_some_and(|m| m == Method::Invite))
         {
             self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
             return;
@@ -1564,6 +1653,7 @@ impl Proxy {
             Ok(id) => {
                 self.by_client.insert(id, (ctx_id, b));
                 let timer_c = (kind == RequestKind::Invite).then(|| now + self.config.timer_c);
+                let mut located = false;
                 if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
                     if path.is_some() {
                         ctx.path = path;
@@ -1572,6 +1662,9 @@ impl Proxy {
                         br.state = BranchState::Sent(id);
                         br.sent = Some(bytes);
                         br.flow = Some(flow);
+                        // A ghost is cancelled as soon as the device rings.
+                        br.cancel_pending = br.ghost;
+                        located = br.located;
                     }
                     if let Some(t) = timer_c {
                         if let Some(old) = ctx.timer_c.replace(t) {
@@ -1579,6 +1672,9 @@ impl Proxy {
                         }
                         self.timer_c.insert((t, ctx_id));
                     }
+                }
+                if located {
+                    self.index_conn(ctx_id, b, flow);
                 }
             }
             Err(_) => self.branch_failed(ctx_id, b, StatusCode::SERVER_INTERNAL_ERROR, now),
@@ -1845,6 +1941,20 @@ impl Proxy {
             }
             return;
         }
+        // A 408 or 503 from a device's dead connection (its device was pushed, or can be)
+        // does not end the call: the branch waits for the device to come back.
+        let dead = matches!(status.0, 408 | 503)
+            && ctx
+                .branches
+                .get(b as usize)
+                .is_some_and(|br| br.wake.is_some());
+        if dead && self.unreachable(ctx_id, b, now) {
+            self.maybe_finish(ctx_id, now);
+            return;
+        }
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
         let mut sent_id = None;
         if let Some(br) = ctx.branches.get_mut(b as usize) {
             if let BranchState::Sent(id) = br.state {
@@ -1869,7 +1979,7 @@ impl Proxy {
             ctx.final_sent = true;
             let bytes = m.forward_response();
             self.respond(server, status, bytes, now);
-            self.cancel_others(ctx_id, b, now);
+            self.cancel_others(ctx_id, b, Some(late::COMPLETED_ELSEWHERE), now);
             self.maybe_finish(ctx_id, now);
             return;
         }
@@ -1877,7 +1987,7 @@ impl Proxy {
             self.auth_rejected(ctx_id, status, &m);
         }
         if status.class() == 6 {
-            self.cancel_others(ctx_id, b, now);
+            self.cancel_others(ctx_id, b, None, now);
         }
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             if better(status, ctx.best.as_ref().map(Best::status)) {
@@ -1945,12 +2055,29 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
+        // A ghost (a cancelled call kept for an iOS device) does not hold back the caller's
+        // answer, only the end of the context.
         if ctx.waiting.is_some()
             || !ctx
                 .branches
                 .iter()
-                .all(|b| matches!(b.state, BranchState::Done))
+                .all(|b| matches!(b.state, BranchState::Done) || b.ghost)
         {
+            return;
+        }
+        let ghosts = ctx
+            .branches
+            .iter()
+            .any(|b| b.ghost && !matches!(b.state, BranchState::Done));
+        if ghosts {
+            if !ctx.final_sent {
+                let (status, bytes) = final_of(ctx);
+                let server = ctx.server;
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.final_sent = true;
+                }
+                self.respond(server, status, bytes, now);
+            }
             return;
         }
         let Some(ctx) = self.ctxs.remove(&ctx_id) else {
@@ -1959,34 +2086,25 @@ impl Proxy {
         if let Some(t) = ctx.timer_c {
             self.timer_c.remove(&(t, ctx_id));
         }
+        if let Some(t) = ctx.late {
+            self.late_timers.remove(&(t, ctx_id, u32::MAX));
+        }
+        self.forget_late(ctx_id, ctx.aor.as_deref());
         self.by_server.remove(&ctx.server);
+        let mut flows = Vec::new();
         for br in &ctx.branches {
             if let BranchState::Sent(id) = br.state {
                 self.by_client.remove(&id);
             }
+            if br.located {
+                flows.extend(br.flow);
+            }
         }
+        self.unindex_conns(ctx_id, &flows);
         if ctx.final_sent {
             return;
         }
-        let (status, bytes) = match ctx.best {
-            Some(Best::Received(m)) => (
-                m.status().unwrap_or(StatusCode::SERVER_INTERNAL_ERROR),
-                m.forward_response(),
-            ),
-            Some(Best::Local(s)) => (
-                s,
-                ctx.request
-                    .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[]),
-            ),
-            None => {
-                let s = StatusCode::REQUEST_TIMEOUT;
-                (
-                    s,
-                    ctx.request
-                        .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[]),
-                )
-            }
-        };
+        let (status, bytes) = final_of(&ctx);
         self.respond(ctx.server, status, bytes, now);
     }
 
@@ -2071,8 +2189,12 @@ impl Proxy {
                     .get(&ctx_id)
                     .and_then(|c| c.branches.get(b as usize))
                     .is_some_and(|br| br.located);
-                // A registered device whose connection is gone is temporarily unavailable,
-                // not a server failure (the calls-and-push issue wakes it up here).
+                // A registered device whose connection is gone is pushed and waited for
+                // when it can be; else it is temporarily unavailable, not a server failure.
+                if located && self.unreachable(ctx_id, b, now) {
+                    self.maybe_finish(ctx_id, now);
+                    return;
+                }
                 let status = if located {
                     StatusCode(480)
                 } else {
@@ -2085,11 +2207,48 @@ impl Proxy {
 
     // === CANCEL ===
 
-    fn cancel_ctx(&mut self, ctx_id: u64, now: Instant) {
+    fn cancel_ctx(&mut self, ctx_id: u64, reason: Option<Bytes>, now: Instant) {
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
         };
         ctx.cancelled = true;
+        for br in &mut ctx.branches {
+            br.cancel_reason.clone_from(&reason);
+        }
+        // Parked devices: an iOS app woken by a VoIP push must be shown the call, so it gets
+        // INVITE then CANCEL when it is back (a ghost branch); the others are simply done.
+        let parked: Vec<(u32, bool)> = ctx
+            .branches
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, br)| matches!(br.state, BranchState::Parked))
+            .map(|(i, br)| {
+                let keep = br.wake.is_some_and(|w| w.deliver_cancel);
+                br.ghost = keep;
+                (i as u32, keep)
+            })
+            .collect();
+        for (b, keep) in parked {
+            if !keep {
+                self.unpark(
+                    ctx_id,
+                    b,
+                    late::Unpark::With(StatusCode::REQUEST_TERMINATED),
+                    now,
+                );
+            } else if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                // The caller's answer is 487, whatever the ghost does later.
+                if better(
+                    StatusCode::REQUEST_TERMINATED,
+                    c.best.as_ref().map(Best::status),
+                ) {
+                    c.best = Some(Best::Local(StatusCode::REQUEST_TERMINATED));
+                }
+            }
+        }
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
         if let Some(op) = ctx.waiting.take() {
             // A lookup answered after the CANCEL finds nothing waiting (no branch is made).
             self.ops.remove(&op);
@@ -2117,13 +2276,38 @@ impl Proxy {
                 self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
             }
         }
+        self.maybe_finish(ctx_id, now);
     }
 
-    fn cancel_others(&mut self, ctx_id: u64, keep: u32, now: Instant) {
-        let n = self
-            .ctxs
-            .get(&ctx_id)
-            .map_or(0, |c| c.branches.len() as u32);
+    /// One branch answered with a 2xx or a 6xx: the others stop ringing (RFC 3261 §16.7
+    /// step 10), and parked ones stop waiting. After a 2xx, the devices are told why (RFC
+    /// 3326), so a phone does not list the call as missed.
+    fn cancel_others(
+        &mut self,
+        ctx_id: u64,
+        keep: u32,
+        reason: Option<&'static [u8]>,
+        now: Instant,
+    ) {
+        let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
+            return;
+        };
+        let n = ctx.branches.len() as u32;
+        let mut parked = Vec::new();
+        for (i, br) in ctx.branches.iter_mut().enumerate() {
+            if i as u32 == keep {
+                continue;
+            }
+            if let Some(r) = reason {
+                br.cancel_reason = Some(Bytes::from_static(r));
+            }
+            if matches!(br.state, BranchState::Parked) {
+                parked.push(i as u32);
+            }
+        }
+        for b in parked {
+            self.unpark(ctx_id, b, late::Unpark::Silently, now);
+        }
         for b in (0..n).filter(|&b| b != keep) {
             self.cancel_branch(ctx_id, b, now);
         }
@@ -2171,7 +2355,7 @@ impl Proxy {
             sent.slice(top.sent_by()),
             Bytes::from_static(b"CANCEL"),
         );
-        let cancel = sent.cancel_request();
+        let cancel = sent.cancel_request(br.cancel_reason.as_deref());
         let give_up = now + 64 * self.tx.config().t1;
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             ctx.giving_up = true;
@@ -2225,7 +2409,10 @@ impl Proxy {
         match e {
             TxEvent::ClientTimeout(id) => {
                 if let Some(&(ctx, b)) = self.by_client.get(&id) {
-                    self.branch_failed(ctx, b, StatusCode::REQUEST_TIMEOUT, now);
+                    // A device silent until timer B/F is as gone as a closed connection.
+                    if !self.unreachable(ctx, b, now) {
+                        self.branch_failed(ctx, b, StatusCode::REQUEST_TIMEOUT, now);
+                    }
                 }
             }
             TxEvent::ClientTransportError(id) => {
@@ -2679,17 +2866,47 @@ fn is_unusable(ip: IpAddr) -> bool {
     }
 }
 
-/// RFC 3261 §16.7 step 6, simplified: 6xx wins, then the lowest class; 408/503 made up
-/// locally lose to a real answer of the same class.
+/// The final answer of a context whose branches are all done: the best response received, or
+/// the node's own (RFC 3261 §16.7 step 6). A 503 received is sent as 500: it says the next hop
+/// is overloaded, and the caller would take it as stg being so.
+fn final_of(ctx: &Ctx) -> (StatusCode, Bytes) {
+    let own = |s: StatusCode| {
+        ctx.request
+            .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[])
+    };
+    match &ctx.best {
+        Some(Best::Received(m)) if m.status() == Some(StatusCode::SERVICE_UNAVAILABLE) => {
+            let s = StatusCode::SERVER_INTERNAL_ERROR;
+            (s, own(s))
+        }
+        Some(Best::Received(m)) => (
+            m.status().unwrap_or(StatusCode::SERVER_INTERNAL_ERROR),
+            m.forward_response(),
+        ),
+        Some(Best::Local(s)) => (*s, own(*s)),
+        None => (
+            StatusCode::REQUEST_TIMEOUT,
+            own(StatusCode::REQUEST_TIMEOUT),
+        ),
+    }
+}
+
+/// RFC 3261 §16.7 step 6: whether `new` is a better final answer than `old`. A 6xx wins,
+/// then the lowest class; within 4xx the answers that let the caller retry better (401, 407,
+/// 415, 420, 484) come first; answers that say only "nobody there now" (408, 480, 503, most
+/// often made up by stg itself for a dead branch) come last within their class.
 fn better(new: StatusCode, old: Option<StatusCode>) -> bool {
     let Some(old) = old else {
         return true;
     };
     let rank = |s: StatusCode| -> (u16, u16) {
         let class = if s.class() == 6 { 0 } else { s.class() };
-        let local =
-            u16::from(s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::SERVICE_UNAVAILABLE);
-        (class, local)
+        let tier = match s.0 {
+            401 | 407 | 415 | 420 | 484 => 0,
+            408 | 480 | 503 => 2,
+            _ => 1,
+        };
+        (class, tier)
     };
     rank(new) < rank(old)
 }

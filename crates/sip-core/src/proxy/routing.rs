@@ -116,6 +116,11 @@ pub struct Located {
     /// a Flexisip node during a migration) is where the request goes, with the path as its
     /// Route set; an entry of this node's means the connection is gone (480).
     pub path: Vec<Bytes>,
+    /// The binding's key in its AOR's record (`+sip.instance`, else the push token or a
+    /// generated id): the device, when it binds again.
+    pub key: Bytes,
+    /// Set when the binding has push parameters: how its device is woken.
+    pub wake: Option<super::Wake>,
 }
 
 /// Where a request goes next.

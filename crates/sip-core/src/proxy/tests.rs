@@ -70,6 +70,7 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
         allowed_destinations: Vec::new(),
         registrar: Vec::new(),
         node_id: String::new(),
+        push: Default::default(),
     }
 }
 

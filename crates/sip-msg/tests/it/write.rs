@@ -113,7 +113,7 @@ fn response_copies_dialog_headers_and_adds_tag() {
 #[test]
 fn cancel_and_ack() {
     let m = msg(INVITE);
-    let c = Message::parse(m.cancel_request()).unwrap();
+    let c = Message::parse(m.cancel_request(None)).unwrap();
     assert_eq!(c.cseq_method(), b"CANCEL");
     assert_eq!(c.via_count(), 1);
     assert_eq!(c.routes().count(), 2);

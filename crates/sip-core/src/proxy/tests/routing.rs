@@ -346,6 +346,8 @@ fn call_to_an_aor_goes_over_the_flow_its_binding_recorded() {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
         path: Vec::new(),
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     let outs = sim.located(op, Ok(&[target]));
     let (flow, fwd) = only(&outs);
@@ -366,11 +368,15 @@ fn several_bindings_fork_one_branch_each() {
             uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
             conn: Some(device_token()),
             path: Vec::new(),
+            key: Bytes::from_static(b"k1"),
+            wake: None,
         },
         Located {
             uri: Bytes::from_static(b"sip:alice@10.9.9.9:5060"),
             conn: Some(other),
             path: Vec::new(),
+            key: Bytes::from_static(b"k1"),
+            wake: None,
         },
     ];
     let s = sent(&sim.located(op, Ok(&targets)));
@@ -390,6 +396,8 @@ fn nobody_registered_is_404_and_a_dead_binding_is_480() {
                 // Minted by another process (another key): it names nothing here.
                 conn: Some(FlowTokens::new([8; 16]).encode(&device().flow)),
                 path: Vec::new(),
+                key: Bytes::from_static(b"k1"),
+                wake: None,
             }],
             480,
         ),
@@ -398,6 +406,8 @@ fn nobody_registered_is_404_and_a_dead_binding_is_480() {
                 uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
                 conn: None,
                 path: Vec::new(),
+                key: Bytes::from_static(b"k1"),
+                wake: None,
             }],
             480,
         ),
@@ -428,6 +438,8 @@ fn a_binding_whose_connection_is_gone_is_480() {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
         path: Vec::new(),
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     let outs = sim.located(op, Ok(&[target]));
     let (_, _, r) = tracked_send(&outs);
@@ -451,6 +463,8 @@ fn a_lookup_answered_after_the_cancel_makes_no_branch() {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
         path: Vec::new(),
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     nothing_sent(&sim.located(op, Ok(&[target])));
     sim.settle();
@@ -471,6 +485,8 @@ fn a_lookup_that_never_answers_ends_with_timer_c() {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: Some(device_token()),
         path: Vec::new(),
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     nothing_sent(&sim.located(op, Ok(&[target])));
     assert_idle(&sim);
@@ -529,6 +545,8 @@ fn a_binding_held_by_another_node_is_reached_through_its_path() {
             Bytes::from_static(b"<sip:10.0.0.9:5556;transport=tcp;fs-proxy-id=ab;lr>"),
             Bytes::from_static(b"<sips:10.0.0.9:5554;lr>"),
         ],
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     let (flow, fwd) = only(&sim.located(op, Ok(&[target])));
     assert_eq!(flow.remote, addr("10.0.0.9:5556"));
@@ -558,6 +576,8 @@ fn a_path_to_loopback_is_refused_by_the_destination_filter() {
         uri: Bytes::from_static(DEVICE_CONTACT.as_bytes()),
         conn: None,
         path: vec![Bytes::from_static(b"<sip:127.0.0.1:6379;lr>")],
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     let (_, resp) = only(&sim.located(op, Ok(&[target])));
     assert_eq!(code(&resp), 403);
@@ -574,6 +594,8 @@ fn a_path_of_this_node_with_a_dead_token_is_480() {
         path: vec![Bytes::from(format!(
             "<sip:{stale}@10.0.0.1:5060;transport=tcp;lr;ob>"
         ))],
+        key: Bytes::from_static(b"k1"),
+        wake: None,
     };
     let (_, resp) = only(&sim.located(op, Ok(&[target])));
     assert_eq!(code(&resp), 480);
@@ -857,3 +879,5 @@ fn authorizations(outs: &[Output]) -> Vec<OpId> {
         })
         .collect()
 }
+
+mod fork;

@@ -1,0 +1,645 @@
+//! Forking to several devices (RFC 3261 §16.7) and calls to sleeping devices (push, fork
+//! late, device back), on fake time. Devices are on TLS connections of the outside listener;
+//! the PBX calls their AOR over TCP.
+
+use bytes::Bytes;
+use stg_sip_msg::{Message, Method, StatusCode};
+
+use super::*;
+use crate::net::ConnId;
+use crate::proxy::{Located, OpId, PushOutcome, PushRequest, Wake};
+
+const AOR: &str = "alice@example.com";
+const PHONE: &str = "203.0.113.7:40001";
+const TABLET: &str = "203.0.113.8:40002";
+
+/// The usual two listeners plus TLS on the outside (listener 2), where devices connect.
+fn sim() -> Sim {
+    let mut cfg = with_registrar(tcp_upstream(), "example.com", RegistrarMode::Through);
+    cfg.listeners.push(Listener {
+        id: ListenerId(2),
+        transport: Transport::Tls,
+        side: Side::Outside,
+        local: addr("127.0.0.1:5061"),
+        host: "127.0.0.1".into(),
+        port: 5061,
+    });
+    Sim::new(cfg)
+}
+
+/// A device's TLS connection number `conn` from `remote`.
+fn tls(remote: &str, conn: u64) -> Inbound {
+    Inbound {
+        flow: Flow {
+            listener: ListenerId(2),
+            transport: Transport::Tls,
+            remote: addr(remote),
+            conn: Some(ConnId(conn)),
+        },
+        side: Side::Outside,
+    }
+}
+
+/// A binding of device `key` on `conn`, with push parameters when `wake` is set.
+fn binding(key: &str, contact: &str, on: Inbound, wake: Option<Wake>) -> Located {
+    Located {
+        uri: Bytes::from(contact.to_owned()),
+        conn: Some(FlowTokens::new([7; 16]).encode(&on.flow)),
+        path: Vec::new(),
+        key: Bytes::from(key.to_owned()),
+        wake,
+    }
+}
+
+fn android() -> Option<Wake> {
+    Some(Wake::default())
+}
+
+fn ios_voip() -> Option<Wake> {
+    Some(Wake {
+        timeout: None,
+        deliver_cancel: true,
+    })
+}
+
+const PHONE_CONTACT: &str =
+    "sip:alice@10.1.1.1:5061;transport=tls;pn-provider=fcm;pn-prid=T1;pn-param=p";
+const PHONE_CONTACT_2: &str =
+    "sip:alice@10.1.1.99:5061;transport=tls;pn-provider=fcm;pn-prid=T1;pn-param=p";
+const TABLET_CONTACT: &str = "sip:alice@10.1.1.2:5061;transport=tls";
+
+fn pushes(outs: &[Output]) -> Vec<PushRequest> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Push(p) => Some((**p).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn log_outputs(log: Vec<(u64, Output)>) -> Vec<Output> {
+    log.into_iter().map(|(_, o)| o).collect()
+}
+
+/// What went to `who` (its remote address).
+fn to(outs: &[Output], who: &str) -> Vec<Message> {
+    sent(outs)
+        .into_iter()
+        .filter(|(f, _)| f.remote == addr(who))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+fn codes(ms: &[Message]) -> Vec<u16> {
+    ms.iter().map(code).collect()
+}
+
+impl Sim {
+    fn pushed(&mut self, p: &PushRequest, outcome: PushOutcome) -> Vec<Output> {
+        self.proxy.handle_pushed(p.id, outcome, self.now);
+        drain(&mut self.proxy)
+    }
+
+    fn bound(&mut self, b: &Located) -> Vec<Output> {
+        self.proxy.handle_bound(AOR, b, self.now);
+        drain(&mut self.proxy)
+    }
+
+    fn closed(&mut self, on: Inbound) -> Vec<Output> {
+        self.proxy.handle_flow_closed(on.flow, self.now);
+        drain(&mut self.proxy)
+    }
+
+    /// Advances the clock by `ms` firing timers; what they produced.
+    fn wait_ms(&mut self, ms: u64) -> Vec<Output> {
+        let until = self.ms() + ms;
+        log_outputs(self.run_until(until))
+    }
+}
+
+/// The PBX calls alice; the location service answers `targets`.
+fn call(sim: &mut Sim, targets: &[Located]) -> Vec<Output> {
+    let op: OpId = start_located_call(sim);
+    sim.located(op, Ok(targets))
+}
+
+/// The INVITE that went to `who`.
+fn invite_to(outs: &[Output], who: &str) -> Message {
+    let v = to(outs, who);
+    assert_eq!(v.len(), 1, "one message to {who}: {}", describe_msgs(&v));
+    assert_eq!(v[0].method(), Some(Method::Invite));
+    v[0].clone()
+}
+
+fn describe_msgs(v: &[Message]) -> String {
+    v.iter()
+        .map(|m| String::from_utf8_lossy(&m.raw()[..m.raw().len().min(60)]).into_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Two live devices, both ringing.
+fn two_ringing() -> (Sim, Message, Message) {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[
+            binding("phone", PHONE_CONTACT, tls(PHONE, 5), None),
+            binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None),
+        ],
+    );
+    let (a, b) = (invite_to(&outs, PHONE), invite_to(&outs, TABLET));
+    assert_eq!(a.request_uri_bytes(), PHONE_CONTACT.as_bytes());
+    assert_eq!(b.request_uri_bytes(), TABLET_CONTACT.as_bytes());
+    assert_ne!(branch(&a), branch(&b), "one client transaction per branch");
+    for (who, inv) in [(tls(PHONE, 5), &a), (tls(TABLET, 6), &b)] {
+        let outs = sim.input(who, answer(inv, 180));
+        assert_eq!(codes(&to(&outs, PBX)), [180], "each 180 goes back");
+    }
+    (sim, a, b)
+}
+
+// === forking (RFC 3261 §16.7) ===
+
+#[test]
+fn the_first_2xx_wins_and_the_other_device_is_cancelled_as_completed_elsewhere() {
+    let (mut sim, a, b) = two_ringing();
+    let outs = sim.input(tls(PHONE, 5), answer_2xx(&a));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    let cancels = to(&outs, TABLET);
+    assert_eq!(cancels.len(), 1, "the tablet stops ringing");
+    assert_eq!(cancels[0].method(), Some(Method::Cancel));
+    assert_eq!(
+        branch(&cancels[0]),
+        branch(&b),
+        "the CANCEL is the tablet's INVITE's"
+    );
+    assert_eq!(
+        header(&cancels[0], "Reason"),
+        ["SIP;cause=200;text=\"Call completed elsewhere\""]
+    );
+    assert!(to(&outs, PHONE).is_empty(), "nothing more to the phone");
+    // The tablet's 487 is the end of its branch, not a second final for the PBX.
+    let outs = sim.input(tls(TABLET, 6), answer(&b, 487));
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "{}",
+        describe_msgs(&to(&outs, PBX))
+    );
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_6xx_ends_the_fork_and_is_the_answer() {
+    let (mut sim, a, b) = two_ringing();
+    let outs = sim.input(tls(PHONE, 5), answer(&a, 603));
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "not before the other branch ends"
+    );
+    let c = to(&outs, TABLET);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].method(), Some(Method::Cancel));
+    assert!(header(&c[0], "Reason").is_empty(), "no reason after a 6xx");
+    let outs = sim.input(tls(TABLET, 6), answer(&b, 487));
+    assert_eq!(codes(&to(&outs, PBX)), [603], "the 6xx, not the 487");
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn the_best_final_answer_is_chosen_among_the_branches() {
+    // (first answer, second answer, what the PBX gets)
+    for (first, second, want) in [
+        (480, 486, 486),
+        (486, 480, 486),
+        (503, 404, 404),
+        (404, 503, 404),
+        (500, 503, 500),
+        (486, 407, 407),
+        (408, 486, 486),
+        (603, 486, 603),
+        (486, 603, 603),
+        (404, 302, 302),
+        (503, 503, 500),
+    ] {
+        let (mut sim, a, b) = two_ringing();
+        let outs = sim.input(tls(PHONE, 5), answer(&a, first));
+        if first / 100 == 6 {
+            // The tablet is cancelled and answers 487.
+            assert_eq!(to(&outs, TABLET).len(), 1);
+            let outs = sim.input(tls(TABLET, 6), answer(&b, 487));
+            assert_eq!(codes(&to(&outs, PBX)), [want], "{first} then 487");
+            continue;
+        }
+        assert!(to(&outs, PBX).is_empty(), "{first}: nothing before the end");
+        let outs = sim.input(tls(TABLET, 6), answer(&b, second));
+        assert_eq!(codes(&to(&outs, PBX)), [want], "{first} then {second}");
+    }
+}
+
+#[test]
+fn the_callers_cancel_reaches_every_ringing_device_with_its_reason() {
+    let (mut sim, a, b) = two_ringing();
+    let cancel = pbx_invite()
+        .cancel()
+        .header("Reason: SIP;cause=480;text=\"Caller hung up\"")
+        .build();
+    let outs = sim.input(pbx_tcp(), cancel);
+    assert_eq!(codes(&to(&outs, PBX)), [200], "the CANCEL's own 200");
+    for (who, inv) in [(PHONE, &a), (TABLET, &b)] {
+        let c = to(&outs, who);
+        assert_eq!(c.len(), 1, "{who}");
+        assert_eq!(branch(&c[0]), branch(inv));
+        assert_eq!(
+            header(&c[0], "Reason"),
+            ["SIP;cause=480;text=\"Caller hung up\""]
+        );
+    }
+    sim.input(tls(PHONE, 5), answer(&a, 487));
+    let outs = sim.input(tls(TABLET, 6), answer(&b, 487));
+    assert_eq!(codes(&to(&outs, PBX)), [487]);
+}
+
+#[test]
+fn the_ack_for_the_2xx_goes_to_the_device_that_answered() {
+    let (mut sim, a, _b) = two_ringing();
+    let outs = sim.input(tls(PHONE, 5), answer_2xx(&a));
+    let ok = to(&outs, PBX).remove(0);
+    let ack = pbx_invite()
+        .ack_for(&ok)
+        .uri(PHONE_CONTACT)
+        .branch("z9hG4bK-pbx-ack")
+        .header(&format!("Route: {}", uac_route(&ok)))
+        .build();
+    let outs = sim.input(pbx_tcp(), ack);
+    let s = sent(&outs);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0].0,
+        tls(PHONE, 5).flow,
+        "end to end, on the phone's connection"
+    );
+    assert_eq!(s[0].1.method(), Some(Method::Ack));
+}
+
+// === push: the connection is gone ===
+
+/// The phone's binding names connection 5, which is gone: the send fails.
+fn phone_asleep(wake: Option<Wake>) -> (Sim, PushRequest) {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    let (_, _, r) = tracked_send(&outs);
+    let outs = sim.send_failed(r);
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "the call waits: {}",
+        describe_msgs(&to(&outs, PBX))
+    );
+    let p = pushes(&outs);
+    assert_eq!(p.len(), 1, "pushed at once");
+    assert_eq!(p[0].aor, AOR);
+    assert_eq!(&p[0].key[..], b"phone");
+    assert_eq!(&p[0].contact[..], PHONE_CONTACT.as_bytes());
+    assert_eq!(p[0].request.method(), Some(Method::Invite));
+    (sim, p.into_iter().next().unwrap())
+}
+
+#[test]
+fn a_device_whose_connection_is_gone_is_pushed_and_called_on_its_new_connection() {
+    let (mut sim, p) = phone_asleep(android());
+    let outs = sim.pushed(&p, PushOutcome::Sent);
+    let told = to(&outs, PBX);
+    assert_eq!(codes(&told), [110]);
+    assert_eq!(told[0].reason_phrase(), b"Push sent");
+    assert!(told[0].to_tag().is_none(), "no dialog with stg itself");
+    sim.wait_ms(3_000);
+    // The phone wakes and registers again over connection 7, from a new address.
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls("203.0.113.7:40100", 7),
+        android(),
+    ));
+    let inv = invite_to(&outs, "203.0.113.7:40100");
+    assert_eq!(
+        inv.request_uri_bytes(),
+        PHONE_CONTACT_2.as_bytes(),
+        "the new contact"
+    );
+    assert_eq!(sent(&outs)[0].0, tls("203.0.113.7:40100", 7).flow);
+    assert!(pushes(&outs).is_empty(), "one push per device per call");
+    let outs = sim.input(tls("203.0.113.7:40100", 7), answer_2xx(&inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_binding_not_connected_here_with_push_parameters_is_pushed() {
+    let mut sim = sim();
+    let mut b = binding("phone", PHONE_CONTACT, tls(PHONE, 5), android());
+    b.conn = None;
+    let outs = call(&mut sim, &[b]);
+    assert!(sent(&outs).is_empty());
+    assert_eq!(pushes(&outs).len(), 1);
+    // Without push parameters the same binding is 480 at once.
+    let mut sim2 = self::sim();
+    let mut b = binding("phone", PHONE_CONTACT, tls(PHONE, 5), None);
+    b.conn = None;
+    let outs = call(&mut sim2, &[b]);
+    assert_eq!(codes(&to(&outs, PBX)), [480]);
+}
+
+#[test]
+fn the_fork_timeout_ends_a_call_whose_device_never_comes_back_with_408() {
+    let (mut sim, p) = phone_asleep(android());
+    sim.pushed(&p, PushOutcome::Sent);
+    assert!(
+        to(&sim.wait_ms(89_000), PBX).is_empty(),
+        "still waiting at 89 s"
+    );
+    let outs = sim.wait_ms(1_500);
+    assert_eq!(codes(&to(&outs, PBX)), [408], "at call_fork_timeout (90 s)");
+    sim.settle();
+    assert_idle(&sim);
+    // Bound afterwards: nothing waits any more.
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT, tls(PHONE, 8), android()));
+    assert!(sent(&outs).is_empty());
+}
+
+#[test]
+fn a_push_that_cannot_be_sent_ends_the_branch_with_480() {
+    let (mut sim, p) = phone_asleep(android());
+    let outs = sim.pushed(&p, PushOutcome::Failed);
+    assert_eq!(codes(&to(&outs, PBX)), [480]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_connection_closing_under_a_pending_invite_pushes_now() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.wait_ms(1_000);
+    let outs = sim.closed(tls(PHONE, 5));
+    assert_eq!(
+        pushes(&outs).len(),
+        1,
+        "at the close, not at timer B or the push timeout"
+    );
+    assert!(to(&outs, PBX).is_empty());
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT, tls(PHONE, 9), android()));
+    let again = invite_to(&outs, PHONE);
+    assert_ne!(branch(&again), branch(&inv), "a new client transaction");
+    // A close of another connection, or of the same one again, is nothing.
+    assert!(sim.closed(tls(TABLET, 5)).is_empty());
+}
+
+#[test]
+fn a_device_that_rang_then_vanished_is_pushed_and_called_again() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 5), answer(&inv, 180));
+    assert_eq!(codes(&to(&outs, PBX)), [180]);
+    let outs = sim.closed(tls(PHONE, 5));
+    assert_eq!(pushes(&outs).len(), 1);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    let inv2 = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 6), answer_2xx(&inv2));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+}
+
+// === push: no answer in time ===
+
+#[test]
+fn no_answer_within_the_push_timeout_pushes_and_a_180_does_not_stop_it() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.wait_ms(1_000);
+    sim.input(tls(PHONE, 5), answer(&inv, 180));
+    assert!(pushes(&sim.wait_ms(3_900)).is_empty(), "not before 5 s");
+    let outs = sim.wait_ms(200);
+    assert_eq!(pushes(&outs).len(), 1, "at push.timeout (5 s)");
+    // The INVITE still rings where it is; the answer from there still counts.
+    let outs = sim.input(tls(PHONE, 5), answer_2xx(&inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn the_contacts_pn_timeout_overrides_the_push_timeout() {
+    let mut sim = sim();
+    let wake = Some(Wake {
+        timeout: Some(Duration::from_secs(2)),
+        deliver_cancel: false,
+    });
+    call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    assert!(pushes(&sim.wait_ms(1_900)).is_empty());
+    assert_eq!(pushes(&sim.wait_ms(200)).len(), 1);
+}
+
+#[test]
+fn a_final_answer_or_a_cancel_before_the_push_timeout_means_no_push() {
+    // A final answer.
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 5), answer(&inv, 486));
+    assert_eq!(codes(&to(&outs, PBX)), [486]);
+    assert!(pushes(&log_outputs(sim.settle())).is_empty());
+    assert_idle(&sim);
+    // The caller's CANCEL.
+    let mut sim = self::sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.input(tls(PHONE, 5), answer(&inv, 180));
+    sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    let outs = sim.input(tls(PHONE, 5), answer(&inv, 487));
+    assert_eq!(codes(&to(&outs, PBX)), [487]);
+    assert!(pushes(&log_outputs(sim.settle())).is_empty());
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_408_or_503_from_a_pushed_devices_dead_connection_does_not_end_the_call() {
+    for status in [408, 503] {
+        let mut sim = sim();
+        let outs = call(
+            &mut sim,
+            &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+        );
+        let inv = invite_to(&outs, PHONE);
+        let p = pushes(&sim.wait_ms(5_100));
+        assert_eq!(p.len(), 1);
+        let outs = sim.input(tls(PHONE, 5), answer(&inv, status));
+        assert!(to(&outs, PBX).is_empty(), "{status} does not end the call");
+        let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+        let inv2 = invite_to(&outs, PHONE);
+        let outs = sim.input(tls(PHONE, 6), answer_2xx(&inv2));
+        assert_eq!(codes(&to(&outs, PBX)), [200], "{status}");
+    }
+}
+
+#[test]
+fn a_pushed_device_back_on_a_new_connection_replaces_the_silent_branch() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let old = invite_to(&outs, PHONE);
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    // Registered again on connection 6 while the INVITE sat unanswered on 5.
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    let new = invite_to(&outs, PHONE);
+    assert_eq!(sent(&outs)[0].0, tls(PHONE, 6).flow);
+    // The old transaction is abandoned: an answer on it is not the call's.
+    sim.input(tls(PHONE, 5), answer(&old, 486));
+    let outs = sim.input(tls(PHONE, 6), answer_2xx(&new));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+}
+
+#[test]
+fn a_refresh_on_the_same_connection_is_not_a_second_branch() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    invite_to(&outs, PHONE);
+    sim.wait_ms(5_100);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT, tls(PHONE, 5), android()));
+    assert!(sent(&outs).is_empty());
+}
+
+// === several devices ===
+
+#[test]
+fn one_device_answers_while_another_sleeps_and_the_sleeper_is_not_called() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[
+            binding("phone", PHONE_CONTACT, tls(PHONE, 5), android()),
+            binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None),
+        ],
+    );
+    let (_, _, r) = tracked_send(&outs[..1]);
+    let tablet_inv = invite_to(&outs, TABLET);
+    let outs = sim.send_failed(r);
+    assert_eq!(pushes(&outs).len(), 1, "the phone is asleep");
+    let outs = sim.input(tls(TABLET, 6), answer_2xx(&tablet_inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    sim.settle();
+    assert_idle(&sim);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT, tls(PHONE, 9), android()));
+    assert!(sent(&outs).is_empty(), "the call is over");
+}
+
+#[test]
+fn a_new_device_binding_during_the_wait_gets_a_branch_of_its_own() {
+    let (mut sim, _p) = phone_asleep(android());
+    let outs = sim.bound(&binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None));
+    let inv = invite_to(&outs, TABLET);
+    let outs = sim.input(tls(TABLET, 6), answer_2xx(&inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+// === cancelled before the device is back ===
+
+#[test]
+fn an_ios_device_woken_for_a_call_cancelled_meanwhile_gets_invite_then_cancel() {
+    let (mut sim, p) = phone_asleep(ios_voip());
+    sim.pushed(&p, PushOutcome::Sent);
+    let outs = sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    assert_eq!(
+        codes(&to(&outs, PBX)),
+        [200, 487],
+        "the caller is answered at once"
+    );
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls(PHONE, 6),
+        ios_voip(),
+    ));
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 6), answer(&inv, 180));
+    assert!(to(&outs, PBX).is_empty(), "nothing goes back to the caller");
+    let c = to(&outs, PHONE);
+    assert_eq!(c.len(), 1, "then the CANCEL");
+    assert_eq!(c[0].method(), Some(Method::Cancel));
+    assert_eq!(branch(&c[0]), branch(&inv));
+    let outs = sim.input(tls(PHONE, 6), answer(&inv, 487));
+    assert!(to(&outs, PBX).is_empty());
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn an_ios_ghost_that_never_comes_back_ends_at_the_fork_timeout() {
+    let (mut sim, p) = phone_asleep(ios_voip());
+    sim.pushed(&p, PushOutcome::Sent);
+    sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    let outs = log_outputs(sim.settle());
+    assert!(to(&outs, PBX).is_empty(), "the caller was answered already");
+    assert_idle(&sim);
+}
+
+#[test]
+fn an_android_device_back_after_the_cancel_is_not_called() {
+    let (mut sim, p) = phone_asleep(android());
+    sim.pushed(&p, PushOutcome::Sent);
+    let outs = sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    assert_eq!(codes(&to(&outs, PBX)), [200, 487]);
+    sim.settle();
+    assert_idle(&sim);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    assert!(sent(&outs).is_empty());
+}
+
+#[test]
+fn a_status_stays_a_status() {
+    // `better` is total and antisymmetric over the codes a proxy sees.
+    let all = [
+        180u16, 200, 302, 401, 404, 407, 408, 480, 486, 487, 500, 503, 600, 603,
+    ];
+    for &a in &all[1..] {
+        for &b in &all[1..] {
+            let (sa, sb) = (StatusCode(a), StatusCode(b));
+            assert!(
+                !(crate::proxy::better(sa, Some(sb)) && crate::proxy::better(sb, Some(sa))),
+                "{a} vs {b}"
+            );
+        }
+    }
+}
