@@ -65,6 +65,14 @@ pub(crate) enum CoreInput {
         id: stg_sip_core::proxy::OpId,
         result: Result<Vec<stg_sip_core::proxy::Located>, ()>,
     },
+    /// A device's connection closed: calls waiting on it push the device now.
+    FlowClosed(Flow),
+    /// A device bound (on this node, or on another sharing the store): calls waiting for it
+    /// go out over its new connection.
+    Bound {
+        aor: String,
+        binding: stg_sip_core::proxy::Located,
+    },
 }
 
 /// What the per-source limits count as one source: an IPv4 address, or an IPv6 address cut
@@ -485,6 +493,16 @@ impl Shared {
         }
         drop(t);
         self.release(meta.remote.ip());
+        // A full queue only delays the push until the INVITE's timer B (the core then finds
+        // the device unreachable anyway).
+        if self
+            .core_tx
+            .try_send(CoreInput::FlowClosed(meta.flow()))
+            .is_err()
+        {
+            metrics::counter!("stg_core_inputs_dropped_total", "input" => "flow_closed")
+                .increment(1);
+        }
     }
 
     /// Queues bytes on a connection: the one named, or one the node opened to the address.

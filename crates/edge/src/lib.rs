@@ -26,6 +26,7 @@ mod conn;
 mod limits;
 mod node;
 pub mod proxy_protocol;
+mod push;
 mod registrar;
 pub mod resolver;
 mod stream;

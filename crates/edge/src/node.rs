@@ -454,6 +454,8 @@ impl Core {
                 self.proxy
                     .handle_located(id, result.as_deref().map_err(|_| ()), now);
             }
+            CoreInput::FlowClosed(flow) => self.proxy.handle_flow_closed(flow, now),
+            CoreInput::Bound { aor, binding } => self.proxy.handle_bound(&aor, &binding, now),
         }
         self.flush();
     }
@@ -538,6 +540,12 @@ impl Core {
                             .is_some_and(|reg| reg.locate(id, aor, &self.shared));
                         if !started {
                             self.proxy.handle_located(id, Err(()), crate::now());
+                        }
+                    }
+                    Output::Push(p) => {
+                        let outcome = crate::push::send(*p, &self.shared);
+                        if let Some((id, outcome)) = outcome {
+                            self.proxy.handle_pushed(id, outcome, crate::now());
                         }
                     }
                     Output::Event(e) => self.log_event(&e),

@@ -21,7 +21,8 @@ use stg_auth::{AuthFailure, Credentials, Digest, DigestConfig, FailReason, Verdi
 use stg_config::{Config, RegistrarMode as CfgMode};
 use stg_registrar::{Applied, Origin, Register, Reject, Settings};
 use stg_sip_core::proxy::{
-    Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
+    pn_timeout, Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode,
+    Registration, Wake,
 };
 use stg_sip_msg::{Message, StatusCode};
 use stg_store::{Bindings, Change, StoreError, Users};
@@ -233,7 +234,7 @@ impl Registrar {
         shared.tasks.spawn(async move {
             let _permit = permit;
             let id = r.id;
-            let answer = match r.mode {
+            let (answer, bound) = match r.mode {
                 RegistrarMode::Through => this.bind(&r, &reg, r.response.as_ref()).await,
                 RegistrarMode::Local => this.local(&r, &reg, &shared2).await,
             };
@@ -241,17 +242,27 @@ impl Registrar {
                 .core_tx
                 .send(CoreInput::Registered { id, answer })
                 .await;
+            // Then calls waiting for this device (pushed) go out over its connection: after
+            // its 200, so the device hears its registration is done first.
+            for binding in bound {
+                let aor = reg.aor.clone();
+                let _ = shared2
+                    .core_tx
+                    .send(CoreInput::Bound { aor, binding })
+                    .await;
+            }
         });
         None
     }
 
-    /// Stores the binding (`granted`: the PBX's 2xx in through mode) and builds the 2xx.
+    /// Stores the binding (`granted`: the PBX's 2xx in through mode) and builds the 2xx;
+    /// with the bindings made on the REGISTER's own connection.
     async fn bind(
         &self,
         r: &Registration,
         reg: &Register,
         granted: Option<&Message>,
-    ) -> RegisterAnswer {
+    ) -> (RegisterAnswer, Vec<Located>) {
         let mode = mode_label(r.mode);
         let now = unix_now();
         // Only stg's own entry: a Path a device wrote itself names whatever it likes, and a
@@ -288,22 +299,34 @@ impl Registrar {
         match result {
             Ok(Ok(applied)) => {
                 count(mode, "ok");
-                answer(200, stg_registrar::ok_headers(reg, &applied, now))
+                let ok = answer(200, stg_registrar::ok_headers(reg, &applied, now));
+                let bound = applied
+                    .bindings
+                    .into_iter()
+                    .filter(|b| b.conn_id.as_deref() == Some(&r.flow_token[..]))
+                    .map(located)
+                    .collect();
+                (ok, bound)
             }
             Ok(Err(rej)) => {
                 count(mode, "rejected");
-                rejected(&rej)
+                (rejected(&rej), Vec::new())
             }
             Err(e) => {
                 count(mode, "store_error");
                 tracing::debug!(aor = %reg.aor, error = %e, "binding not stored");
-                unavailable()
+                (unavailable(), Vec::new())
             }
         }
     }
 
     /// Local mode: digest first (the first challenge is not a failure), then the binding.
-    async fn local(&self, r: &Registration, reg: &Register, shared: &Shared) -> RegisterAnswer {
+    async fn local(
+        &self,
+        r: &Registration,
+        reg: &Register,
+        shared: &Shared,
+    ) -> (RegisterAnswer, Vec<Located>) {
         let domain = request_domain(&r.request);
         let realm = if self.realm.is_empty() {
             domain.clone()
@@ -324,7 +347,7 @@ impl Registrar {
                 label,
             } => {
                 count("local", label);
-                RegisterAnswer::Respond { status, headers }
+                (RegisterAnswer::Respond { status, headers }, Vec::new())
             }
         }
     }
@@ -512,14 +535,7 @@ impl Registrar {
                     let result = if live.is_empty() { "none" } else { "found" };
                     metrics::counter!("stg_registrar_lookups_total", "result" => result)
                         .increment(1);
-                    Ok(live
-                        .into_iter()
-                        .map(|b| Located {
-                            uri: Bytes::from(b.uri),
-                            conn: b.conn_id,
-                            path: b.path.into_iter().map(Bytes::from).collect(),
-                        })
-                        .collect())
+                    Ok(live.into_iter().map(located).collect())
                 }
                 Err(_) => {
                     metrics::counter!("stg_registrar_lookups_total", "result" => "store_error")
@@ -533,6 +549,24 @@ impl Registrar {
                 .await;
         });
         true
+    }
+}
+
+/// A binding as the core's location answer: where the device is, and how it is woken.
+pub(crate) fn located(b: stg_registrar::Binding) -> Located {
+    let wake = b.push().map(|p| Wake {
+        timeout: pn_timeout(b.uri.as_bytes()),
+        // Apple obliges an app woken by a VoIP push to show a call: a call cancelled before
+        // the device is back is still delivered to it (INVITE, then CANCEL).
+        deliver_cancel: p.provider.starts_with("apns")
+            && p.param.as_deref().is_some_and(|x| x.contains("voip")),
+    });
+    Located {
+        key: Bytes::from(b.key),
+        uri: Bytes::from(b.uri),
+        conn: b.conn_id,
+        path: b.path.into_iter().map(Bytes::from).collect(),
+        wake,
     }
 }
 

@@ -11,6 +11,7 @@ mod dns;
 mod harness;
 mod kamailio;
 mod lifecycle;
+mod push_e2e;
 mod registrar_e2e;
 mod registrar_store;
 mod sipp;

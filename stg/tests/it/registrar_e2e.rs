@@ -24,10 +24,10 @@ use crate::harness::{free_port, temp_dir, StgNode};
 use crate::kamailio::Kamailio;
 use crate::sipp::{shared_scenario, Sipp, Transport};
 
-const DOMAIN: &str = "example.test";
-const PASSWORD: &str = "e2e-secret";
+pub(crate) const DOMAIN: &str = "example.test";
+pub(crate) const PASSWORD: &str = "e2e-secret";
 
-fn addr(port: u16) -> SocketAddr {
+pub(crate) fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
@@ -219,6 +219,19 @@ fn stg_config(port: u16, inside: u16, pbx: u16, extra: &str) -> String {
 /// the INVITE that comes back over its connection, answers 180/200, gets the ACK, and
 /// either hangs up itself (`device_bye`) or answers the caller's BYE.
 fn device_scenario(auth: bool, device_bye: bool) -> String {
+    device_scenario_with(auth, device_bye, "", "")
+}
+
+/// [`device_scenario`] with `uri_params` in the Contact URI (push parameters) and
+/// `header_params` after it (`+sip.instance`); with `device_bye` `None`, the device only
+/// registers and ends (its connection closes).
+pub(crate) fn device_scenario_with(
+    auth: bool,
+    device_bye: impl Into<Option<bool>>,
+    uri_params: &str,
+    header_params: &str,
+) -> String {
+    let device_bye = device_bye.into();
     let register = |cseq: u32, creds: &str| {
         format!(
             r#"  <send retrans="500">
@@ -231,7 +244,7 @@ fn device_scenario(auth: bool, device_bye: bool) -> String {
       To: <sip:[service]@{DOMAIN}>
       Call-ID: [call_id]
       CSeq: {cseq} REGISTER
-      Contact: <sip:[service]@[local_ip]:[local_port];transport=[transport]>{creds}
+      Contact: <sip:[service]@[local_ip]:[local_port];transport=[transport]{uri_params}>{header_params}{creds}
       Expires: 600
       Supported: path
       Content-Length: 0
@@ -252,6 +265,10 @@ fn device_scenario(auth: bool, device_bye: bool) -> String {
         s.push_str(&register(1, ""));
     }
     s.push_str("  <recv response=\"200\"/>\n");
+    let Some(device_bye) = device_bye else {
+        s.push_str("</scenario>\n");
+        return s;
+    };
     // SIPp refuses a variable set and never used: capture From/To only when the BYE is ours.
     s.push_str(if device_bye {
         r#"  <recv request="INVITE" rrs="true">
@@ -353,7 +370,7 @@ fn device_scenario(auth: bool, device_bye: bool) -> String {
 
 /// The caller, straight to Kamailio: INVITE `sip:[service]@DOMAIN`, 200, ACK along the
 /// Record-Route, then its own BYE (`caller_bye`) or the device's.
-fn caller_scenario(caller_bye: bool) -> String {
+pub(crate) fn caller_scenario(caller_bye: bool) -> String {
     let mut s = format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
@@ -383,6 +400,7 @@ fn caller_scenario(caller_bye: bool) -> String {
     ]]>
   </send>
   <recv response="100" optional="true"/>
+  <recv response="110" optional="true"/>
   <recv response="180" optional="true"/>
   <recv response="200" rrs="true"/>
   <send>
@@ -514,7 +532,7 @@ fn register_and_call_back(
     device
 }
 
-fn count(log: &str, needle: &str) -> usize {
+pub(crate) fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
@@ -586,7 +604,7 @@ fn through_mode_device_is_called_back_via_path() {
 
 /// SQL users for local mode, in an SQLite file the test creates: `(user, password)` in
 /// `realm`, MD5 and SHA-256. Returns the `users_url`.
-fn make_users(dir: &Path, realm: &str, users: &[(String, String)]) -> String {
+pub(crate) fn make_users(dir: &Path, realm: &str, users: &[(String, String)]) -> String {
     let url = format!("sqlite://{}?mode=rwc", dir.join("users.sqlite").display());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
