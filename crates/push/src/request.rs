@@ -242,17 +242,19 @@ struct TokenPart<'a> {
     service: Option<&'a str>,
 }
 
-/// Splits `pn-prid`: `<voiptoken>:voip&<remotetoken>:remote` (Linphone iOS) or one token.
+/// Splits `pn-prid`: `<voiptoken>:voip&<remotetoken>:remote` (Linphone iOS) or one token
+/// (at most four parts are looked at).
 fn token_parts(prid: &str) -> Vec<TokenPart<'_>> {
     prid.split('&')
         .filter(|p| !p.is_empty())
         .take(4)
-        .map(|p| match p.split_once(':') {
-            Some((token, service)) => TokenPart {
+        .map(|p| match p.rsplit_once(':') {
+            // FCM tokens hold a colon themselves: only a known service is a suffix.
+            Some((token, service)) if service == "voip" || service == "remote" => TokenPart {
                 token,
                 service: Some(service),
             },
-            None => TokenPart {
+            _ => TokenPart {
                 token: p,
                 service: None,
             },
@@ -544,7 +546,7 @@ mod tests {
             ),
             (
                 push("apns", "aa:other", Some("T.b.voip")),
-                TargetError::NoService("voip"),
+                TargetError::NotHex,
             ),
         ];
         for (p, want) in cases {
@@ -559,9 +561,11 @@ mod tests {
 
     #[test]
     fn fcm_project_from_param_only_when_it_is_one() {
-        let t = fcm_target(&push("fcm", "tok:en-1", Some("my-project-42"))).unwrap();
-        assert_eq!(t.token, "tok");
+        let t = fcm_target(&push("fcm", "dXk:APA91b-x", Some("my-project-42"))).unwrap();
+        assert_eq!(t.token, "dXk:APA91b-x");
         assert_eq!(t.project.as_deref(), Some("my-project-42"));
+        let t = fcm_target(&push("fcm", "dXk:APA91b:remote&x:voip", None)).unwrap();
+        assert_eq!(t.token, "dXk:APA91b");
         let t = fcm_target(&push("fcm", "tok", Some("../etc?x"))).unwrap();
         assert_eq!(t.project, None);
         assert_eq!(
