@@ -16,11 +16,16 @@ use crate::request::{apns_body, fcm_body, ApnsTarget, FcmTarget, PushKind, PushR
 use crate::verdict::{classify_apns, classify_fcm, Verdict};
 use crate::{PushError, Tuning};
 
+/// A request that got no answer: worth retrying when the network failed, not when our TLS
+/// configuration or the provider's certificate is wrong.
 fn transport_failure(e: &PushError) -> Verdict {
-    Verdict::Retry {
-        status: None,
-        reason: e.to_string(),
-        after: None,
+    match e {
+        PushError::Config(_) | PushError::Tls(_) => fail(e),
+        _ => Verdict::Retry {
+            status: None,
+            reason: e.to_string(),
+            after: None,
+        },
     }
 }
 

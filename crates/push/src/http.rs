@@ -156,7 +156,15 @@ async fn connect_tls(
     TlsConnector::from(tls.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| PushError::Tls(format!("{}: {e}", ep.authority())))
+        .map_err(|e| {
+            // rustls reports its own failures (certificate, protocol) as InvalidData: those
+            // are the operator's to fix; anything else is the network's and may pass.
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                PushError::Tls(format!("{}: {e}", ep.authority()))
+            } else {
+                PushError::Connect(format!("{}: TLS handshake: {e}", ep.authority()))
+            }
+        })
 }
 
 /// A response with its body read (at most [`MAX_RESPONSE_BODY`] bytes; a longer one reads
@@ -182,15 +190,24 @@ async fn read_answer(resp: http::Response<hyper::body::Incoming>) -> Result<Answ
     })
 }
 
+/// The connection in use, if any, and the last failure to open one.
+#[derive(Default)]
+struct Current {
+    /// The sender and its generation, so that a failure on an old connection does not drop
+    /// a newer one.
+    sender: Option<(u64, http2::SendRequest<Full<Bytes>>)>,
+    /// When the last connect failed, and why: pushes that were already waiting for that
+    /// connect get its error instead of each trying again in turn.
+    failed: Option<(tokio::time::Instant, PushError)>,
+}
+
 /// One provider host's HTTP/2 connection: opened on first use, shared by every push (HTTP/2
 /// multiplexes them), re-opened once it closed (GOAWAY, error, failed PING).
 pub(crate) struct H2Conn {
     ep: Endpoint,
     tls: Arc<ClientConfig>,
     connect_timeout: Duration,
-    /// The sender and its generation, so that a failure on an old connection does not drop
-    /// a newer one.
-    current: tokio::sync::Mutex<Option<(u64, http2::SendRequest<Full<Bytes>>)>>,
+    current: tokio::sync::Mutex<Current>,
     opened: AtomicU64,
 }
 
@@ -200,7 +217,7 @@ impl H2Conn {
             ep,
             tls,
             connect_timeout,
-            current: tokio::sync::Mutex::new(None),
+            current: tokio::sync::Mutex::new(Current::default()),
             opened: AtomicU64::new(0),
         }
     }
@@ -215,15 +232,36 @@ impl H2Conn {
     }
 
     async fn sender(&self) -> Result<(u64, http2::SendRequest<Full<Bytes>>), PushError> {
+        let asked = tokio::time::Instant::now();
         // Held across the connect: concurrent first pushes wait for one connection instead
         // of each opening their own.
         let mut current = self.current.lock().await;
-        if let Some((generation, sender)) = current.as_ref() {
+        if let Some((generation, sender)) = current.sender.as_ref() {
             if !sender.is_closed() {
                 return Ok((*generation, sender.clone()));
             }
         }
-        *current = None;
+        current.sender = None;
+        if let Some((at, e)) = &current.failed {
+            if *at >= asked {
+                return Err(e.clone());
+            }
+        }
+        match self.connect().await {
+            Ok(sender) => {
+                let generation = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+                current.sender = Some((generation, sender.clone()));
+                current.failed = None;
+                Ok((generation, sender))
+            }
+            Err(e) => {
+                current.failed = Some((tokio::time::Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<http2::SendRequest<Full<Bytes>>, PushError> {
         let tls = tokio::time::timeout(self.connect_timeout, connect_tls(&self.ep, &self.tls))
             .await
             .map_err(|_| PushError::Timeout("connect"))??;
@@ -247,9 +285,7 @@ impl H2Conn {
                 tracing::debug!(error = %e, "push connection closed");
             }
         });
-        let generation = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
-        *current = Some((generation, sender.clone()));
-        Ok((generation, sender))
+        Ok(sender)
     }
 
     /// Sends one request and reads the answer, within `timeout` (connecting included).
@@ -281,8 +317,12 @@ impl H2Conn {
     /// Drops connection `generation` so the next push opens a fresh one.
     async fn forget(&self, generation: u64) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *current = None;
+        if current
+            .sender
+            .as_ref()
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            current.sender = None;
         }
     }
 }

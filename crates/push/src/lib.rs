@@ -20,7 +20,9 @@
 //!   `refused`;
 //! - `stg_push_latency_seconds{provider}` (histogram): call to outcome, retries included;
 //! - `stg_push_token_refresh_total{provider}`: APNs JWTs signed, FCM access tokens fetched;
-//! - `stg_push_refused_total{provider}`: pushes refused at `push.max_in_flight`.
+//! - `stg_push_refused_total{provider}`: pushes refused at `push.max_in_flight`;
+//! - `stg_push_retries_total{provider}`: attempts repeated after a busy answer or a
+//!   transport error.
 //!
 //! Invariants: no table grows with input (one connection per configured host, one token
 //! per provider, in-flight pushes capped per provider); provider answers are read up to

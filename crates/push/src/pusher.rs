@@ -303,8 +303,10 @@ impl Pusher {
             }
             Route::Fcm => self.send_fcm(req).await,
             Route::Webhook => {
-                self.retrying(|_| async { self.webhook().attempt(req, &self.inner.tuning).await })
-                    .await
+                self.retrying(route, |_| async {
+                    self.webhook().attempt(req, &self.inner.tuning).await
+                })
+                .await
             }
         };
         self.finish(route.label(), outcome, start, attempts)
@@ -330,7 +332,12 @@ impl Pusher {
             .as_ref()
             .expect("routed to APNs, so it is configured");
         let tuning = &self.inner.tuning;
-        self.retrying(|renew| {
+        let route = if sandbox {
+            Route::ApnsSandbox
+        } else {
+            Route::Apns
+        };
+        self.retrying(route, |renew| {
             let target = &target;
             async move { apns.attempt(req, target, sandbox, renew, tuning).await }
         })
@@ -351,7 +358,7 @@ impl Pusher {
         let tuning = &self.inner.tuning;
         let refused = std::sync::Mutex::new(None::<String>);
         let used = std::sync::Mutex::new(None::<String>);
-        self.retrying(|renew| {
+        self.retrying(Route::Fcm, |renew| {
             let target = &target;
             let refused = &refused;
             let used = &used;
@@ -371,7 +378,7 @@ impl Pusher {
 
     /// Runs attempts until one is final: a refused credential is renewed once (the attempt
     /// is told `renew = true`), busy providers are retried on the backoff schedule.
-    async fn retrying<F, Fut>(&self, mut attempt: F) -> (Outcome, u32)
+    async fn retrying<F, Fut>(&self, route: Route, mut attempt: F) -> (Outcome, u32)
     where
         F: FnMut(bool) -> Fut,
         Fut: std::future::Future<Output = Verdict>,
@@ -419,6 +426,8 @@ impl Pusher {
                     };
                     retries += 1;
                     self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("stg_push_retries_total", "provider" => route.label())
+                        .increment(1);
                     tokio::time::sleep(wait).await;
                 }
                 Verdict::Fail { status, reason } => {
