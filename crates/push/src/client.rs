@@ -147,6 +147,10 @@ impl Apns {
             .header("apns-priority", target.push_type.priority().to_string())
             .header("apns-expiration", (now + ttl.as_secs()).to_string())
             .header(header::CONTENT_TYPE, "application/json");
+        if is_uuid(&req.uuid) {
+            // APNs echoes it in its answer, so logs on both sides name the same push.
+            builder = builder.header("apns-id", req.uuid.as_str());
+        }
         if let Some(id) = req
             .collapse_id
             .as_deref()
@@ -171,6 +175,15 @@ impl Apns {
             Err(e) => transport_failure(&e),
         }
     }
+}
+
+/// The canonical lower-case 8-4-4-4-12 form APNs accepts as `apns-id`.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 fn fail(e: &PushError) -> Verdict {
@@ -390,5 +403,18 @@ impl Webhook {
             },
             Err(e) => transport_failure(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apns_id_must_be_a_canonical_uuid() {
+        assert!(is_uuid(&crate::random_uuid()));
+        assert!(!is_uuid("ABCDEF00-0000-4000-8000-000000000000"));
+        assert!(!is_uuid("x"));
+        assert!(!is_uuid("0000000000000-4000-8000-0000000000000"));
     }
 }

@@ -617,8 +617,12 @@ impl ApnsState {
             .and_then(VecDeque::pop_front);
         match scripted.unwrap_or(ApnsReply::Ok) {
             ApnsReply::Ok => {
+                // APNs echoes the provider's apns-id, or makes one.
                 let n = self.ids.fetch_add(1, Ordering::Relaxed);
-                let id = format!("00000000-0000-4000-8000-{n:012x}");
+                let id = req.header("apns-id").map_or_else(
+                    || format!("00000000-0000-4000-8000-{n:012x}"),
+                    str::to_owned,
+                );
                 (200, vec![("apns-id".into(), id)], Vec::new())
             }
             ApnsReply::Unregistered => reason(410, "Unregistered"),

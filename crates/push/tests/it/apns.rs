@@ -48,7 +48,13 @@ async fn token_auth_call_and_message_pushes() {
 
     let call = request(PushKind::Call, "apns", &combined_prid(), Some(PARAM));
     let r = pusher.send(&call).await;
-    assert!(sent(&r.outcome), "{r:?}");
+    assert_eq!(
+        r.outcome,
+        Outcome::Sent {
+            id: call.uuid.clone()
+        },
+        "the apns-id sent comes back"
+    );
     assert_eq!((r.provider, r.attempts), ("apns", 1));
 
     let msg = request(PushKind::Message, "apns.dev", &combined_prid(), Some(PARAM));
