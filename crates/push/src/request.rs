@@ -179,8 +179,9 @@ impl Provider {
     }
 }
 
-/// The kind of APNs push (`apns-push-type`).
+/// The kind of APNs push (`apns-push-type`): the ones stg sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ApnsPushType {
     Alert,
     Background,

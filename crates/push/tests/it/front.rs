@@ -56,19 +56,25 @@ async fn webhook_takes_what_no_native_client_takes() {
 
 #[tokio::test]
 async fn unconfigured_provider_fails_without_a_webhook() {
-    let hook = FakeWebhook::start(200);
+    let fake = FakeApns::start(ApnsOptions::default());
     let mut config = live();
-    config.webhook.url = Some(hook.url());
-    config.webhook.url = None;
-    config.fcm.service_account = None;
+    config.apns.url = fake.url();
+    config.apns.ca_file = Some(fake.ca_file());
+    config.apns.auth = Some(ApnsAuth::Token {
+        team_id: fake.team_id().into(),
+        key_id: fake.key_id().into(),
+        key_file: fake.key_file(),
+    });
     let pusher = Pusher::with_tuning(&config, tuning(&config).0).unwrap();
     let r = pusher
         .send(&request(PushKind::Call, "fcm", "t", None))
         .await;
     assert!(
-        matches!(r.outcome, Outcome::Failed { status: None, .. }),
+        matches!(&r.outcome, Outcome::Failed { status: None, reason } if reason.contains("no client")),
         "{r:?}"
     );
+    assert_eq!(r.provider, "fcm");
+    assert!(fake.requests().is_empty());
 }
 
 #[tokio::test]
