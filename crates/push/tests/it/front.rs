@@ -164,6 +164,91 @@ async fn latency_over_an_established_connection() {
         lat[n - 1],
         n as f64 / total.as_secs_f64()
     );
-    assert_eq!(fake.connections(), 1);
     assert!(p(0.99) < Duration::from_secs(1));
+
+    // The same with 32 pushes in flight at once, multiplexed on the one connection.
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let (p, r) = (pusher.clone(), call.clone());
+        set.spawn(async move {
+            let mut lat = Vec::new();
+            for _ in (w..n).step_by(32) {
+                let res = p.send(&r).await;
+                assert!(matches!(res.outcome, Outcome::Sent { .. }), "{res:?}");
+                lat.push(res.latency);
+            }
+            lat
+        });
+    }
+    let mut lat = Vec::with_capacity(n);
+    while let Some(l) = set.join_next().await {
+        lat.extend(l.unwrap());
+    }
+    let total = start.elapsed();
+    lat.sort();
+    let p = |q: f64| lat[((n as f64 * q) as usize).min(n - 1)];
+    println!(
+        "push latency over one connection, {n} pushes 32 at a time: p50 {:?}, p99 {:?}, {:.0} pushes/s",
+        p(0.50),
+        p(0.99),
+        n as f64 / total.as_secs_f64()
+    );
+    assert_eq!(fake.connections(), 1);
+}
+
+/// The metric names and labels the dashboards read.
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_are_counted() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    // The test runs on this one thread (current-thread runtime), so a thread-local recorder
+    // sees everything the pusher records.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let fake = FakeApns::start(ApnsOptions::default());
+    let mut config = live();
+    config.max_in_flight = 1;
+    config.apns.url = fake.url();
+    config.apns.ca_file = Some(fake.ca_file());
+    config.apns.auth = Some(ApnsAuth::Token {
+        team_id: fake.team_id().into(),
+        key_id: fake.key_id().into(),
+        key_file: fake.key_file(),
+    });
+    let pusher = Pusher::with_tuning(&config, tuning(&config).0).unwrap();
+    let call = request(
+        PushKind::Call,
+        "apns",
+        TOKEN,
+        Some("TEAM123456.org.stg.test.voip"),
+    );
+    fake.script(
+        TOKEN,
+        [stg_testkit::push_servers::ApnsReply::ServiceUnavailable],
+    );
+    assert!(matches!(
+        pusher.send(&call).await.outcome,
+        Outcome::Sent { .. }
+    ));
+    fake.script(TOKEN, [stg_testkit::push_servers::ApnsReply::Unregistered]);
+    assert!(matches!(
+        pusher.send(&call).await.outcome,
+        Outcome::RemoveBinding { .. }
+    ));
+    let (a, b) = tokio::join!(pusher.send(&call), pusher.send(&call));
+    assert!([a.outcome, b.outcome].contains(&Outcome::Refused));
+
+    let text = handle.render();
+    for line in [
+        r#"stg_push_sent_total{provider="apns",result="sent"} 2"#,
+        r#"stg_push_sent_total{provider="apns",result="remove_binding"} 1"#,
+        r#"stg_push_sent_total{provider="apns",result="refused"} 1"#,
+        r#"stg_push_refused_total{provider="apns"} 1"#,
+        r#"stg_push_retries_total{provider="apns"} 1"#,
+        r#"stg_push_token_refresh_total{provider="apns"} 1"#,
+        r#"stg_push_latency_seconds_count{provider="apns"} 3"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }
