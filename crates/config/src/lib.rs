@@ -51,6 +51,7 @@ pub struct Config {
     pub log: LogConfig,
     pub registrar: RegistrarConfig,
     pub store: StoreConfig,
+    pub push: PushConfig,
 }
 
 /// `[node]`: who this node is.
@@ -396,6 +397,132 @@ pub struct StoreConfig {
     pub url: String,
     /// SIP credentials: "" = SQLite in `node.data_dir`; `mysql://…`, `postgres://…`.
     pub users_url: String,
+}
+
+/// How pushes leave the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushMode {
+    /// One INFO log line per push, nothing sent: the embedded default, for a node with no
+    /// provider credentials.
+    Log,
+    /// Sent to APNs, FCM or the webhook, whichever `[push.*]` section is configured.
+    Live,
+}
+
+/// `[push]`: waking sleeping devices (RFC 8599) and how long calls and messages wait for
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// Default log.
+    pub mode: PushMode,
+    /// An INVITE branch to a device with push parameters that has not answered within this
+    /// is pushed (a device's `pn-timeout` wins). Default 5 s.
+    pub timeout: Duration,
+    /// How long a call keeps waiting for a pushed device to come back. Default 90 s.
+    pub call_fork_timeout: Duration,
+    /// A MESSAGE to a pushed device is answered 202 after this with no answer. Default 5 s.
+    pub message_accept_timeout: Duration,
+    /// How long a MESSAGE is kept for a device that does not come back; also the expiry of
+    /// message pushes. Default 7 days.
+    pub message_delivery_timeout: Duration,
+    /// Expiry of call pushes at the provider (APNs `apns-expiration`, FCM `ttl`): a device
+    /// offline longer is not woken for a call long gone. Default 60 s; whole seconds.
+    pub ttl: Duration,
+    /// Most pushes in flight per provider; beyond it a push is refused and counted.
+    /// Default 256.
+    pub max_in_flight: usize,
+    pub apns: ApnsConfig,
+    pub fcm: FcmConfig,
+    pub webhook: WebhookConfig,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            mode: PushMode::Log,
+            timeout: Duration::from_secs(5),
+            call_fork_timeout: Duration::from_secs(90),
+            message_accept_timeout: Duration::from_secs(5),
+            message_delivery_timeout: Duration::from_secs(7 * 86_400),
+            ttl: Duration::from_secs(60),
+            max_in_flight: 256,
+            apns: ApnsConfig::default(),
+            fcm: FcmConfig::default(),
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+/// How stg proves itself to APNs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApnsAuth {
+    /// Token-based: ES256 JWTs signed with the team's `.p8` key.
+    Token {
+        team_id: String,
+        key_id: String,
+        key_file: PathBuf,
+    },
+    /// Certificate-based: a client certificate (mutual TLS), PEM, with its private key.
+    Certificate {
+        certificate: PathBuf,
+        private_key: PathBuf,
+    },
+}
+
+/// `[push.apns]`: Apple Push Notification service (HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsConfig {
+    /// Production gateway (`pn-provider=apns`). Default `https://api.push.apple.com`.
+    pub url: String,
+    /// Sandbox gateway (`pn-provider=apns.dev`). Default
+    /// `https://api.sandbox.push.apple.com`.
+    pub sandbox_url: String,
+    /// None: APNs is not configured (its pushes go to the webhook if there is one).
+    pub auth: Option<ApnsAuth>,
+    /// Extra trusted roots, PEM, besides the built-in web PKI roots. Default none.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://api.push.apple.com".to_owned(),
+            sandbox_url: "https://api.sandbox.push.apple.com".to_owned(),
+            auth: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// `[push.fcm]`: Firebase Cloud Messaging, HTTP v1 API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmConfig {
+    /// The service account's JSON key file; None: FCM is not configured.
+    pub service_account: Option<PathBuf>,
+    /// Default `https://fcm.googleapis.com`.
+    pub url: String,
+    /// Extra trusted roots, PEM. Default none.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self {
+            service_account: None,
+            url: "https://fcm.googleapis.com".to_owned(),
+            ca_file: None,
+        }
+    }
+}
+
+/// `[push.webhook]`: an operator's HTTP endpoint that receives the pushes no native client
+/// takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL; None: no webhook.
+    pub url: Option<String>,
+    /// Extra trusted roots for an https URL, PEM. Default none.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[log]`: what is logged and how.

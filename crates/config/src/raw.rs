@@ -14,9 +14,10 @@ use serde::Deserialize;
 
 use crate::text::{Nameserver, Parse};
 use crate::{
-    AdminConfig, Config, DnsConfig, Host, HostPort, ListenerConfig, LogConfig, LogFormat,
-    NodeConfig, RegistrarConfig, RegistrarDomain, RegistrarMode, Side, SipConfig, StoreConfig,
-    TimersConfig, TlsConfig, TlsFiles, Transport, Upstream,
+    AdminConfig, ApnsAuth, ApnsConfig, Config, DnsConfig, FcmConfig, Host, HostPort,
+    ListenerConfig, LogConfig, LogFormat, NodeConfig, PushConfig, PushMode, RegistrarConfig,
+    RegistrarDomain, RegistrarMode, Side, SipConfig, StoreConfig, TimersConfig, TlsConfig,
+    TlsFiles, Transport, Upstream, WebhookConfig,
 };
 
 /// A key whose value cannot be used, before the environment variable behind it is known.
@@ -54,6 +55,7 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         log: raw.log.convert()?,
         registrar: raw.registrar.convert()?,
         store: raw.store.convert()?,
+        push: raw.push.convert()?,
     })
 }
 
@@ -75,6 +77,7 @@ struct RawConfig {
     log: RawLog,
     registrar: RawRegistrar,
     store: RawStore,
+    push: RawPush,
 }
 
 #[derive(Default, Deserialize)]
@@ -629,5 +632,234 @@ impl RawStore {
             ));
         }
         Ok(s)
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [push] table")]
+struct RawPush {
+    mode: Option<String>,
+    timeout: Option<Parse<Duration>>,
+    call_fork_timeout: Option<Parse<Duration>>,
+    message_accept_timeout: Option<Parse<Duration>>,
+    message_delivery_timeout: Option<Parse<Duration>>,
+    ttl: Option<Parse<Duration>>,
+    max_in_flight: Option<usize>,
+    apns: RawApns,
+    fcm: RawFcm,
+    webhook: RawWebhook,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [push.apns] table")]
+struct RawApns {
+    url: Option<String>,
+    sandbox_url: Option<String>,
+    team_id: Option<String>,
+    key_id: Option<String>,
+    key_file: Option<Parse<Option<PathBuf>>>,
+    certificate: Option<Parse<Option<PathBuf>>>,
+    private_key: Option<Parse<Option<PathBuf>>>,
+    ca_file: Option<Parse<Option<PathBuf>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [push.fcm] table")]
+struct RawFcm {
+    service_account: Option<Parse<Option<PathBuf>>>,
+    url: Option<String>,
+    ca_file: Option<Parse<Option<PathBuf>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [push.webhook] table")]
+struct RawWebhook {
+    url: Option<String>,
+    ca_file: Option<Parse<Option<PathBuf>>>,
+}
+
+/// A provider's base URL: `https://host[:port]`, nothing after but an optional `/`.
+fn check_base_url(key: &str, url: &str) -> Result<String, Invalid> {
+    let url = url.trim().trim_end_matches('/');
+    let ok = url.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty()
+            && !rest.contains(['/', '?', '#', '@', ' '])
+            && <HostPort as crate::text::FromText>::from_text(rest).is_ok()
+    });
+    if ok {
+        Ok(url.to_owned())
+    } else {
+        Err(invalid(
+            key,
+            format!("{url:?}: expected https://host or https://host:port, nothing after"),
+        ))
+    }
+}
+
+impl RawPush {
+    fn convert(self) -> Result<PushConfig, Invalid> {
+        let mut p = PushConfig::default();
+        if let Some(mode) = self.mode {
+            p.mode = match mode.as_str() {
+                "log" => PushMode::Log,
+                "live" => PushMode::Live,
+                other => {
+                    return Err(invalid(
+                        "push.mode",
+                        format!("{other:?} is neither \"log\" nor \"live\""),
+                    ))
+                }
+            };
+        }
+        set(&mut p.timeout, self.timeout);
+        set(&mut p.call_fork_timeout, self.call_fork_timeout);
+        set(&mut p.message_accept_timeout, self.message_accept_timeout);
+        set(
+            &mut p.message_delivery_timeout,
+            self.message_delivery_timeout,
+        );
+        set(&mut p.ttl, self.ttl);
+        p.max_in_flight = self.max_in_flight.unwrap_or(p.max_in_flight);
+        for (key, value) in [
+            ("push.timeout", p.timeout),
+            ("push.call_fork_timeout", p.call_fork_timeout),
+            ("push.message_accept_timeout", p.message_accept_timeout),
+            ("push.message_delivery_timeout", p.message_delivery_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if p.ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "push.ttl",
+                "must be at least 1 s (providers count whole seconds)",
+            ));
+        }
+        if p.max_in_flight == 0 {
+            return Err(invalid("push.max_in_flight", "must be at least 1"));
+        }
+        p.apns = self.apns.convert()?;
+        p.fcm = self.fcm.convert()?;
+        p.webhook = self.webhook.convert()?;
+        if p.mode == PushMode::Live
+            && p.apns.auth.is_none()
+            && p.fcm.service_account.is_none()
+            && p.webhook.url.is_none()
+        {
+            return Err(invalid(
+                "push.mode",
+                "\"live\" needs push.apns (key_file or certificate), push.fcm.service_account \
+                 or push.webhook.url; without them use \"log\"",
+            ));
+        }
+        Ok(p)
+    }
+}
+
+impl RawApns {
+    fn convert(self) -> Result<ApnsConfig, Invalid> {
+        let mut a = ApnsConfig::default();
+        if let Some(url) = self.url {
+            a.url = check_base_url("push.apns.url", &url)?;
+        }
+        if let Some(url) = self.sandbox_url {
+            a.sandbox_url = check_base_url("push.apns.sandbox_url", &url)?;
+        }
+        let path = |v: Option<Parse<Option<PathBuf>>>| v.and_then(|Parse(p)| p);
+        a.ca_file = path(self.ca_file);
+        let team_id = self.team_id.unwrap_or_default().trim().to_owned();
+        let key_id = self.key_id.unwrap_or_default().trim().to_owned();
+        let key_file = path(self.key_file);
+        let certificate = path(self.certificate);
+        let private_key = path(self.private_key);
+        a.auth = match (key_file, certificate, private_key) {
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "push.apns.certificate",
+                    "push.apns.key_file is set too: choose token (key_file) or certificate \
+                     authentication",
+                ))
+            }
+            (Some(key_file), None, _) => {
+                for (key, value) in [
+                    ("push.apns.team_id", &team_id),
+                    ("push.apns.key_id", &key_id),
+                ] {
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return Err(invalid(
+                            key,
+                            "token authentication (push.apns.key_file) needs Apple's \
+                             10-character id here, letters and digits",
+                        ));
+                    }
+                }
+                Some(ApnsAuth::Token {
+                    team_id,
+                    key_id,
+                    key_file,
+                })
+            }
+            (None, Some(certificate), Some(private_key)) => Some(ApnsAuth::Certificate {
+                certificate,
+                private_key,
+            }),
+            (None, Some(_), None) => {
+                return Err(invalid(
+                    "push.apns.private_key",
+                    "missing: push.apns.certificate is set, so its private key must be too",
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "push.apns.certificate",
+                    "missing: push.apns.private_key is set, so its certificate must be too",
+                ))
+            }
+            (None, None, None) => None,
+        };
+        Ok(a)
+    }
+}
+
+impl RawFcm {
+    fn convert(self) -> Result<FcmConfig, Invalid> {
+        let mut f = FcmConfig::default();
+        if let Some(url) = self.url {
+            f.url = check_base_url("push.fcm.url", &url)?;
+        }
+        f.service_account = self.service_account.and_then(|Parse(p)| p);
+        f.ca_file = self.ca_file.and_then(|Parse(p)| p);
+        Ok(f)
+    }
+}
+
+impl RawWebhook {
+    fn convert(self) -> Result<WebhookConfig, Invalid> {
+        let url = self
+            .url
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty());
+        if let Some(u) = &url {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"))
+                .unwrap_or_default();
+            let authority = rest.split(['/', '?']).next().unwrap_or_default();
+            if authority.is_empty()
+                || authority.contains(['@', ' ', '#'])
+                || <HostPort as crate::text::FromText>::from_text(authority).is_err()
+                || u.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "push.webhook.url",
+                    format!("{u:?}: expected http://host[:port]/path or https://…"),
+                ));
+            }
+        }
+        Ok(WebhookConfig {
+            url,
+            ca_file: self.ca_file.and_then(|Parse(p)| p),
+        })
     }
 }

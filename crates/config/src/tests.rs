@@ -735,3 +735,99 @@ fn hardening_limits_parse_and_check() {
         "invalid network",
     );
 }
+
+// === [push] ===
+
+#[test]
+fn push_defaults_and_live_settings() {
+    let p = Config::default().push;
+    assert_eq!(p.mode, PushMode::Log);
+    assert_eq!(p.timeout, Duration::from_secs(5));
+    assert_eq!(p.message_delivery_timeout, Duration::from_secs(7 * 86_400));
+    assert_eq!(p.apns.url, "https://api.push.apple.com");
+    assert_eq!(p.apns.auth, None);
+
+    let p = parse(
+        "[push]\nmode = \"live\"\nttl = \"30s\"\n\
+         [push.apns]\nurl = \"https://127.0.0.1:8443/\"\nteam_id = \"TEAM123456\"\n\
+         key_id = \"KEY1234567\"\nkey_file = \"/etc/stg/apns.p8\"\n\
+         [push.fcm]\nservice_account = \"/etc/stg/sa.json\"\n\
+         [push.webhook]\nurl = \"http://127.0.0.1:8080/push\"\n",
+    )
+    .push;
+    assert_eq!(p.mode, PushMode::Live);
+    assert_eq!(p.ttl, Duration::from_secs(30));
+    assert_eq!(p.apns.url, "https://127.0.0.1:8443");
+    assert_eq!(
+        p.apns.auth,
+        Some(ApnsAuth::Token {
+            team_id: "TEAM123456".into(),
+            key_id: "KEY1234567".into(),
+            key_file: "/etc/stg/apns.p8".into(),
+        })
+    );
+    assert_eq!(
+        p.fcm.service_account,
+        Some(PathBuf::from("/etc/stg/sa.json"))
+    );
+    assert_eq!(p.webhook.url.as_deref(), Some("http://127.0.0.1:8080/push"));
+
+    let p = parse("[push.apns]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n").push;
+    assert!(matches!(p.apns.auth, Some(ApnsAuth::Certificate { .. })));
+
+    let env = vars(&[("STG_PUSH__APNS__SANDBOX_URL", "https://localhost:9443")]);
+    let p = Config::from_toml_str(EXAMPLE, env).unwrap().push;
+    assert_eq!(p.apns.sandbox_url, "https://localhost:9443");
+}
+
+#[test]
+fn push_errors_name_their_key() {
+    assert_invalid("[push]\nmode = \"on\"\n", "push.mode", "neither");
+    assert_invalid("[push]\nmode = \"live\"\n", "push.mode", "needs push.apns");
+    assert_invalid("[push]\nttl = \"500ms\"\n", "push.ttl", "at least 1 s");
+    assert_invalid(
+        "[push]\nmax_in_flight = 0\n",
+        "push.max_in_flight",
+        "at least 1",
+    );
+    assert_invalid(
+        "[push]\ntimeout = \"0s\"\n",
+        "push.timeout",
+        "longer than zero",
+    );
+    assert_invalid(
+        "[push.apns]\nurl = \"http://x\"\n",
+        "push.apns.url",
+        "https://host",
+    );
+    assert_invalid(
+        "[push.fcm]\nurl = \"https://x/v1\"\n",
+        "push.fcm.url",
+        "nothing after",
+    );
+    assert_invalid(
+        "[push.apns]\nkey_file = \"k.p8\"\nteam_id = \"T\"\n",
+        "push.apns.key_id",
+        "10-character id",
+    );
+    assert_invalid(
+        "[push.apns]\nkey_file = \"k.p8\"\ncertificate = \"c.pem\"\n",
+        "push.apns.certificate",
+        "choose token",
+    );
+    assert_invalid(
+        "[push.apns]\ncertificate = \"c.pem\"\n",
+        "push.apns.private_key",
+        "missing",
+    );
+    assert_invalid(
+        "[push.webhook]\nurl = \"ftp://x\"\n",
+        "push.webhook.url",
+        "expected",
+    );
+    assert_invalid(
+        "[push.apns]\nteam = \"T\"\n",
+        "push.apns.team",
+        "unknown key",
+    );
+}
