@@ -73,6 +73,11 @@ pub(crate) enum CoreInput {
         aor: String,
         binding: stg_sip_core::proxy::Located,
     },
+    /// How a push the core asked for went.
+    Pushed {
+        id: stg_sip_core::proxy::PushId,
+        outcome: stg_sip_core::proxy::PushOutcome,
+    },
 }
 
 /// What the per-source limits count as one source: an IPv4 address, or an IPv6 address cut

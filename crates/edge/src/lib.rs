@@ -65,4 +65,7 @@ pub enum EdgeError {
     /// The binding store or the credentials database could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// The push providers' credentials could not be loaded.
+    #[error("push: {0}")]
+    Push(String),
 }

@@ -229,7 +229,10 @@ impl Node {
             },
             registrar: crate::registrar::domains(&self.config),
             node_id: self.config.node.id.clone().unwrap_or_default(),
-            push: Default::default(),
+            push: stg_sip_core::proxy::PushPolicy {
+                timeout: self.config.push.timeout,
+                call_fork_timeout: self.config.push.call_fork_timeout,
+            },
             allowed_destinations: self
                 .config
                 .sip
@@ -256,6 +259,8 @@ impl Node {
             tracing::info!(store = r.store_kind(), "registrar ready");
             Some(Arc::new(r))
         };
+        let pusher =
+            stg_push::Pusher::new(&self.config.push).map_err(|e| EdgeError::Push(e.to_string()))?;
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
         let accept_stop = CancellationToken::new();
         let shared = Arc::new(Shared::new(
@@ -312,6 +317,7 @@ impl Node {
             lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
             listener_sides: self.listeners.iter().map(|l| l.side).collect(),
             registrar,
+            pusher,
         };
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
             .await;
@@ -343,6 +349,8 @@ struct Core {
     listener_sides: Vec<Side>,
     /// Bindings and credentials; None when `[registrar]` names no domain.
     registrar: Option<Arc<crate::registrar::Registrar>>,
+    /// APNs, FCM, the webhook, or the log.
+    pusher: stg_push::Pusher,
 }
 
 /// Most DNS lookups in flight at once; beyond it a lookup fails at once (the request gets
@@ -456,6 +464,7 @@ impl Core {
             }
             CoreInput::FlowClosed(flow) => self.proxy.handle_flow_closed(flow, now),
             CoreInput::Bound { aor, binding } => self.proxy.handle_bound(&aor, &binding, now),
+            CoreInput::Pushed { id, outcome } => self.proxy.handle_pushed(id, outcome, now),
         }
         self.flush();
     }
@@ -543,7 +552,8 @@ impl Core {
                         }
                     }
                     Output::Push(p) => {
-                        let outcome = crate::push::send(*p, &self.shared);
+                        let registrar = self.registrar.clone();
+                        let outcome = crate::push::send(*p, &self.pusher, registrar, &self.shared);
                         if let Some((id, outcome)) = outcome {
                             self.proxy.handle_pushed(id, outcome, crate::now());
                         }

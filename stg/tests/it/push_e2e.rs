@@ -4,41 +4,29 @@
 //! stg is the registrar (local mode, digest against its SQL users). The first device
 //! registers over TCP with push parameters and a `+sip.instance`, then its process ends
 //! (the connection closes: the app is asleep). The PBX calls the AOR on stg's inside
-//! listener; stg finds the binding's connection gone, pushes (log-only, the embedded
-//! default: the log line is the push), answers `110 Push sent`, and waits. The "woken" app
-//! registers again over a new connection with the same instance; the waiting INVITE goes out
-//! on it, the device answers, the call is set up and hung up.
+//! listener; stg finds the binding's connection gone, pushes, answers `110 Push sent`, and
+//! waits. The "woken" app registers again over a new connection with the same instance; the
+//! waiting INVITE goes out on it, the device answers, the call is set up and hung up.
+//!
+//! Pushes go to the log (the embedded default) or to a local server that speaks FCM HTTP v1
+//! (HTTP/2 over TLS, the OAuth2 JWT-bearer grant checked against the service account's key).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, StgNode};
+use stg_testkit::push_servers::{FakeFcm, FcmOptions, FcmReply};
+
+use crate::harness::{free_port, http_get, StgNode};
 use crate::registrar_e2e::{
     addr, caller_scenario, count, device_scenario_with, make_users, DOMAIN, PASSWORD,
 };
 use crate::sipp::{Sipp, Transport};
 
 const INSTANCE: &str = ";+sip.instance=\"<urn:uuid:6f1e7b52-4c1d-4e8e-9d2a-1b2c3d4e5f60>\"";
-const PUSH_PARAMS: &str = ";pn-provider=fcm;pn-prid=fcm-token-0123456789;pn-param=stg-test";
+const TOKEN: &str = "fcm-token-0123456789";
 
-/// stg: devices on TCP `port` (outside), the PBX on UDP/TCP `inside`, local registrar.
-fn config(port: u16, inside: u16, users_url: &str) -> String {
-    let mut c = format!(
-        "[sip]\nupstream = \"sip:127.0.0.1:{}\"\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
-         [registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\" }}]\n\
-         digest_algorithms = [\"MD5\"]\n\n[store]\nusers_url = \"{users_url}\"\n",
-        free_port()
-    );
-    for (p, side, ts) in [
-        (port, "outside", &["tcp"][..]),
-        (inside, "inside", &["udp", "tcp"]),
-    ] {
-        for t in ts {
-            c.push_str(&format!(
-                "\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"127.0.0.1:{p}\"\nside = \"{side}\"\n"
-            ));
-        }
-    }
-    c
+fn push_params() -> String {
+    format!(";pn-provider=fcm;pn-prid={TOKEN};pn-param=stg-test")
 }
 
 fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool, report: impl Fn() -> String) {
@@ -49,113 +37,258 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool, report: imp
     }
 }
 
+/// stg with its devices (TCP, outside) and the PBX (UDP/TCP, inside), a local registrar, the
+/// app asleep (registered, connection closed), and the PBX's call to it started.
+struct Scene {
+    stg: StgNode,
+    dir: PathBuf,
+    port: u16,
+    caller: Sipp,
+    cid: String,
+    started: Instant,
+}
+
+impl Scene {
+    fn start(name: &str, push: &str) -> Self {
+        let (port, inside) = (free_port(), free_port());
+        let dir = crate::harness::temp_dir(name);
+        let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+        let mut c = format!(
+            "[sip]\nupstream = \"sip:127.0.0.1:{}\"\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
+             [registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\" }}]\n\
+             digest_algorithms = [\"MD5\"]\n\n[store]\nusers_url = \"{users_url}\"\n\n{push}\n",
+            free_port()
+        );
+        for (p, side, ts) in [
+            (port, "outside", &["tcp"][..]),
+            (inside, "inside", &["udp", "tcp"]),
+        ] {
+            for t in ts {
+                c.push_str(&format!(
+                    "\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"127.0.0.1:{p}\"\nside = \"{side}\"\n"
+                ));
+            }
+        }
+        let stg = StgNode::start(name, &c);
+        let dir = stg.dir.clone();
+
+        // The app registers with its push parameters, then sleeps: its connection closes.
+        let asleep = dir.join("asleep.xml");
+        std::fs::write(
+            &asleep,
+            device_scenario_with(true, None, &push_params(), INSTANCE),
+        )
+        .unwrap();
+        let cid = format!("{name}-asleep-{}-%u", std::process::id());
+        let mut first = Sipp::start(
+            &dir,
+            "asleep",
+            &asleep,
+            Transport::Tcp,
+            addr(free_port()),
+            Some(addr(port)),
+            &[
+                "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &cid,
+            ],
+        );
+        first.expect_success(Duration::from_secs(15));
+
+        // The PBX calls the AOR.
+        let cid = format!("{name}-call-{}-%u", std::process::id());
+        let caller_sf = dir.join("caller.xml");
+        std::fs::write(&caller_sf, caller_scenario(true)).unwrap();
+        let caller = Sipp::start(
+            &dir,
+            "caller",
+            &caller_sf,
+            Transport::Udp,
+            addr(free_port()),
+            Some(addr(inside)),
+            &["-s", "erin", "-cid_str", &cid],
+        );
+        Self {
+            stg,
+            dir,
+            port,
+            caller,
+            cid,
+            started: Instant::now(),
+        }
+    }
+
+    fn caller_got(&self, status: u16) -> bool {
+        self.caller
+            .messages()
+            .iter()
+            .any(|m| !m.sent && m.status() == Some(status))
+    }
+
+    /// The app wakes and registers again over a new connection; it must get the call,
+    /// answer it, and the caller hangs up.
+    fn wake_and_answer(mut self) {
+        let woken = self.dir.join("woken.xml");
+        std::fs::write(
+            &woken,
+            device_scenario_with(true, false, &push_params(), INSTANCE),
+        )
+        .unwrap();
+        let mut device = Sipp::start(
+            &self.dir,
+            "woken",
+            &woken,
+            Transport::Tcp,
+            addr(free_port()),
+            Some(addr(self.port)),
+            &[
+                "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &self.cid,
+            ],
+        );
+        let cs = self.caller.wait(Duration::from_secs(20));
+        let ds = device.wait(Duration::from_secs(10));
+        assert!(
+            cs.success() && ds.success(),
+            "caller {cs}, device {ds}\n{}\n{}\n--- stg:\n{}",
+            self.caller.report(),
+            device.report(),
+            self.stg.log()
+        );
+        assert!(self.stg.alive(), "stg died");
+    }
+}
+
 #[test]
 fn android_offline_is_pushed_and_called_on_its_new_connection() {
-    let (port, inside) = (free_port(), free_port());
-    let dir = crate::harness::temp_dir("push-e2e");
-    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
-    let mut stg = StgNode::start("push-e2e", &config(port, inside, &users_url));
-    let dir = stg.dir.clone();
-    let creds = ["-s", "erin", "-au", "erin", "-ap", PASSWORD];
-
-    // The app registers with its push parameters, then sleeps: its connection closes.
-    let asleep = dir.join("asleep.xml");
-    std::fs::write(
-        &asleep,
-        device_scenario_with(true, None, PUSH_PARAMS, INSTANCE),
-    )
-    .unwrap();
-    let cid = format!("push-asleep-{}-%u", std::process::id());
-    let mut args = creds.to_vec();
-    args.extend_from_slice(&["-cid_str", &cid]);
-    let mut first = Sipp::start(
-        &dir,
-        "asleep",
-        &asleep,
-        Transport::Tcp,
-        addr(free_port()),
-        Some(addr(port)),
-        &args,
-    );
-    first.expect_success(Duration::from_secs(15));
-
-    // The PBX calls the AOR. The call waits for the device: a push, 110 to the caller.
-    let cid = format!("push-call-{}-%u", std::process::id());
-    let caller_sf = dir.join("caller.xml");
-    std::fs::write(&caller_sf, caller_scenario(true)).unwrap();
-    let mut caller = Sipp::start(
-        &dir,
-        "caller",
-        &caller_sf,
-        Transport::Udp,
-        addr(free_port()),
-        Some(addr(inside)),
-        &["-s", "erin", "-cid_str", &cid],
-    );
-    let started = Instant::now();
+    let s = Scene::start("push-log", "");
     wait_until(
         10,
         "no push for the sleeping device",
-        || count(&stg.log(), "push (log only)") >= 1,
-        || format!("{}\n{}", stg.log(), caller.report()),
+        || count(&s.stg.log(), "push (log only") >= 1,
+        || format!("{}\n{}", s.stg.log(), s.caller.report()),
     );
-    let push_after = started.elapsed();
-    let log = stg.log();
-    let line = log.lines().find(|l| l.contains("push (log only)")).unwrap();
-    assert!(line.contains("erin@example.test"), "{line}");
+    let push_after = s.started.elapsed();
+    let log = s.stg.log();
+    let line = log.lines().find(|l| l.contains("push (log only")).unwrap();
+    assert!(line.contains("push-log-call-"), "the call is named: {line}");
+    assert!(line.contains("kind=\"call\""), "{line}");
     assert!(line.contains("provider=fcm"), "{line}");
     assert!(
-        !line.contains("fcm-token-0123456789"),
+        !line.contains(TOKEN),
         "the device's token is not logged whole: {line}"
     );
     wait_until(
         5,
         "the caller got no 110 Push sent",
-        || {
-            caller
-                .messages()
-                .iter()
-                .any(|m| !m.sent && m.status() == Some(110))
-        },
-        || caller.report(),
-    );
-
-    // The app wakes and registers again over a new connection: the INVITE goes there.
-    let woken = dir.join("woken.xml");
-    std::fs::write(
-        &woken,
-        device_scenario_with(true, false, PUSH_PARAMS, INSTANCE),
-    )
-    .unwrap();
-    let mut args = creds.to_vec();
-    args.extend_from_slice(&["-cid_str", &cid]);
-    let mut device = Sipp::start(
-        &dir,
-        "woken",
-        &woken,
-        Transport::Tcp,
-        addr(free_port()),
-        Some(addr(port)),
-        &args,
-    );
-    let cs = caller.wait(Duration::from_secs(20));
-    let ds = device.wait(Duration::from_secs(10));
-    assert!(
-        cs.success() && ds.success(),
-        "caller {cs}, device {ds}\n{}\n{}\n--- stg:\n{}",
-        caller.report(),
-        device.report(),
-        stg.log()
+        || s.caller_got(110),
+        || s.caller.report(),
     );
     assert_eq!(
-        stg.counter("stg_push_sent_total{provider=\"fcm\",result=\"logged\"}"),
+        s.stg
+            .counter("stg_push_sent_total{provider=\"log\",result=\"sent\"}"),
         1.0,
         "{}",
-        stg.metrics()
+        s.stg.metrics()
     );
     assert!(
         push_after < Duration::from_secs(5),
         "pushed after {push_after:?}"
     );
-    assert!(stg.alive(), "stg died");
+    s.wake_and_answer();
+}
+
+/// The pushes FCM received (not the OAuth2 token requests).
+fn sends(fcm: &FakeFcm) -> Vec<stg_testkit::push_servers::Recorded> {
+    fcm.requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(":send"))
+        .collect()
+}
+
+fn fcm_config(fcm: &FakeFcm, fork_timeout: &str) -> String {
+    format!(
+        "[push]\nmode = \"live\"\ncall_fork_timeout = \"{fork_timeout}\"\n\n[push.fcm]\nservice_account = \"{}\"\nurl = \"{}\"\nca_file = \"{}\"\n",
+        fcm.service_account_file().display(),
+        fcm.url(),
+        fcm.ca_file().display()
+    )
+}
+
+#[test]
+fn android_offline_is_woken_through_fcm() {
+    let fcm = FakeFcm::start(FcmOptions::default());
+    let s = Scene::start("push-fcm", &fcm_config(&fcm, "90s"));
+    fcm.wait_for(2, Duration::from_secs(10));
+    let got = sends(&fcm);
+    assert_eq!(got.len(), 1, "FCM got no push:\n{}", s.stg.log());
+    let push_after = s.started.elapsed();
+    let p = &got[0];
+    assert_eq!(p.status, 200);
+    assert_eq!(p.path, "/v1/projects/stg-test/messages:send");
+    let body = p.json();
+    let m = &body["message"];
+    assert_eq!(m["token"], TOKEN);
+    assert_eq!(m["android"]["priority"], "high");
+    assert_eq!(m["data"]["type"], "call");
+    assert!(m["data"]["call-id"]
+        .as_str()
+        .unwrap()
+        .starts_with("push-fcm-call-"));
+    assert_eq!(m["data"]["from-uri"], "sip:caller@example.test");
+    assert_eq!(fcm.tokens_issued(), 1, "one OAuth2 token");
+    wait_until(
+        5,
+        "the caller got no 110 Push sent",
+        || s.caller_got(110),
+        || s.caller.report(),
+    );
+    assert_eq!(
+        s.stg
+            .counter("stg_push_sent_total{provider=\"fcm\",result=\"sent\"}"),
+        1.0,
+        "{}",
+        s.stg.metrics()
+    );
+    assert!(
+        push_after < Duration::from_secs(5),
+        "pushed after {push_after:?}"
+    );
+    s.wake_and_answer();
+}
+
+#[test]
+fn a_token_fcm_rejects_removes_the_binding_and_the_call_ends() {
+    let fcm = FakeFcm::start(FcmOptions::default());
+    fcm.script(TOKEN, [FcmReply::Unregistered]);
+    let mut s = Scene::start("push-unreg", &fcm_config(&fcm, "90s"));
+    wait_until(
+        10,
+        "the caller got no 480",
+        || s.caller_got(480),
+        || format!("{}\n{}", s.caller.report(), s.stg.log()),
+    );
+    // The binding is gone.
+    let reg = http_get(s.stg.admin, "/registrar/aor/erin@example.test").unwrap_or_default();
+    assert!(reg.contains("200 OK") || reg.contains("{"), "{reg}");
+    assert!(!reg.contains(TOKEN), "the binding is still there:\n{reg}");
+    assert_eq!(sends(&fcm).len(), 1);
+    assert!(s.stg.alive());
+}
+
+#[test]
+fn a_device_that_never_wakes_ends_the_call_at_the_fork_timeout() {
+    let fcm = FakeFcm::start(FcmOptions::default());
+    let mut s = Scene::start("push-timeout", &fcm_config(&fcm, "2s"));
+    fcm.wait_for(2, Duration::from_secs(10));
+    assert_eq!(sends(&fcm).len(), 1);
+    wait_until(
+        10,
+        "the caller got no 408",
+        || s.caller_got(408),
+        || format!("{}\n{}", s.caller.report(), s.stg.log()),
+    );
+    let after = s.started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1_900) && after < Duration::from_secs(5),
+        "408 after {after:?}"
+    );
+    assert!(s.stg.alive());
 }
