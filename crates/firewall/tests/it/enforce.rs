@@ -1,0 +1,230 @@
+//! What the kernel does with our table: drops, expiry, restarts, refreshed timeouts, batches
+//! with refused elements.
+
+use std::time::Duration;
+
+use stg_firewall::{Change, Firewall, Hook, Rejected};
+use stg_testkit::Netns;
+
+use crate::common::{ban, config, drop_counters, list_set, net, Listener};
+
+/// Addresses on `lo` in the IPv6 tests: the listener, two in one /64, one outside it.
+const V6: [&str; 4] = ["fd00:1::1", "fd00:2::5", "fd00:2::7", "fd00:3::1"];
+
+#[test]
+fn a_banned_ipv4_source_is_dropped_and_others_get_through() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    let mut rx = Listener::bind("127.0.0.1");
+    assert!(rx.reaches("127.0.0.2"), "nothing is banned yet");
+
+    let done = fw.apply(&[ban("127.0.0.2", 600)]).unwrap();
+    assert_eq!((done.applied, done.runs), (1, 1));
+    assert!(done.rejected.is_empty());
+
+    let listed = list_set(&fw, "banned4");
+    assert!(
+        listed.contains("127.0.0.2 timeout 10m expires"),
+        "nft list set shows the element with its timeout:\n{listed}"
+    );
+    assert!(!rx.reaches("127.0.0.2"), "the banned source got through");
+    assert!(rx.reaches("127.0.0.3"), "an unbanned source was dropped");
+    assert_eq!(drop_counters(&fw).0, 1, "the IPv4 rule counted the drop");
+
+    let done = fw
+        .apply(&[Change::Unban {
+            net: net("127.0.0.2"),
+        }])
+        .unwrap();
+    assert_eq!(done.applied, 1);
+    assert!(rx.reaches("127.0.0.2"), "still dropped after the unban");
+    // Unbanning what is not there is no error.
+    let done = fw
+        .apply(&[Change::Unban {
+            net: net("127.0.0.2"),
+        }])
+        .unwrap();
+    assert_eq!((done.applied, done.rejected.len()), (1, 0));
+}
+
+#[test]
+fn an_ipv6_ban_of_a_64_drops_every_address_in_it() {
+    if !Netns::new().addrs(&V6).run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    let mut rx = Listener::bind(V6[0]);
+    assert!(rx.reaches(V6[1]) && rx.reaches(V6[2]));
+
+    // The guard bans the /64 of the offender fd00:2::5; any host bits are ignored.
+    fw.apply(&[ban("fd00:2::5/64", 600)]).unwrap();
+    let listed = list_set(&fw, "banned6");
+    assert!(listed.contains("fd00:2::/64 timeout 10m"), "{listed}");
+
+    assert!(!rx.reaches(V6[1]), "the offender got through");
+    assert!(!rx.reaches(V6[2]), "another address of its /64 got through");
+    assert!(rx.reaches(V6[3]), "an address of another /64 was dropped");
+    assert!(rx.reaches("::1"));
+    assert_eq!(drop_counters(&fw), (0, 2));
+    let elems = fw.list().unwrap();
+    assert_eq!(elems.len(), 1);
+    assert_eq!(elems[0].net, net("fd00:2::/64"));
+}
+
+#[test]
+fn an_element_expires_in_the_kernel_without_stg() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    let mut rx = Listener::bind("127.0.0.1");
+    fw.apply(&[Change::Ban {
+        net: net("127.0.0.2"),
+        timeout: Duration::from_millis(1500),
+    }])
+    .unwrap();
+    drop(fw);
+    assert!(!rx.reaches("127.0.0.2"));
+    // The one test that waits for real time: the kernel's own expiry.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rx.reaches("127.0.0.2"), "the ban outlived its timeout");
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    assert_eq!(fw.list().unwrap(), vec![], "an expired element is still listed");
+}
+
+#[test]
+fn bans_survive_a_restart_with_their_remaining_time() {
+    if !Netns::new().addrs(&V6).run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    let restored = fw
+        .restore(&[
+            (net("127.0.0.2"), Duration::from_secs(600)),
+            (net("fd00:2::/64"), Duration::from_secs(300)),
+        ])
+        .unwrap();
+    assert_eq!((restored.applied, restored.runs), (2, 1));
+    drop(fw);
+
+    // stg stops (nothing is done) and starts again, with another chain priority this time.
+    let again = Firewall::ensure(&stg_firewall::FirewallConfig {
+        hook: Hook::Input,
+        priority: -150,
+        ..config("stg")
+    })
+    .unwrap();
+    let mut elems = again.list().unwrap();
+    elems.sort_by_key(|e| e.net);
+    assert_eq!(elems.len(), 2, "{elems:?}");
+    assert_eq!(elems[0].net, net("127.0.0.2"));
+    assert_eq!(elems[0].timeout, Some(Duration::from_secs(600)));
+    let left = elems[0].expires.unwrap();
+    assert!(left <= Duration::from_secs(600) && left >= Duration::from_secs(590));
+    assert_eq!(elems[1].net, net("fd00:2::/64"));
+    assert!(elems[1].expires.unwrap() <= Duration::from_secs(300));
+
+    let chain = std::process::Command::new("nft")
+        .args(["list", "chain", "inet", "stg", "drop_banned"])
+        .output()
+        .unwrap();
+    let chain = String::from_utf8_lossy(&chain.stdout);
+    assert!(chain.contains("hook input priority filter - 150"), "{chain}");
+    assert_eq!(chain.matches("drop").count(), 3, "rules duplicated:\n{chain}");
+
+    let mut rx = Listener::bind("127.0.0.1");
+    assert!(!rx.reaches("127.0.0.2"), "the ban did not hold over the restart");
+    let mut rx6 = Listener::bind(V6[0]);
+    assert!(!rx6.reaches(V6[2]));
+    assert!(rx6.reaches(V6[3]));
+}
+
+#[test]
+fn a_reban_takes_the_new_timeout_even_a_shorter_one() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    fw.apply(&[ban("127.0.0.2", 3600)]).unwrap();
+    fw.apply(&[ban("127.0.0.2", 60)]).unwrap();
+    let e = fw.list().unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].timeout, Some(Duration::from_secs(60)));
+    fw.apply(&[ban("127.0.0.2", 7200)]).unwrap();
+    let e = fw.list().unwrap();
+    assert_eq!(e[0].timeout, Some(Duration::from_secs(7200)));
+    assert!(e[0].expires.unwrap() > Duration::from_secs(7100));
+}
+
+#[test]
+fn a_refused_element_does_not_lose_the_rest_of_its_batch() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    fw.apply(&[ban("10.8.0.0/24", 600), ban("10.7.0.1", 600)])
+        .unwrap();
+    let batch = [
+        ban("10.1.0.1", 600),
+        // Already in the set: refreshed, not an error.
+        ban("10.7.0.1", 900),
+        // Inside a banned /24: the kernel's interval set refuses the overlap.
+        ban("10.8.0.5", 600),
+        ban("10.1.0.2", 600),
+        // Twice in one batch: the last wins.
+        ban("10.1.0.3", 60),
+        ban("10.1.0.3", 120),
+        // Overlaps an element of the same batch.
+        ban("10.1.0.0/30", 600),
+        ban("10.1.0.9", 600),
+    ];
+    let done = fw.apply(&batch).unwrap();
+    assert_eq!(done.applied, 5, "{done:?}");
+    let mut refused: Vec<_> = done.rejected.iter().map(|r| r.change.net()).collect();
+    refused.sort();
+    assert_eq!(refused, vec![net("10.1.0.0/30"), net("10.8.0.5")], "{done:?}");
+    for Rejected { reason, .. } in &done.rejected {
+        assert!(reason.contains("overlap"), "{reason}");
+    }
+    assert!(done.runs <= 3, "{done:?}");
+
+    let mut listed: Vec<_> = fw
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.net, e.timeout.unwrap().as_secs()))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            (net("10.1.0.1"), 600),
+            (net("10.1.0.2"), 600),
+            (net("10.1.0.3"), 120),
+            (net("10.1.0.9"), 600),
+            (net("10.7.0.1"), 900),
+            (net("10.8.0.0/24"), 600),
+        ]
+    );
+}
+
+#[test]
+fn remove_all_deletes_the_table_and_is_idempotent() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg_x")).unwrap();
+    fw.apply(&[ban("127.0.0.2", 600)]).unwrap();
+    fw.remove_all().unwrap();
+    fw.remove_all().unwrap();
+    let out = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+    let mut rx = Listener::bind("127.0.0.1");
+    assert!(rx.reaches("127.0.0.2"));
+}
