@@ -92,8 +92,8 @@ impl Batcher {
     /// The next batch if one is due at `now`: up to [`BatchConfig::max_batch`] changes, the
     /// oldest first.
     pub fn poll_batch(&mut self, now: Instant) -> Option<Vec<Change>> {
-        let due = self.at.len() >= self.cfg.max_batch
-            || self.poll_timeout().is_some_and(|t| now >= t);
+        let due =
+            self.at.len() >= self.cfg.max_batch || self.poll_timeout().is_some_and(|t| now >= t);
         if !due {
             return None;
         }
@@ -138,6 +138,12 @@ impl Batcher {
 mod tests {
     use super::*;
 
+    /// The one reading of the clock: a starting point for fake time.
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> Instant {
+        Instant::now()
+    }
+
     fn ban(i: u32) -> Change {
         Change::Ban {
             net: IpNet::from(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())),
@@ -155,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_a_thousand_bans_is_one_batch() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut b = Batcher::new(BatchConfig::default());
         for i in 0..1000 {
             assert!(b.handle_change(ban(i), t0));
@@ -169,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_small_batch_waits_for_the_delay_counted_from_its_first_change() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut b = Batcher::new(cfg(100, 5, 1000));
         assert_eq!(b.poll_timeout(), None);
         b.handle_change(ban(1), t0);
@@ -183,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_last_change_to_a_network_wins_in_its_first_place() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut b = Batcher::new(cfg(100, 5, 1000));
         b.handle_change(ban(1), t0);
         b.handle_change(ban(2), t0);
@@ -196,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_long_burst_comes_out_in_full_batches_then_the_rest_after_the_delay() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut b = Batcher::new(cfg(100, 5, 10_000));
         for i in 0..250 {
             b.handle_change(ban(i), t0);
@@ -208,17 +214,27 @@ mod tests {
         // 50 left: not a full batch, due by age.
         assert!(b.poll_batch(t0 + Duration::from_millis(1)).is_none());
         // Coalescing still finds the networks that moved down the queue.
-        b.handle_change(Change::Unban { net: ban(249).net() }, t0);
+        b.handle_change(
+            Change::Unban {
+                net: ban(249).net(),
+            },
+            t0,
+        );
         assert_eq!(b.len(), 50);
         let rest = b.poll_batch(t0 + Duration::from_millis(5)).unwrap();
         assert_eq!(rest.len(), 50);
-        assert_eq!(rest.last(), Some(&Change::Unban { net: ban(249).net() }));
+        assert_eq!(
+            rest.last(),
+            Some(&Change::Unban {
+                net: ban(249).net()
+            })
+        );
         assert!(b.is_empty());
     }
 
     #[test]
     fn the_queue_is_bounded() {
-        let t0 = Instant::now();
+        let t0 = start();
         let mut b = Batcher::new(cfg(10_000, 5, 3));
         for i in 0..3 {
             assert!(b.handle_change(ban(i), t0));

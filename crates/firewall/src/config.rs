@@ -27,6 +27,22 @@ impl Hook {
     }
 }
 
+/// How a re-ban gives an element that is already in the kernel its new timeout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refresh {
+    /// Ask the kernel once, in [`crate::Firewall::ensure`]: [`Refresh::Add`] if it updates
+    /// timeouts, [`Refresh::Replace`] otherwise (the default). [`crate::Firewall::new`],
+    /// which runs nothing, takes [`Refresh::Replace`].
+    #[default]
+    Auto,
+    /// `add element` alone: the kernel updates the timeout of an element that exists (the
+    /// 6.18 kernel of our test machines does; older kernels keep the old timeout).
+    Add,
+    /// List the sets first, then delete and add each element that is already there. Right
+    /// on every kernel, but each delete costs time proportional to the set's size in nft 1.0.
+    Replace,
+}
+
 /// The firewall's settings, with defaults that suit an stg node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallConfig {
@@ -42,6 +58,12 @@ pub struct FirewallConfig {
     pub hook: Hook,
     /// The chain's priority (default -300, nft's `raw`: before conntrack at -200).
     pub priority: i32,
+    /// The IPv6 prefix length the guard bans by (default 64): bans of exactly this length
+    /// go to the hash set `banned6`, looked up with the source masked to it; other lengths
+    /// go to the interval set `banned6_nets`. 1 to 128.
+    pub v6_prefix: u8,
+    /// How re-bans refresh timeouts (default [`Refresh::Auto`]).
+    pub refresh: Refresh,
     /// The `nft` program (default `nft`, found in `PATH`).
     pub nft: PathBuf,
     /// Elements per `nft` run in [`crate::Firewall::restore`] (default 20,000: a 100,000-ban
@@ -55,6 +77,8 @@ impl Default for FirewallConfig {
             table: "stg".to_string(),
             hook: Hook::default(),
             priority: -300,
+            v6_prefix: 64,
+            refresh: Refresh::Auto,
             nft: PathBuf::from("nft"),
             restore_chunk: 20_000,
         }
@@ -63,7 +87,7 @@ impl Default for FirewallConfig {
 
 impl FirewallConfig {
     /// Refuses a table name that is not a plain nft identifier (it would be nft syntax in
-    /// our scripts) and a zero chunk.
+    /// our scripts), an impossible prefix length and a zero chunk.
     pub fn validate(&self) -> Result<(), Error> {
         let t = self.table.as_bytes();
         let ident = !t.is_empty()
@@ -77,8 +101,16 @@ impl FirewallConfig {
                 self.table
             )));
         }
+        if !(1..=128).contains(&self.v6_prefix) {
+            return Err(Error::Config(format!(
+                "v6_prefix {} is not an IPv6 prefix length (1 to 128)",
+                self.v6_prefix
+            )));
+        }
         if self.restore_chunk == 0 {
-            return Err(Error::Config("restore_chunk must be at least 1".to_string()));
+            return Err(Error::Config(
+                "restore_chunk must be at least 1".to_string(),
+            ));
         }
         Ok(())
     }
@@ -96,8 +128,22 @@ mod tests {
         };
         assert!(with("stg").validate().is_ok());
         assert!(with("stg_test2").validate().is_ok());
-        for bad in ["", "2stg", "stg; flush ruleset", "a b", "stg{", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "2stg",
+            "stg; flush ruleset",
+            "a b",
+            "stg{",
+            &"x".repeat(33),
+        ] {
             assert!(with(bad).validate().is_err(), "{bad:?} accepted");
+        }
+        for (len, ok) in [(0, false), (1, true), (64, true), (128, true), (129, false)] {
+            let cfg = FirewallConfig {
+                v6_prefix: len,
+                ..FirewallConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "/{len}");
         }
     }
 }

@@ -48,10 +48,10 @@ use std::time::Duration;
 pub use ipnet::IpNet;
 
 pub use batch::{BatchConfig, Batcher};
-pub use config::{FirewallConfig, Hook};
+pub use config::{FirewallConfig, Hook, Refresh};
 pub use error::Error;
 pub use list::Element;
-pub use nft::{Applied, Firewall, Rejected};
+pub use nft::{Applied, Firewall, Rejected, RESTORE_SLACK};
 
 /// The longest timeout written to the kernel (ten years). Longer bans are written with this
 /// one: the kernel refuses timeouts whose jiffies overflow, and a decade is "permanent" for

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::script::{SET4, SET6};
+use crate::script::{SET4, SET4_NETS, SET6, SET6_NETS};
 
 /// One element of a banned set, as the kernel holds it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,10 +20,11 @@ pub struct Element {
     pub expires: Option<Duration>,
 }
 
-/// The elements of our two sets in `nft -j list table inet <table>` output. Elements in a
-/// shape we never write (a range that is no prefix, added by hand) become the prefixes that
-/// cover exactly the same addresses; anything else unreadable is an error naming it.
-pub(crate) fn parse(json: &str) -> Result<Vec<Element>, String> {
+/// The elements of our four sets in `nft -j list table inet <table>` output; a `banned6`
+/// element stands for the `/v6_prefix` it starts. Elements in a shape we never write (a range
+/// that is no prefix, added by hand) become the prefixes that cover exactly the same
+/// addresses; anything else unreadable is an error naming it.
+pub(crate) fn parse(json: &str, v6_prefix: u8) -> Result<Vec<Element>, String> {
     let doc: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let items = doc
         .get("nftables")
@@ -34,15 +35,17 @@ pub(crate) fn parse(json: &str) -> Result<Vec<Element>, String> {
         let Some(set) = item.get("set") else {
             continue;
         };
-        let name = set.get("name").and_then(Value::as_str);
-        if name != Some(SET4) && name != Some(SET6) {
+        let name = set.get("name").and_then(Value::as_str).unwrap_or_default();
+        if ![SET4, SET6, SET4_NETS, SET6_NETS].contains(&name) {
             continue;
         }
+        // The masked set's elements are the prefixes' first addresses.
+        let len = (name == SET6).then_some(v6_prefix);
         let Some(elems) = set.get("elem").and_then(Value::as_array) else {
             continue; // An empty set has no `elem` at all.
         };
         for e in elems {
-            element(e, &mut out).map_err(|why| format!("element {e}: {why}"))?;
+            element(e, len, &mut out).map_err(|why| format!("element {e}: {why}"))?;
         }
     }
     Ok(out)
@@ -50,7 +53,7 @@ pub(crate) fn parse(json: &str) -> Result<Vec<Element>, String> {
 
 /// One entry of `elem`: `"192.0.2.1"`, `{"prefix": ..}`, `{"range": ..}`, or any of those
 /// wrapped as `{"elem": {"val": .., "timeout": s, "expires": s}}`.
-fn element(e: &Value, out: &mut Vec<Element>) -> Result<(), &'static str> {
+fn element(e: &Value, len: Option<u8>, out: &mut Vec<Element>) -> Result<(), &'static str> {
     let (val, timeout, expires) = match e.get("elem") {
         Some(inner) => (
             inner.get("val").ok_or("no `val`")?,
@@ -62,6 +65,10 @@ fn element(e: &Value, out: &mut Vec<Element>) -> Result<(), &'static str> {
     // A permanent element has no `expires`; one with a timeout always has both.
     let expires = expires.or(timeout.map(|_| Duration::ZERO));
     for net in nets(val)? {
+        let net = match len {
+            Some(len) => IpNet::new(net.addr(), len).map_err(|_| "not an IPv6 address")?,
+            None => net,
+        };
         out.push(Element {
             net,
             timeout,
@@ -95,7 +102,11 @@ fn nets(val: &Value) -> Result<Vec<IpNet>, &'static str> {
             .map(|n| vec![n])
             .map_err(|_| "prefix too long");
     }
-    if let Some([a, b]) = val.get("range").and_then(Value::as_array).map(Vec::as_slice) {
+    if let Some([a, b]) = val
+        .get("range")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
         let a: IpAddr = a.as_str().and_then(|s| s.parse().ok()).ok_or("bad range")?;
         let b: IpAddr = b.as_str().and_then(|s| s.parse().ok()).ok_or("bad range")?;
         return match (a, b) {
@@ -128,12 +139,16 @@ mod tests {
               {"range": ["10.3.0.1", "10.3.0.2"]}
           ]}},
           {"set": {"family": "inet", "name": "banned6", "table": "stg", "type": "ipv6_addr",
-                   "handle": 3, "flags": ["interval", "timeout"]}},
+                   "handle": 3, "flags": ["timeout"], "elem": [
+              {"elem": {"val": "2001:db8::", "timeout": 60, "expires": 59}}
+          ]}},
+          {"set": {"family": "inet", "name": "banned6_nets", "table": "stg", "type": "ipv6_addr",
+                   "handle": 6, "flags": ["interval", "timeout"]}},
           {"set": {"family": "inet", "name": "other", "table": "stg", "type": "ipv4_addr",
                    "handle": 4, "elem": ["10.9.9.9"]}},
           {"chain": {"family": "inet", "table": "stg", "name": "drop_banned", "handle": 5}}
         ]}"#;
-        let got = parse(json).unwrap();
+        let got = parse(json, 64).unwrap();
         let n = |s: &str| s.parse::<IpNet>().unwrap();
         let secs = |s| Some(Duration::from_secs(s));
         assert_eq!(
@@ -164,6 +179,11 @@ mod tests {
                     timeout: None,
                     expires: None
                 },
+                Element {
+                    net: n("2001:db8::/64"),
+                    timeout: secs(60),
+                    expires: secs(59)
+                },
             ]
         );
     }
@@ -178,8 +198,9 @@ mod tests {
             r#"{"nftables": [{"set": {"name": "banned4", "elem": [{"prefix": {"addr": "::", "len": 300}}]}}]}"#,
             r#"{"nftables": [{"set": {"name": "banned6", "elem": [{"range": ["::2", "::1"]}]}}]}"#,
             r#"{"nftables": [{"set": {"name": "banned6", "elem": [7]}}]}"#,
+            r#"{"nftables": [{"set": {"name": "banned6", "elem": ["10.0.0.1"]}}]}"#,
         ] {
-            assert!(parse(bad).is_err(), "{bad} accepted");
+            assert!(parse(bad, 64).is_err(), "{bad} accepted");
         }
     }
 }

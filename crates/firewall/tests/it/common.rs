@@ -8,13 +8,13 @@ use std::time::Duration;
 use stg_firewall::{Change, Firewall, FirewallConfig, IpNet};
 
 /// A listener on `addr` (port 0) that reports which probes reached it.
-pub struct Listener {
+pub(crate) struct Listener {
     sock: UdpSocket,
     seq: u32,
 }
 
 impl Listener {
-    pub fn bind(addr: &str) -> Self {
+    pub(crate) fn bind(addr: &str) -> Self {
         let ip: IpAddr = addr.parse().unwrap();
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -23,7 +23,7 @@ impl Listener {
     }
 
     /// Sends one datagram from `src` (port 0) and says whether it arrived within 300 ms.
-    pub fn reaches(&mut self, src: &str) -> bool {
+    pub(crate) fn reaches(&mut self, src: &str) -> bool {
         self.seq += 1;
         let payload = format!("probe {} from {src}", self.seq);
         let ip: IpAddr = src.parse().unwrap();
@@ -41,14 +41,14 @@ impl Listener {
     }
 }
 
-pub fn net(s: &str) -> IpNet {
+pub(crate) fn net(s: &str) -> IpNet {
     match s.parse::<IpNet>() {
         Ok(n) => n,
         Err(_) => IpNet::from(s.parse::<IpAddr>().unwrap()),
     }
 }
 
-pub fn ban(s: &str, secs: u64) -> Change {
+pub(crate) fn ban(s: &str, secs: u64) -> Change {
     Change::Ban {
         net: net(s),
         timeout: Duration::from_secs(secs),
@@ -57,15 +57,15 @@ pub fn ban(s: &str, secs: u64) -> Change {
 
 /// A table name per test, so a failing test's leftovers cannot confuse another (each runs
 /// in its own namespace anyway).
-pub fn config(table: &str) -> FirewallConfig {
+pub(crate) fn config(table: &str) -> FirewallConfig {
     FirewallConfig {
         table: table.to_string(),
         ..FirewallConfig::default()
     }
 }
 
-/// The packets counted by the chain's rules, IPv4 rule first.
-pub fn drop_counters(fw: &Firewall) -> (u64, u64) {
+/// The packets counted by the chain's rules: banned4, banned6, banned4_nets, banned6_nets.
+pub(crate) fn drop_counters(fw: &Firewall) -> Vec<u64> {
     let out = Command::new("nft")
         .args(["list", "chain", "inet", &fw.config().table, "drop_banned"])
         .output()
@@ -78,16 +78,20 @@ pub fn drop_counters(fw: &Firewall) -> (u64, u64) {
             rest.split_whitespace().next()?.parse().ok()
         })
         .collect();
-    assert_eq!(counts.len(), 2, "chain as listed:\n{text}");
-    (counts[0], counts[1])
+    assert_eq!(counts.len(), 4, "chain as listed:\n{text}");
+    counts
 }
 
 /// `nft list set` as text, for assertions about what the operator sees.
-pub fn list_set(fw: &Firewall, set: &str) -> String {
+pub(crate) fn list_set(fw: &Firewall, set: &str) -> String {
     let out = Command::new("nft")
         .args(["list", "set", "inet", &fw.config().table, set])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

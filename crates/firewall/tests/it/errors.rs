@@ -1,6 +1,6 @@
 //! Failures name the command and say why; the caller keeps enforcing in-process.
 
-use stg_firewall::{Error, Firewall, FirewallConfig};
+use stg_firewall::{Error, Firewall, FirewallConfig, Refresh};
 use stg_testkit::Netns;
 
 use crate::common::{ban, config};
@@ -24,8 +24,13 @@ fn a_failing_nft_names_the_command_and_its_stderr() {
     if !Netns::new().run_test_inside() {
         return;
     }
-    // No `ensure`: the table is not there.
-    let fw = Firewall::new(config("stg")).unwrap();
+    // No `ensure`: the table is not there. (With `Refresh::Add` the batch is the first
+    // command; with the default, the listing before it fails the same way.)
+    let fw = Firewall::new(FirewallConfig {
+        refresh: Refresh::Add,
+        ..config("stg")
+    })
+    .unwrap();
     let err = fw.apply(&[ban("127.0.0.2", 60)]).unwrap_err();
     let Error::Nft {
         command, stderr, ..
@@ -36,7 +41,11 @@ fn a_failing_nft_names_the_command_and_its_stderr() {
     assert_eq!(command, "nft -f -");
     assert!(stderr.contains("No such file or directory"), "{stderr}");
     let err = fw.list().unwrap_err();
-    assert!(err.to_string().contains("`nft -j list table inet stg` failed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`nft -j list table inet stg` failed"),
+        "{err}"
+    );
 
     // A set of ours with other flags (an old or foreign table): ensure refuses to guess.
     let out = std::process::Command::new("nft")
