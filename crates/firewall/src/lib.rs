@@ -1,6 +1,9 @@
 //! Kernel enforcement of stg's bans: an nftables table of stg's own (`inet stg` by default)
-//! with two sets, `banned4` and `banned6`, whose elements carry their own timeouts, and one
-//! base chain that drops every packet whose source is in them.
+//! whose sets hold the banned sources, each element with its own timeout, and one base chain
+//! that drops every packet from them. `banned4` holds IPv4 addresses and `banned6` the IPv6
+//! /64s (by their first address; the rule masks the source), both hash sets; any other prefix
+//! goes to the interval sets `banned4_nets` and `banned6_nets`. Why hash sets: nft 1.0 reads
+//! a whole interval set before it changes one element (see [`script`]).
 //!
 //! # How it fits
 //! The guard decides bans; this crate only mirrors them into the kernel, so a banned source
@@ -20,12 +23,15 @@
 //! ```
 //!
 //! # Invariants
-//! - One `nft` process per batch, never one per address; a restore of N elements is
-//!   `ceil(N / restore_chunk)` runs.
-//! - A re-ban refreshes the element's timeout (the element is replaced in the same
-//!   transaction: see [`script`]), whatever the kernel's version.
-//! - An element the kernel refuses (an interval that overlaps another one) is reported in
-//!   [`Applied::rejected`] and the rest of its batch is applied all the same.
+//! - One `nft` process per batch, never one per address (more only when nft refuses some
+//!   elements); a restore of N elements is `ceil(N / restore_chunk)` runs, plus one listing
+//!   under [`Refresh::Replace`].
+//! - A re-ban gives the element its new timeout, longer or shorter, on every kernel: by `add`
+//!   where the kernel updates timeouts, by delete and add in one transaction elsewhere
+//!   ([`Refresh`], found out by [`Firewall::ensure`]).
+//! - An unban of what is not there is no error; an element nft refuses (a prefix that
+//!   overlaps another one) is reported in [`Applied::rejected`] and the rest of its batch is
+//!   applied all the same.
 //! - Nothing here flushes the sets except [`Firewall::remove_all`].
 //! - Every name written into a script is checked ([`FirewallConfig::validate`]); addresses
 //!   come from typed [`IpNet`]s, so no input can inject nft syntax.

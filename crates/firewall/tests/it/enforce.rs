@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use stg_firewall::{Change, Firewall, Hook, Refresh};
+use stg_firewall::{BatchConfig, Batcher, Change, Firewall, Hook, IpNet, Refresh};
 use stg_testkit::Netns;
 
 use crate::common::{ban, config, drop_counters, list_set, net, Listener};
@@ -72,9 +72,48 @@ fn an_ipv6_ban_of_a_64_drops_every_address_in_it() {
     assert!(rx.reaches(V6[3]), "an address of another /64 was dropped");
     assert!(rx.reaches("::1"));
     assert_eq!(drop_counters(&fw), [0, 2, 0, 0]);
-    let elems = fw.list().unwrap();
-    assert_eq!(elems.len(), 1);
-    assert_eq!(elems[0].net, net("fd00:2::/64"));
+
+    // A single IPv6 address (an operator's choice) goes to the interval set.
+    fw.apply(&[ban("fd00:3::1/128", 600)]).unwrap();
+    assert!(!rx.reaches(V6[3]));
+    assert!(rx.reaches("::1"));
+    assert_eq!(drop_counters(&fw), [0, 2, 0, 1]);
+    let mut elems: Vec<_> = fw.list().unwrap().into_iter().map(|e| e.net).collect();
+    elems.sort();
+    assert_eq!(elems, vec![net("fd00:2::/64"), net("fd00:3::1/128")]);
+}
+
+#[test]
+fn a_burst_of_a_thousand_bans_through_the_batcher_is_one_nft_run() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    let mut b = Batcher::new(BatchConfig::default());
+    #[allow(clippy::disallowed_methods)]
+    let t0 = std::time::Instant::now();
+    for i in 0..1000u32 {
+        let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        // Some bans twice: coalesced, the last one wins.
+        for secs in [60, 600] {
+            let net = IpNet::from(std::net::IpAddr::V4(addr));
+            let timeout = Duration::from_secs(if i % 10 == 0 { secs } else { 600 });
+            assert!(b.handle_change(Change::Ban { net, timeout }, t0));
+        }
+    }
+    let mut runs = 0;
+    let mut applied = 0;
+    while let Some(batch) = b.poll_batch(t0) {
+        let done = fw.apply(&batch).unwrap();
+        runs += done.runs;
+        applied += done.applied;
+    }
+    assert_eq!((runs, applied), (1, 1000));
+    let listed = fw.list().unwrap();
+    assert_eq!(listed.len(), 1000);
+    assert!(listed
+        .iter()
+        .all(|e| e.timeout == Some(Duration::from_secs(600))));
 }
 
 #[test]
@@ -290,4 +329,41 @@ fn remove_all_deletes_the_table_and_is_idempotent() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
     let mut rx = Listener::bind("127.0.0.1");
     assert!(rx.reaches("127.0.0.2"));
+}
+
+#[test]
+fn the_example_ruleset_is_what_ensure_makes() {
+    if !Netns::new().run_test_inside() {
+        return;
+    }
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nftables/stg.nft");
+    let nft = |args: &[&str]| {
+        let out = std::process::Command::new("nft")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    nft(&["-f", file]);
+    nft(&["add element inet stg banned4 { 127.0.0.2 timeout 1h }"]);
+    // Loaded twice: no rule twice, no ban lost.
+    nft(&["-f", file]);
+    let from_file = nft(&["list", "table", "inet", "stg"]);
+    let fw = Firewall::ensure(&config("stg")).unwrap();
+    assert_eq!(fw.list().unwrap().len(), 1);
+    let from_ensure = nft(&["list", "table", "inet", "stg"]);
+    // The same table but for the remaining time of the element.
+    let shape = |t: &str| -> String {
+        t.lines()
+            .filter(|l| !l.contains("expires"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(shape(&from_file), shape(&from_ensure));
+    assert_eq!(from_file.matches("counter").count(), 4, "{from_file}");
 }
