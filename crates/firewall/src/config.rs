@@ -60,7 +60,10 @@ pub struct FirewallConfig {
     pub priority: i32,
     /// The IPv6 prefix length the guard bans by (default 64): bans of exactly this length
     /// go to the hash set `banned6`, looked up with the source masked to it; other lengths
-    /// go to the interval set `banned6_nets`. 1 to 128.
+    /// go to the interval set `banned6_nets`. 1 to 128. Keep it equal to the guard's IPv6
+    /// ban scope. Changing it re-masks the rule, so elements already in `banned6` would then
+    /// stand for prefixes of the new length: clear the table (the operator's `remove_all`)
+    /// and restore when changing it.
     pub v6_prefix: u8,
     /// How re-bans refresh timeouts (default [`Refresh::Auto`]).
     pub refresh: Refresh,

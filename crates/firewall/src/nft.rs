@@ -13,8 +13,8 @@ use crate::script::Op;
 use crate::{script, Change, Error, FirewallConfig, Refresh};
 
 /// How many times [`Firewall::apply`] runs `nft` for one batch before giving up: each
-/// failed run takes out the elements it named (nft names up to ten per run), so this is
-/// only reached by a batch with dozens of refused elements.
+/// failed run takes out the elements nft named, so this is only reached by a batch with
+/// many refused elements (overlapping prefixes, which the guard does not make).
 const MAX_RUNS: usize = 16;
 
 /// How far an element's remaining time may be from the store's for [`Firewall::restore`]

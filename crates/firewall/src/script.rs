@@ -34,7 +34,7 @@
 //! transaction cannot see it expire between its add and its delete.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -248,11 +248,6 @@ fn write_net(out: &mut String, set: &str, net: IpNet) {
     }
 }
 
-/// What a [`SET6`] element stands for.
-pub fn v6_net(addr: IpAddr, v6_prefix: u8) -> Option<IpNet> {
-    IpNet::new(addr, v6_prefix).ok()
-}
-
 /// A timeout in nft syntax: whole milliseconds, rounded up, between 1 ms and [`MAX_TIMEOUT`].
 fn timeout_text(t: Duration) -> String {
     let t = t.min(MAX_TIMEOUT);
@@ -313,7 +308,7 @@ mod tests {
     fn statements_hold_at_most_per_statement_elements() {
         let ops: Vec<(usize, Op)> = (0..2500u32)
             .map(|i| {
-                let net = IpNet::from(IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+                let net = IpNet::from(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
                 (i as usize, Op::Add(net, Duration::from_secs(1)))
             })
             .collect();
