@@ -269,6 +269,9 @@ impl Node {
             accept_stop.clone(),
             self.tls.clone(),
         ));
+        if let Some(r) = &registrar {
+            r.start_watching(&shared);
+        }
         let resolver = crate::resolver::Resolver::new(
             &self.config.dns.nameservers,
             self.config.dns.cache_size,
@@ -553,6 +556,13 @@ impl Core {
                     }
                     Output::Push(p) => {
                         let registrar = self.registrar.clone();
+                        if let Some(r) = &registrar {
+                            // The device may wake on another node: follow its binds while
+                            // the call may wait (plus a margin for the push itself).
+                            let wait = self.proxy.config().push.call_fork_timeout
+                                + Duration::from_secs(10);
+                            r.watch_for(&p.aor, wait);
+                        }
                         let outcome = crate::push::send(*p, &self.pusher, registrar, &self.shared);
                         if let Some((id, outcome)) = outcome {
                             self.proxy.handle_pushed(id, outcome, crate::now());

@@ -46,6 +46,8 @@ pub(crate) struct Registrar {
     /// Location lookups in flight: their own share, so a flood of registrations or
     /// credentials from outside cannot starve the PBX's calls to registered devices.
     lookups: Arc<Semaphore>,
+    /// Binds published by other nodes, for the AORs with calls waiting here (Redis only).
+    watcher: std::sync::OnceLock<stg_store::Watcher>,
 }
 
 /// The core's view of the `[registrar]` domains.
@@ -188,7 +190,61 @@ impl Registrar {
             )),
             ops: Arc::new(Semaphore::new(MAX_STORE_OPS)),
             lookups: Arc::new(Semaphore::new(MAX_STORE_OPS)),
+            watcher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts following the binds other nodes publish (a shared Redis): a device pushed
+    /// from here may wake on any node, and the call waiting here must learn where it is.
+    pub(crate) fn start_watching(self: &Arc<Self>, shared: &Arc<Shared>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<stg_store::Bound>(1024);
+        let Some(w) = self.bindings.watcher(tx) else {
+            return;
+        };
+        let _ = self.watcher.set(w);
+        let this = self.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                // One read per notification; the core ignores AORs nobody waits for, and
+                // a bind it already knows (its own, echoed by Redis).
+                let Ok(permit) = this.lookups.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let (this, shared) = (this.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(record) = this.bindings.get(&b.aor).await else {
+                        return;
+                    };
+                    let (live, _) = stg_registrar::live_bindings(&record.fields, unix_now());
+                    for binding in live {
+                        if !b.uid.is_empty() && binding.key != b.uid {
+                            continue;
+                        }
+                        let input = CoreInput::Bound {
+                            aor: b.aor.clone(),
+                            binding: located(binding),
+                        };
+                        let _ = shared.core_tx.send(input).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// While a call waits for a pushed device of `aor` (at most `wait`), binds published by
+    /// other nodes for it are followed.
+    pub(crate) fn watch_for(&self, aor: &str, wait: std::time::Duration) {
+        let Some(w) = self.watcher.get() else {
+            return;
+        };
+        w.watch(aor);
+        let (w, aor) = (w.clone(), aor.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            w.unwatch(&aor);
+        });
     }
 
     /// The binding store (for the admin endpoint's diagnostics).

@@ -28,8 +28,10 @@ mod embedded;
 mod glob;
 mod redis_backend;
 mod users;
+mod watch;
 
 pub use users::Users;
+pub use watch::{Bound, Watcher, MAX_WATCHED};
 
 /// One AOR's hash, as stored: field → value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -181,6 +183,16 @@ impl Bindings {
             Backend::Redis(s) => s.remove(aor, field).await,
         };
         self.observe("remove", started, r)
+    }
+
+    /// Follows bind notifications of other nodes (Redis pub/sub): every bind published on a
+    /// watched AOR is sent to `out`. `None` for the embedded store (one node: its own binds
+    /// are all it needs). Needs a tokio runtime.
+    pub fn watcher(&self, out: tokio::sync::mpsc::Sender<Bound>) -> Option<Watcher> {
+        match &self.inner {
+            Backend::Embedded(_) => None,
+            Backend::Redis(s) => Some(watch::start(s.clone(), out)),
+        }
     }
 
     /// "embedded" / "redis" / "redis+sentinel", for metrics labels and logs.

@@ -319,6 +319,14 @@ impl RedisStore {
         e
     }
 
+    /// A client for the master (the one configured, or the one the sentinels name now).
+    pub(crate) async fn client(&self) -> Result<redis::Client, StoreError> {
+        match &self.inner.target {
+            Target::Plain(c) => Ok(c.clone()),
+            Target::Sentinel(m) => self.master(m).await,
+        }
+    }
+
     async fn lease(&self) -> Result<Lease<'_>, StoreError> {
         let inner = &*self.inner;
         let permit = tokio::time::timeout(IO_TIMEOUT, inner.permits.acquire())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use stg_testkit::push_servers::{FakeFcm, FcmOptions, FcmReply};
 
-use crate::harness::{free_port, http_get, StgNode};
+use crate::harness::{free_port, http_get, Redis, StgNode};
 use crate::registrar_e2e::{
     addr, caller_scenario, count, device_scenario_with, make_users, DOMAIN, PASSWORD,
 };
@@ -37,6 +37,28 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool, report: imp
     }
 }
 
+/// A node: devices on TCP `port` (outside), the PBX on UDP/TCP `inside`, a local registrar
+/// with the users at `users_url`, and `extra` sections.
+fn node_config(port: u16, inside: u16, users_url: &str, extra: &str) -> String {
+    let mut c = format!(
+        "[sip]\nupstream = \"sip:127.0.0.1:{}\"\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
+         [registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\" }}]\n\
+         digest_algorithms = [\"MD5\"]\n\n[store]\nusers_url = \"{users_url}\"\n\n{extra}\n",
+        free_port()
+    );
+    for (p, side, ts) in [
+        (port, "outside", &["tcp"][..]),
+        (inside, "inside", &["udp", "tcp"]),
+    ] {
+        for t in ts {
+            c.push_str(&format!(
+                "\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"127.0.0.1:{p}\"\nside = \"{side}\"\n"
+            ));
+        }
+    }
+    c
+}
+
 /// stg with its devices (TCP, outside) and the PBX (UDP/TCP, inside), a local registrar, the
 /// app asleep (registered, connection closed), and the PBX's call to it started.
 struct Scene {
@@ -53,25 +75,14 @@ impl Scene {
         let (port, inside) = (free_port(), free_port());
         let dir = crate::harness::temp_dir(name);
         let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
-        let mut c = format!(
-            "[sip]\nupstream = \"sip:127.0.0.1:{}\"\n\n[sip.timers]\nt1 = \"100ms\"\nt4 = \"1s\"\n\n\
-             [registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\" }}]\n\
-             digest_algorithms = [\"MD5\"]\n\n[store]\nusers_url = \"{users_url}\"\n\n{push}\n",
-            free_port()
-        );
-        for (p, side, ts) in [
-            (port, "outside", &["tcp"][..]),
-            (inside, "inside", &["udp", "tcp"]),
-        ] {
-            for t in ts {
-                c.push_str(&format!(
-                    "\n[[sip.listen]]\ntransport = \"{t}\"\naddress = \"127.0.0.1:{p}\"\nside = \"{side}\"\n"
-                ));
-            }
-        }
+        let c = node_config(port, inside, &users_url, push);
         let stg = StgNode::start(name, &c);
-        let dir = stg.dir.clone();
+        Self::call_asleep(stg, name, port, inside)
+    }
 
+    /// On a running node: the app registers and sleeps, then the PBX calls it.
+    fn call_asleep(stg: StgNode, name: &str, port: u16, inside: u16) -> Self {
+        let dir = stg.dir.clone();
         // The app registers with its push parameters, then sleeps: its connection closes.
         let asleep = dir.join("asleep.xml");
         std::fs::write(
@@ -125,7 +136,13 @@ impl Scene {
 
     /// The app wakes and registers again over a new connection; it must get the call,
     /// answer it, and the caller hangs up.
-    fn wake_and_answer(mut self) {
+    fn wake_and_answer(self) {
+        let port = self.port;
+        self.wake_on(port);
+    }
+
+    /// [`Self::wake_and_answer`], the device registering on the node listening on `port`.
+    fn wake_on(mut self, port: u16) {
         let woken = self.dir.join("woken.xml");
         std::fs::write(
             &woken,
@@ -138,7 +155,7 @@ impl Scene {
             &woken,
             Transport::Tcp,
             addr(free_port()),
-            Some(addr(self.port)),
+            Some(addr(port)),
             &[
                 "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &self.cid,
             ],
@@ -291,4 +308,43 @@ fn a_device_that_never_wakes_ends_the_call_at_the_fork_timeout() {
         "408 after {after:?}"
     );
     assert!(s.stg.alive());
+}
+
+#[test]
+fn the_device_wakes_on_another_node_sharing_the_redis() {
+    let redis = Redis::start();
+    let dir = crate::harness::temp_dir("push-2nodes");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let cfg = |port, inside| {
+        // The nodes reach each other on loopback, which a route chosen by a stored Path may
+        // not reach unless allowed.
+        node_config(port, inside, &users_url, "")
+            .replace(
+                "[store]\n",
+                &format!("[store]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port),
+            )
+            .replace(
+                "[sip]\n",
+                "[sip]\nallowed_destinations = [\"127.0.0.0/8\"]\n",
+            )
+    };
+    let (port_a, inside_a, port_b, inside_b) = (free_port(), free_port(), free_port(), free_port());
+    let node_a = StgNode::start("push-node-a", &cfg(port_a, inside_a));
+    let node_b = StgNode::start("push-node-b", &cfg(port_b, inside_b));
+    // Asleep on B, called on B; B pushes and waits.
+    let s = Scene::call_asleep(node_b, "push-2nodes", port_b, inside_b);
+    wait_until(
+        10,
+        "no push on node B",
+        || count(&s.stg.log(), "push (log only") >= 1,
+        || s.stg.log(),
+    );
+    // The app wakes behind HAProxy on node A: B learns it through Redis and sends the call
+    // along the new binding's Path, through A, to the device's new connection.
+    s.wake_on(port_a);
+    assert!(
+        count(&node_a.log(), "push (log only") == 0,
+        "A pushed nothing:\n{}",
+        node_a.log()
+    );
 }
