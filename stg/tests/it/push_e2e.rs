@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use stg_testkit::push_servers::{FakeFcm, FcmOptions, FcmReply};
+use stg_testkit::push_servers::{ApnsOptions, FakeApns, FakeFcm, FcmOptions, FcmReply};
 
 use crate::harness::{free_port, http_get, Redis, StgNode};
 use crate::registrar_e2e::{
@@ -68,6 +68,7 @@ struct Scene {
     caller: Sipp,
     cid: String,
     started: Instant,
+    params: String,
 }
 
 impl Scene {
@@ -82,14 +83,29 @@ impl Scene {
 
     /// On a running node: the app registers and sleeps, then the PBX calls it.
     fn call_asleep(stg: StgNode, name: &str, port: u16, inside: u16) -> Self {
+        Self::call_asleep_with(
+            stg,
+            name,
+            port,
+            inside,
+            &push_params(),
+            &caller_scenario(true),
+        )
+    }
+
+    /// [`Self::call_asleep`] with the device's push parameters and the caller's scenario.
+    fn call_asleep_with(
+        stg: StgNode,
+        name: &str,
+        port: u16,
+        inside: u16,
+        params: &str,
+        caller_xml: &str,
+    ) -> Self {
         let dir = stg.dir.clone();
         // The app registers with its push parameters, then sleeps: its connection closes.
         let asleep = dir.join("asleep.xml");
-        std::fs::write(
-            &asleep,
-            device_scenario_with(true, None, &push_params(), INSTANCE),
-        )
-        .unwrap();
+        std::fs::write(&asleep, device_scenario_with(true, None, params, INSTANCE)).unwrap();
         let cid = format!("{name}-asleep-{}-%u", std::process::id());
         let mut first = Sipp::start(
             &dir,
@@ -107,7 +123,7 @@ impl Scene {
         // The PBX calls the AOR.
         let cid = format!("{name}-call-{}-%u", std::process::id());
         let caller_sf = dir.join("caller.xml");
-        std::fs::write(&caller_sf, caller_scenario(true)).unwrap();
+        std::fs::write(&caller_sf, caller_xml).unwrap();
         let caller = Sipp::start(
             &dir,
             "caller",
@@ -124,6 +140,7 @@ impl Scene {
             caller,
             cid,
             started: Instant::now(),
+            params: params.to_owned(),
         }
     }
 
@@ -146,7 +163,7 @@ impl Scene {
         let woken = self.dir.join("woken.xml");
         std::fs::write(
             &woken,
-            device_scenario_with(true, false, &push_params(), INSTANCE),
+            device_scenario_with(true, false, &self.params, INSTANCE),
         )
         .unwrap();
         let mut device = Sipp::start(
@@ -347,4 +364,194 @@ fn the_device_wakes_on_another_node_sharing_the_redis() {
         "A pushed nothing:\n{}",
         node_a.log()
     );
+}
+
+/// An iOS app's VoIP token (hex) and the APNs parameters naming its VoIP service.
+const VOIP_TOKEN: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+fn ios_params() -> String {
+    format!(";pn-provider=apns.dev;pn-prid={VOIP_TOKEN};pn-param=TEAM123456.org.stg.test.voip")
+}
+
+fn apns_config(apns: &FakeApns) -> String {
+    format!(
+        "[push]\nmode = \"live\"\n\n[push.apns]\nsandbox_url = \"{}\"\nteam_id = \"{}\"\nkey_id = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+        apns.url(),
+        apns.team_id(),
+        apns.key_id(),
+        apns.key_file().display(),
+        apns.ca_file().display()
+    )
+}
+
+/// The PBX calls, hears `110 Push sent`, and hangs up before anyone answers.
+fn cancelling_caller() -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="cancelling caller">
+  <send retrans="500">
+    <![CDATA[
+
+      INVITE sip:[service]@{DOMAIN} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-inv-[pid]-[call_number];rport
+      Max-Forwards: 70
+      From: <sip:caller@{DOMAIN}>;tag=[pid]C
+      To: <sip:[service]@{DOMAIN}>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="110"/>
+  <send>
+    <![CDATA[
+
+      CANCEL sip:[service]@{DOMAIN} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-inv-[pid]-[call_number];rport
+      Max-Forwards: 70
+      From: <sip:caller@{DOMAIN}>;tag=[pid]C
+      To: <sip:[service]@{DOMAIN}>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+
+      ACK sip:[service]@{DOMAIN} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-inv-[pid]-[call_number];rport
+      Max-Forwards: 70
+      From: <sip:caller@{DOMAIN}>;tag=[pid]C
+      To: <sip:[service]@{DOMAIN}>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#
+    )
+}
+
+/// The woken iOS app: registers, gets the call it must show, rings, and is told the call
+/// was cancelled.
+fn woken_then_cancelled(params: &str) -> String {
+    let register = device_scenario_with(true, None, params, INSTANCE);
+    let head = register.trim_end().trim_end_matches("</scenario>");
+    format!(
+        r#"{head}
+  <recv request="INVITE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]D
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="CANCEL"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]D
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]D
+      [last_Call-ID:]
+      CSeq: 1 INVITE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"#
+    )
+}
+
+#[test]
+fn an_ios_call_cancelled_before_the_wake_is_still_delivered_as_invite_then_cancel() {
+    let apns = FakeApns::start(ApnsOptions::default());
+    let (port, inside) = (free_port(), free_port());
+    let dir = crate::harness::temp_dir("push-ios");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let stg = StgNode::start(
+        "push-ios",
+        &node_config(port, inside, &users_url, &apns_config(&apns)),
+    );
+    let mut s = Scene::call_asleep_with(
+        stg,
+        "push-ios",
+        port,
+        inside,
+        &ios_params(),
+        &cancelling_caller(),
+    );
+    let got = apns.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "APNs got no push:\n{}", s.stg.log());
+    let p = &got[0];
+    assert_eq!(p.status, 200);
+    assert_eq!(p.path, format!("/3/device/{VOIP_TOKEN}"));
+    assert_eq!(p.header("apns-push-type"), Some("voip"));
+    assert_eq!(p.header("apns-topic"), Some("org.stg.test.voip"));
+    assert!(p
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("bearer ")));
+    // The caller hangs up at the 110: it gets 487 at once.
+    let cs = s.caller.wait(Duration::from_secs(10));
+    assert!(
+        cs.success(),
+        "caller {cs}\n{}\n{}",
+        s.caller.report(),
+        s.stg.log()
+    );
+    // The app wakes: it must still be shown the call, then told it was cancelled.
+    let sf = s.dir.join("woken-ios.xml");
+    std::fs::write(&sf, woken_then_cancelled(&ios_params())).unwrap();
+    let mut device = Sipp::start(
+        &s.dir,
+        "woken-ios",
+        &sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(s.port)),
+        &[
+            "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &s.cid,
+        ],
+    );
+    let ds = device.wait(Duration::from_secs(10));
+    assert!(
+        ds.success(),
+        "device {ds}\n{}\n{}",
+        device.report(),
+        s.stg.log()
+    );
+    assert!(s.stg.alive());
 }
