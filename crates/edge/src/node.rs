@@ -694,10 +694,14 @@ impl Core {
         for (k, v) in &s.refused {
             metrics::counter!("stg_sip_refused_total", "reason" => *k).absolute(*v);
         }
+        for (k, v) in &s.fork {
+            metrics::counter!("stg_push_fork_total", "event" => *k).absolute(*v);
+        }
         let load = self.proxy.load();
         metrics::gauge!("stg_sip_requests_awaiting").set(load.awaiting as f64);
         metrics::gauge!("stg_sip_requests_awaiting_bytes").set(load.awaiting_bytes as f64);
         metrics::gauge!("stg_sip_transactions_lingering").set(load.lingering as f64);
+        metrics::gauge!("stg_push_pending_forks").set(load.late_forks as f64);
         let (c, sv) = self.proxy.transactions_alive();
         metrics::gauge!("stg_sip_transactions", "role" => "client").set(c as f64);
         metrics::gauge!("stg_sip_transactions", "role" => "server").set(sv as f64);

@@ -116,6 +116,8 @@ pub struct ProxyConfig {
 /// What the budgets of [`ProxyLimits`] hold at a moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Load {
+    /// Calls waiting for pushed devices to come back (fork late).
+    pub late_forks: usize,
     /// Requests from the outside waiting for their final answer.
     pub awaiting: usize,
     /// Their bytes.
@@ -995,6 +997,7 @@ impl Proxy {
             awaiting: self.server_source.len(),
             awaiting_bytes: self.awaiting_bytes,
             lingering: self.finals.len(),
+            late_forks: self.late_by_aor.values().map(Vec::len).sum(),
         }
     }
 
