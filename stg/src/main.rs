@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod lint;
+mod push_cmd;
 mod reg_cmd;
 mod user_cmd;
 
@@ -56,6 +57,11 @@ enum Command {
     Reg {
         #[command(subcommand)]
         command: reg_cmd::RegCommand,
+    },
+    /// Push notifications: `stg push test AOR` wakes every device of an AOR.
+    Push {
+        #[command(subcommand)]
+        command: push_cmd::PushCommand,
     },
     /// SIP digest credentials of local-mode registrar domains (`[store] users_url`).
     User {
@@ -112,6 +118,9 @@ fn main() -> ExitCode {
         } => lint::run(&file),
         Command::Reg { command } => {
             with_config(cli.config.as_deref(), |c| reg_cmd::run(c, command))
+        }
+        Command::Push { command } => {
+            with_config(cli.config.as_deref(), |c| push_cmd::run(c, command))
         }
         Command::User { command } => {
             with_config(cli.config.as_deref(), |c| user_cmd::run(c, command))

@@ -55,7 +55,7 @@ pub(crate) enum RegCommand {
 }
 
 /// A failure: what to print and the exit code.
-struct Fail(u8, String);
+pub(crate) struct Fail(pub(crate) u8, pub(crate) String);
 
 impl Fail {
     fn unavailable(msg: impl Into<String>) -> Self {
@@ -173,7 +173,7 @@ async fn run_inner(config: &Config, command: RegCommand) -> Result<ExitCode, Fai
 }
 
 /// `sip:u@h`, `fs:u@h`, `<sip:u@h>` → `u@h`.
-fn normalize_aor(s: &str) -> &str {
+pub(crate) fn normalize_aor(s: &str) -> &str {
     let s = s.trim();
     let s = s
         .strip_prefix('<')
@@ -203,7 +203,7 @@ fn find_field<'a>(fields: &'a BTreeMap<String, String>, wanted: &str) -> Option<
 
 // === where the bindings are ===
 
-enum Store {
+pub(crate) enum Store {
     /// Redis, directly.
     Direct(Bindings),
     /// The embedded store, through the running node's admin endpoint.
@@ -211,7 +211,7 @@ enum Store {
 }
 
 impl Store {
-    async fn open(config: &Config) -> Result<Self, Fail> {
+    pub(crate) async fn open(config: &Config) -> Result<Self, Fail> {
         let url = config.store.url.as_str();
         if url.is_empty() || url == "embedded" {
             let Some(mut addr) = config.admin.listen else {
@@ -263,7 +263,7 @@ impl Store {
         }
     }
 
-    async fn get(&self, aor: &str) -> Result<BTreeMap<String, String>, Fail> {
+    pub(crate) async fn get(&self, aor: &str) -> Result<BTreeMap<String, String>, Fail> {
         match self {
             Self::Direct(b) => b.get(aor).await.map(|r| r.fields).map_err(store_fail),
             Self::Node(addr) => {

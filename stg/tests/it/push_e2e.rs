@@ -555,3 +555,60 @@ fn an_ios_call_cancelled_before_the_wake_is_still_delivered_as_invite_then_cance
     );
     assert!(s.stg.alive());
 }
+
+#[test]
+fn stg_push_test_wakes_every_device_of_an_aor_and_prints_the_answers() {
+    let fcm = FakeFcm::start(FcmOptions::default());
+    let (port, inside) = (free_port(), free_port());
+    let dir = crate::harness::temp_dir("push-cli");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let stg = StgNode::start(
+        "push-cli",
+        &node_config(port, inside, &users_url, &fcm_config(&fcm, "90s")),
+    );
+    let sf = stg.dir.join("register.xml");
+    std::fs::write(
+        &sf,
+        device_scenario_with(true, None, &push_params(), INSTANCE),
+    )
+    .unwrap();
+    let cid = format!("push-cli-{}-%u", std::process::id());
+    Sipp::start(
+        &stg.dir,
+        "register",
+        &sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &[
+            "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &cid,
+        ],
+    )
+    .expect_success(Duration::from_secs(15));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
+            .args(["--config", stg.dir.join("stg.toml").to_str().unwrap()])
+            .args(["push", "test", "sip:erin@example.test"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("fcm sent"), "{text}");
+    let s = sends(&fcm);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].json()["message"]["data"]["type"], "test");
+    // A dead token: said so, exit 1, and the binding is left alone (a test removes nothing).
+    fcm.script(TOKEN, [FcmReply::Unregistered]);
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("token rejected"), "{text}");
+    let reg = http_get(stg.admin, "/registrar/aor/erin@example.test").unwrap_or_default();
+    assert!(reg.contains(TOKEN), "the binding is still there:\n{reg}");
+}
