@@ -950,3 +950,52 @@ fn review_a_live_devices_own_503_is_its_answer() {
         "its answer (503 sent as 500)"
     );
 }
+
+/// FAILS: a push later than `call_fork_timeout` after the call's arrival (a contact's
+/// `pn-timeout` longer than it) enters the late state with a deadline already past: the call,
+/// ringing on a live device, ends at once with 408.
+#[test]
+fn review_a_late_push_does_not_end_a_ringing_call_at_once() {
+    let mut sim = sim();
+    let wake = Some(Wake {
+        timeout: Some(Duration::from_secs(120)),
+        deliver_cancel: false,
+    });
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.input(tls(PHONE, 5), answer(&inv, 180));
+    let outs = sim.wait_ms(120_500);
+    assert_eq!(pushes(&outs).len(), 1, "pushed at pn-timeout");
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "the ringing call was ended: {:?}",
+        codes(&to(&outs, PBX))
+    );
+}
+
+/// FAILS: the device was not dead, only slow (an Android app frozen in doze, its TCP
+/// connection alive): woken by the push, it registers on a new connection and reads both
+/// INVITEs; the second is a merged request (RFC 3261 §8.2.2.2, 482) and ends the call at once
+/// while the first one rings.
+#[test]
+fn review_a_merged_request_482_on_the_new_branch_does_not_end_the_call() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let old = invite_to(&outs, PHONE);
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    let new = invite_to(&outs, PHONE);
+    sim.input(tls(PHONE, 5), answer(&old, 180));
+    let outs = sim.input(tls(PHONE, 6), answer(&new, 482));
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "the call ended while the device rings: {:?}",
+        codes(&to(&outs, PBX))
+    );
+}
