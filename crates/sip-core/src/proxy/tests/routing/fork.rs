@@ -643,3 +643,359 @@ fn a_status_stays_a_status() {
         }
     }
 }
+
+// === review findings (branch `review`): each test below states the expected behaviour; the
+// ones marked FAILS show a defect of the committed code ===
+
+fn ios_live() -> Option<Wake> {
+    ios_voip()
+}
+
+/// FAILS: a ghost's 2xx (the iOS user tapped "accept" on the CallKit screen the VoIP push
+/// raised, the app answers the INVITE at once) goes to the caller after its 487.
+#[test]
+fn review_a_ghosts_2xx_is_not_forwarded_to_the_caller_after_its_487() {
+    let (mut sim, p) = phone_asleep(ios_voip());
+    sim.pushed(&p, PushOutcome::Sent);
+    let outs = sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    assert_eq!(codes(&to(&outs, PBX)), [200, 487]);
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls(PHONE, 6),
+        ios_voip(),
+    ));
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 6), answer_2xx(&inv));
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "a 2xx after the 487 reached the caller: {}",
+        describe_msgs(&to(&outs, PBX))
+    );
+}
+
+/// FAILS: a device pushed at the push timeout whose push could not be sent, and whose INVITE
+/// then times out (timer B), is parked until call_fork_timeout (90 s) although nothing can
+/// wake it: the caller should hear 480 at timer B (~32 s).
+#[test]
+fn review_a_device_whose_push_failed_is_not_parked_at_timer_b() {
+    let mut sim = sim();
+    call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let p = pushes(&sim.wait_ms(5_100));
+    assert_eq!(p.len(), 1, "pushed at the push timeout");
+    let outs = sim.pushed(&p[0], PushOutcome::Failed);
+    assert!(to(&outs, PBX).is_empty(), "the INVITE still waits");
+    let outs = sim.wait_ms(30_000);
+    assert_eq!(
+        codes(&to(&outs, PBX)),
+        [480],
+        "at timer B, not at the fork timeout"
+    );
+}
+
+/// FAILS: push timers are not removed when their call ends; a contact's `pn-timeout` (up to
+/// 999999 s) keeps an entry per branch alive for 11 days: a table outsiders grow with
+/// registrations and calls.
+#[test]
+fn review_push_timers_do_not_outlive_their_call() {
+    let mut sim = sim();
+    let wake = Some(Wake {
+        timeout: Some(Duration::from_secs(999_999)),
+        deliver_cancel: false,
+    });
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 5), answer_2xx(&inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    sim.wait_ms(600_000);
+    assert!(sim.proxy.ctxs.is_empty(), "the call is over");
+    assert!(
+        sim.proxy.late_timers.is_empty(),
+        "{} push timer(s) left, next at +{:?}",
+        sim.proxy.late_timers.len(),
+        sim.proxy.poll_timeout().map(|t| t - sim.now)
+    );
+}
+
+/// FAILS: a device that binds again and again (one REGISTER per new connection) while a call
+/// waits for it adds a branch (a client transaction and a copy of the INVITE) each time;
+/// handle_located caps targets at MAX_TARGETS, late branches have no cap.
+#[test]
+fn review_late_branches_are_capped() {
+    let mut sim = sim();
+    call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    let mut invites = 0;
+    for conn in 100..400u64 {
+        let outs = sim.bound(&binding(
+            "phone",
+            PHONE_CONTACT_2,
+            tls(PHONE, conn),
+            android(),
+        ));
+        invites += to(&outs, PHONE).len();
+    }
+    let branches = sim
+        .proxy
+        .ctxs
+        .values()
+        .map(|c| c.branches.len())
+        .sum::<usize>();
+    assert!(
+        branches <= 2 * crate::proxy::MAX_TARGETS,
+        "{branches} branches, {invites} INVITEs, {} by_conn entries, {} late timers",
+        sim.proxy.by_conn.values().map(Vec::len).sum::<usize>(),
+        sim.proxy.late_timers.len()
+    );
+}
+
+/// FAILS: a branch abandoned because the device bound again elsewhere keeps answering on its
+/// old connection (it was alive after all): its 2xx leaves as a stray 2xx, while the context
+/// thinks the call unanswered and later ends it with a non-2xx final and a CANCEL.
+#[test]
+fn review_a_2xx_on_an_abandoned_branch_is_the_calls_answer() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let old = invite_to(&outs, PHONE);
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    let new = invite_to(&outs, PHONE);
+    // The old connection was alive: the app answers the first INVITE.
+    let outs = sim.input(tls(PHONE, 5), answer_2xx(&old));
+    let first = codes(&to(&outs, PBX));
+    // The second INVITE (same Call-ID, From tag and CSeq) is a merged request to the UA.
+    let mut later = sim.input(tls(PHONE, 6), answer(&new, 482));
+    later.extend(log_outputs(sim.settle()));
+    let later_codes = codes(&to(&later, PBX));
+    assert!(
+        !(first.contains(&200) && later_codes.iter().any(|&c| c >= 300)),
+        "the PBX got 200 then {later_codes:?}"
+    );
+}
+
+/// FAILS (only when push.call_fork_timeout > sip.timers.timer_c, which the configuration
+/// allows): timer C answers 408 but leaves the parked branch; the device binding afterwards
+/// is sent an INVITE for a call that is over.
+#[test]
+fn review_no_invite_for_a_call_timer_c_ended() {
+    let mut cfg = with_registrar(tcp_upstream(), "example.com", RegistrarMode::Through);
+    cfg.listeners.push(Listener {
+        id: ListenerId(2),
+        transport: Transport::Tls,
+        side: Side::Outside,
+        local: addr("127.0.0.1:5061"),
+        host: "127.0.0.1".into(),
+        port: 5061,
+    });
+    cfg.push.call_fork_timeout = Duration::from_secs(400);
+    let mut sim = Sim::new(cfg);
+    let outs = call(
+        &mut sim,
+        &[
+            binding("phone", PHONE_CONTACT, tls(PHONE, 5), android()),
+            binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None),
+        ],
+    );
+    let (_, _, r) = tracked_send(&outs[..1]);
+    let tablet_inv = invite_to(&outs, TABLET);
+    sim.input(tls(TABLET, 6), answer(&tablet_inv, 180));
+    let outs = sim.send_failed(r);
+    let p = pushes(&outs);
+    assert_eq!(p.len(), 1, "the phone is asleep");
+    sim.pushed(&p[0], PushOutcome::Sent);
+    let outs = sim.wait_ms(181_000);
+    assert_eq!(codes(&to(&outs, PBX)), [408], "timer C");
+    sim.input(tls(TABLET, 6), answer(&tablet_inv, 487));
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 9), android()));
+    assert!(
+        to(&outs, PHONE).is_empty(),
+        "INVITE sent after the 408: {}",
+        describe_msgs(&to(&outs, PHONE))
+    );
+}
+
+/// FAILS (design gap): an iOS device pushed at the push timeout keeps its branch `Sent` (the
+/// INVITE sits on its dead connection), so a CANCEL then does not make it a ghost: when the
+/// app binds, woken by the VoIP push and showing the call, it gets neither INVITE nor CANCEL.
+#[test]
+fn review_an_ios_device_pushed_at_the_timeout_then_cancelled_gets_invite_then_cancel() {
+    let mut sim = sim();
+    call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), ios_live())],
+    );
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    let outs = sim.input(pbx_tcp(), pbx_invite().cancel().build());
+    assert_eq!(codes(&to(&outs, PBX)), [200], "the CANCEL's 200");
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls(PHONE, 6),
+        ios_voip(),
+    ));
+    let v = to(&outs, PHONE);
+    assert_eq!(v.len(), 1, "the ghost INVITE on the new connection");
+}
+
+/// FAILS (design gap): a parked iOS device (VoIP push shown by CallKit) is dropped silently
+/// when another device answers: it is never told the call was completed elsewhere.
+#[test]
+fn review_a_parked_ios_device_learns_the_call_was_completed_elsewhere() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[
+            binding("phone", PHONE_CONTACT, tls(PHONE, 5), ios_voip()),
+            binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None),
+        ],
+    );
+    let (_, _, r) = tracked_send(&outs[..1]);
+    let tablet_inv = invite_to(&outs, TABLET);
+    assert_eq!(pushes(&sim.send_failed(r)).len(), 1);
+    let outs = sim.input(tls(TABLET, 6), answer_2xx(&tablet_inv));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls(PHONE, 9),
+        ios_voip(),
+    ));
+    assert_eq!(
+        to(&outs, PHONE).len(),
+        1,
+        "INVITE (then CANCEL with Reason cause=200) to dismiss the CallKit call"
+    );
+}
+
+/// FAILS: the ghost's CANCEL does not carry the caller's Reason (the ghost branch is new; the
+/// reason was set on the parked one it replaces).
+#[test]
+fn review_the_ghosts_cancel_carries_the_callers_reason() {
+    let (mut sim, p) = phone_asleep(ios_voip());
+    sim.pushed(&p, PushOutcome::Sent);
+    sim.input(
+        pbx_tcp(),
+        pbx_invite()
+            .cancel()
+            .header("Reason: SIP;cause=200;text=\"Call completed elsewhere\"")
+            .build(),
+    );
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls(PHONE, 6),
+        ios_voip(),
+    ));
+    let inv = invite_to(&outs, PHONE);
+    let outs = sim.input(tls(PHONE, 6), answer(&inv, 180));
+    let c = to(&outs, PHONE);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        header(&c[0], "Reason"),
+        ["SIP;cause=200;text=\"Call completed elsewhere\""]
+    );
+}
+
+/// FAILS: the caller's Reason is copied with a bare CR (the parser ends lines at LF only);
+/// parsers that end a line at CR read a header stg never meant to send.
+#[test]
+fn review_a_reason_with_control_characters_is_not_copied() {
+    let (mut sim, a, _b) = two_ringing();
+    let cancel = pbx_invite()
+        .cancel()
+        .header("Reason: SIP;cause=487\rX-Injected: yes")
+        .build();
+    let outs = sim.input(pbx_tcp(), cancel);
+    let c = to(&outs, PHONE);
+    assert_eq!(c.len(), 1);
+    assert_eq!(branch(&c[0]), branch(&a));
+    assert!(
+        !c[0]
+            .raw()
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n'),
+        "bare CR sent: {:?}",
+        String::from_utf8_lossy(c[0].raw())
+    );
+}
+
+/// FAILS: a device that is online and answers 503 (or 408) itself, never pushed, is pushed
+/// and parked: the caller waits for the fork timeout instead of hearing the answer.
+#[test]
+fn review_a_live_devices_own_503_is_its_answer() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.wait_ms(500);
+    let outs = sim.input(tls(PHONE, 5), answer(&inv, 503));
+    assert!(pushes(&outs).is_empty(), "a device that answers is awake");
+    assert_eq!(
+        codes(&to(&outs, PBX)),
+        [500],
+        "its answer (503 sent as 500)"
+    );
+}
+
+/// FAILS: a push later than `call_fork_timeout` after the call's arrival (a contact's
+/// `pn-timeout` longer than it) enters the late state with a deadline already past: the call,
+/// ringing on a live device, ends at once with 408.
+#[test]
+fn review_a_late_push_does_not_end_a_ringing_call_at_once() {
+    let mut sim = sim();
+    let wake = Some(Wake {
+        timeout: Some(Duration::from_secs(120)),
+        deliver_cancel: false,
+    });
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    let inv = invite_to(&outs, PHONE);
+    sim.input(tls(PHONE, 5), answer(&inv, 180));
+    let outs = sim.wait_ms(120_500);
+    assert_eq!(pushes(&outs).len(), 1, "pushed at pn-timeout");
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "the ringing call was ended: {:?}",
+        codes(&to(&outs, PBX))
+    );
+}
+
+/// FAILS: the device was not dead, only slow (an Android app frozen in doze, its TCP
+/// connection alive): woken by the push, it registers on a new connection and reads both
+/// INVITEs; the second is a merged request (RFC 3261 §8.2.2.2, 482) and ends the call at once
+/// while the first one rings.
+#[test]
+fn review_a_merged_request_482_on_the_new_branch_does_not_end_the_call() {
+    let mut sim = sim();
+    let outs = call(
+        &mut sim,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let old = invite_to(&outs, PHONE);
+    assert_eq!(pushes(&sim.wait_ms(5_100)).len(), 1);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, tls(PHONE, 6), android()));
+    let new = invite_to(&outs, PHONE);
+    sim.input(tls(PHONE, 5), answer(&old, 180));
+    let outs = sim.input(tls(PHONE, 6), answer(&new, 482));
+    assert!(
+        to(&outs, PBX).is_empty(),
+        "the call ended while the device rings: {:?}",
+        codes(&to(&outs, PBX))
+    );
+}
