@@ -13,9 +13,10 @@
 
 use std::sync::Arc;
 
-use stg_push::{Outcome, PushKind, Pusher};
+use stg_push::{Abbrev, Outcome, PushKind, Pusher};
 use stg_sip_core::proxy::{PushId, PushOutcome, PushRequest};
 use stg_sip_msg::Method;
+use stg_store::Change;
 
 use crate::conn::{CoreInput, Shared};
 use crate::registrar::Registrar;
@@ -53,25 +54,59 @@ pub(crate) fn send(
     let pusher = pusher.clone();
     let core_tx = shared.core_tx.clone();
     let (id, aor, key) = (p.id, p.aor, String::from_utf8_lossy(&p.key).into_owned());
+    let token = req.push.prid.clone();
     shared.tasks.spawn(async move {
         let r = pusher.send(&req).await;
+        // A binding without `+sip.instance` is keyed by its push token: logs show a prefix.
+        let device = Abbrev(&key);
         let outcome = match &r.outcome {
             Outcome::Sent { .. } => PushOutcome::Sent,
             Outcome::RemoveBinding { reason } => {
-                tracing::info!(%aor, device = %key, provider = r.provider, %reason, "push token rejected: binding removed");
-                if let Some(reg) = registrar {
-                    if let Err(e) = reg.bindings().remove(&aor, Some(&key)).await {
-                        tracing::warn!(%aor, error = %e, "binding with a dead push token not removed");
-                    }
-                }
+                let removed = match registrar {
+                    Some(reg) => remove_if_token(&reg, &aor, &key, &token).await,
+                    None => false,
+                };
+                tracing::info!(%aor, %device, provider = r.provider, %reason, removed, "push token rejected");
                 PushOutcome::Failed
             }
             other => {
-                tracing::info!(%aor, device = %key, provider = r.provider, outcome = ?other, "push not sent");
+                tracing::info!(%aor, %device, provider = r.provider, outcome = ?other, "push not sent");
                 PushOutcome::Failed
             }
         };
         let _ = core_tx.send(CoreInput::Pushed { id, outcome }).await;
     });
     None
+}
+
+/// Removes the binding `key` of `aor` if it still carries the rejected `token`: the device
+/// may have registered again with a fresh one while the push was in flight.
+async fn remove_if_token(reg: &Registrar, aor: &str, key: &str, token: &str) -> bool {
+    let r = reg
+        .bindings()
+        .update(aor, |record| {
+            let current = record
+                .fields
+                .get(key)
+                .and_then(|v| stg_registrar::Binding::decode(key, v).ok())
+                .and_then(|b| b.push());
+            if current.is_some_and(|p| p.prid == token) {
+                let change = Change {
+                    del: vec![key.to_owned()],
+                    ..Change::default()
+                };
+                Ok::<_, ()>((change, true))
+            } else {
+                Ok((Change::default(), false))
+            }
+        })
+        .await;
+    match r {
+        Ok(Ok(removed)) => removed,
+        Ok(Err(())) => false,
+        Err(e) => {
+            tracing::warn!(%aor, error = %e, "binding with a dead push token not removed");
+            false
+        }
+    }
 }

@@ -38,7 +38,7 @@ pub mod request;
 pub mod verdict;
 
 pub use pusher::{Clock, Outcome, PushResult, Pusher, Stats, Tuning};
-pub use request::{random_uuid, PushKind, PushRequest};
+pub use request::{random_uuid, Abbrev, PushKind, PushRequest};
 
 /// Why a pusher could not be built, or an attempt could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

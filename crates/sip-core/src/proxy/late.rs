@@ -107,6 +107,13 @@ pub(super) enum Unpark {
 /// The `Reason` of the CANCELs sent to the other devices when one answers (RFC 3326).
 pub(super) const COMPLETED_ELSEWHERE: &[u8] = b"SIP;cause=200;text=\"Call completed elsewhere\"";
 
+/// The least time a call waits for a device pushed now (when the fork timeout is longer).
+const MIN_WAKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Most branches of one call, late ones included: a callee binding again and again while
+/// the call waits makes no more.
+const MAX_BRANCHES: usize = 2 * super::MAX_TARGETS;
+
 /// The longest `Reason` value copied from a caller's CANCEL onto the CANCELs stg sends.
 pub(super) const MAX_REASON_LEN: usize = 256;
 
@@ -170,68 +177,66 @@ impl Proxy {
     }
 
     fn bound_for(&mut self, ctx_id: u64, binding: &super::Located, now: Instant) {
-        let Some(new_flow) = self.binding_target(binding) else {
-            return;
-        };
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        let same = ctx
+        let key = &binding.key;
+        let mine = |br: &super::Branch| br.key.as_ref() == Some(key);
+        // The binding a live branch already uses (a refresh, or the store echoing this node's
+        // own bind): nothing new.
+        if ctx.branches.iter().any(|br| {
+            mine(br)
+                && matches!(br.state, BranchState::Sent(_) | BranchState::Resolving)
+                && br.conn_token == binding.conn
+        }) {
+            return;
+        }
+        if ctx.branches.len() >= MAX_BRANCHES {
+            bump(&mut self.stats.fork, "late_branch_capped");
+            return;
+        }
+        let over = ctx.cancelled || ctx.final_sent;
+        let parked = ctx
             .branches
             .iter()
             .enumerate()
             .rev()
-            .find(|(_, br)| br.key.as_ref() == Some(&binding.key));
-        let mut ghost = false;
-        match same {
-            Some((b, br)) => match br.state {
-                BranchState::Parked => {
-                    ghost = br.ghost;
-                    self.unpark(ctx_id, b as u32, Unpark::Silently, now);
-                }
-                BranchState::Sent(id) => {
-                    let new_conn = match &new_flow.0 {
-                        super::Target::Flow(f) => f.conn,
-                        super::Target::Resolve(..) => None,
-                    };
-                    if new_conn.is_some() && br.flow.and_then(|f| f.conn) == new_conn {
-                        // A refresh on the connection the branch already uses.
-                        return;
-                    }
-                    if br.provisional || ctx.cancelled || ctx.final_sent {
-                        // It rang on the old connection, so it is alive: leave it.
-                        return;
-                    }
-                    // The device came back on another connection while the INVITE sat on the
-                    // old one: that one is dead. Its transaction is abandoned, not answered.
-                    self.by_client.remove(&id);
-                    self.tx.transport_error(id, now);
-                    if let Some(br) = self
-                        .ctxs
-                        .get_mut(&ctx_id)
-                        .and_then(|c| c.branches.get_mut(b))
-                    {
-                        br.state = BranchState::Done;
-                    }
-                }
-                BranchState::Resolving | BranchState::Done => return,
-            },
-            None => {
-                // A device the call does not know yet: only while the call is still open.
-                if ctx.cancelled || ctx.final_sent {
+            .find(|(_, br)| mine(br) && matches!(br.state, BranchState::Parked))
+            .map(|(b, br)| (b as u32, br.ghost, br.cancel_reason.clone()));
+        // An iOS app pushed for this call (VoIP) that has not been sent anything since: it
+        // must be shown the call even when the call is over.
+        let owed = ctx.pushed.contains(key)
+            && binding.wake.is_some_and(|w| w.deliver_cancel)
+            && !ctx.branches.iter().any(|br| mine(br) && br.ghost);
+        let (ghost, cancel_reason) = match parked {
+            Some((b, ghost, reason)) => {
+                if over && !ghost {
                     return;
                 }
+                self.unpark(ctx_id, b, Unpark::Silently, now);
+                (ghost, reason)
             }
-        }
+            // A device the call does not know yet, or one whose old branch still rings or
+            // answered: a branch of its own while the call is open (if its old connection was
+            // alive after all, the device refuses the second INVITE with 482, which is not an
+            // answer; the first 2xx cancels the other).
+            None if !over => (false, None),
+            None if owed => (true, ctx.end_reason.clone()),
+            None => return,
+        };
+        let Some((target, routes)) = self.binding_target(binding) else {
+            return;
+        };
         bump(&mut self.stats.fork, "late_branch");
-        let (target, routes) = new_flow;
         let spec = BranchSpec {
             request_uri: Some(binding.uri.clone()),
             located: true,
             routes,
-            key: Some(binding.key.clone()),
+            key: Some(key.clone()),
             wake: binding.wake,
             ghost,
+            cancel_reason,
+            conn_token: binding.conn.clone(),
         };
         self.add_branch(ctx_id, target, spec, now);
     }
@@ -241,6 +246,16 @@ impl Proxy {
         match outcome {
             PushOutcome::Sent => self.push_sent(id.ctx, now),
             PushOutcome::Failed => {
+                // A device that cannot be woken is not waited for, now or at timer B.
+                if let Some(c) = self.ctxs.get_mut(&id.ctx) {
+                    if let Some(k) = c
+                        .branches
+                        .get(id.branch as usize)
+                        .and_then(|b| b.key.clone())
+                    {
+                        c.push_failed.push(k);
+                    }
+                }
                 let parked = self
                     .ctxs
                     .get(&id.ctx)
@@ -293,10 +308,12 @@ impl Proxy {
     /// Starts the push timer of a device branch just created.
     pub(super) fn arm_push_timer(&mut self, ctx_id: u64, b: u32, now: Instant) {
         let default = self.config.push.timeout;
+        // A device's pn-timeout is bounded by timer C: beyond it the call is over anyway.
+        let longest = self.config.timer_c;
         let Some(br) = self
             .ctxs
-            .get(&ctx_id)
-            .and_then(|c| c.branches.get(b as usize))
+            .get_mut(&ctx_id)
+            .and_then(|c| c.branches.get_mut(b as usize))
         else {
             return;
         };
@@ -306,7 +323,8 @@ impl Proxy {
         if br.ghost {
             return;
         }
-        let at = now + wake.timeout.unwrap_or(default);
+        let at = now + wake.timeout.unwrap_or(default).min(longest);
+        br.push_at = Some(at);
         self.late_timers.insert((at, ctx_id, b));
     }
 
@@ -323,6 +341,9 @@ impl Proxy {
         else {
             return false;
         };
+        if ctx.push_failed.contains(&key) {
+            return false;
+        }
         if ctx.pushed.contains(&key) {
             return true;
         }
@@ -348,7 +369,7 @@ impl Proxy {
 
     /// The call now waits for devices to come back: it is found by its AOR, and ends at the
     /// fork timeout at the latest.
-    fn enter_late(&mut self, ctx_id: u64, _now: Instant) {
+    fn enter_late(&mut self, ctx_id: u64, now: Instant) {
         let fork_timeout = self.config.push.call_fork_timeout;
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
@@ -356,7 +377,9 @@ impl Proxy {
         if ctx.late.is_some() {
             return;
         }
-        let deadline = ctx.created + fork_timeout;
+        // From the call's arrival, as Flexisip counts; but a device pushed late (a long
+        // pn-timeout, a connection lost after a minute of ringing) gets a chance to wake.
+        let deadline = (ctx.created + fork_timeout).max(now + fork_timeout.min(MIN_WAKE_WAIT));
         ctx.late = Some(deadline);
         if let Some(aor) = &ctx.aor {
             self.late_by_aor

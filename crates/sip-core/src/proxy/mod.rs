@@ -372,6 +372,11 @@ struct Branch {
     ghost: bool,
     /// The `Reason` of this branch's CANCEL (RFC 3326).
     cancel_reason: Option<Bytes>,
+    /// The flow token of the binding this branch was made for (a refresh of the same
+    /// binding makes no new branch).
+    conn_token: Option<String>,
+    /// When its push timer fires, while armed.
+    push_at: Option<Instant>,
 }
 
 impl Branch {
@@ -392,7 +397,9 @@ impl Branch {
             key: spec.key,
             wake: spec.wake,
             ghost: spec.ghost,
-            cancel_reason: None,
+            cancel_reason: spec.cancel_reason,
+            conn_token: spec.conn_token,
+            push_at: None,
         }
     }
 }
@@ -406,6 +413,8 @@ struct BranchSpec {
     key: Option<Bytes>,
     wake: Option<Wake>,
     ghost: bool,
+    cancel_reason: Option<Bytes>,
+    conn_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -477,6 +486,11 @@ struct Ctx {
     pushed: Vec<Bytes>,
     /// `110 Push sent` went to the caller.
     told_pushed: bool,
+    /// Binding keys whose push could not be sent: not waited for.
+    push_failed: Vec<Bytes>,
+    /// Why the call stopped ringing (the caller's CANCEL, or answered elsewhere): the
+    /// `Reason` of a ghost's CANCEL.
+    end_reason: Option<Bytes>,
 }
 
 /// What a pending resolution is for.
@@ -609,6 +623,7 @@ impl Proxy {
             && self.late_by_aor.is_empty()
             && self.by_conn.is_empty()
             && self.ops.is_empty()
+            && self.late_timers.is_empty()
     }
 
     /// Stop accepting new requests: they get 503 with Retry-After while live transactions
@@ -807,7 +822,10 @@ impl Proxy {
                 let reason = m
                     .header_values_by_name(b"Reason")
                     .next()
-                    .filter(|r| r.len() <= late::MAX_REASON_LEN)
+                    .filter(|r| {
+                        r.len() <= late::MAX_REASON_LEN
+                            && r.iter().all(|&b| b == b'\t' || !b.is_ascii_control())
+                    })
                     .map(|r| m.slice(r));
                 self.cancel_ctx(ctx, reason, now);
             }
@@ -1079,6 +1097,8 @@ impl Proxy {
             late: None,
             pushed: Vec::new(),
             told_pushed: false,
+            push_failed: Vec::new(),
+            end_reason: None,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
@@ -1255,6 +1275,8 @@ impl Proxy {
                 key: Some(t.key.clone()),
                 wake: t.wake,
                 ghost: false,
+                cancel_reason: None,
+                conn_token: t.conn.clone(),
             };
             match self.binding_target(t) {
                 Some((target, routes)) => {
@@ -1946,11 +1968,14 @@ impl Proxy {
         }
         // A 408 or 503 from a device's dead connection (its device was pushed, or can be)
         // does not end the call: the branch waits for the device to come back.
+        // Dead: the answer of a node on the way (the device's Path) or of a device already
+        // pushed; a device's own 408/503 on a live connection is its answer.
         let dead = matches!(status.0, 408 | 503)
-            && ctx
-                .branches
-                .get(b as usize)
-                .is_some_and(|br| br.wake.is_some());
+            && ctx.branches.get(b as usize).is_some_and(|br| {
+                br.wake.is_some()
+                    && (!br.routes.is_empty()
+                        || br.key.as_ref().is_some_and(|k| ctx.pushed.contains(k)))
+            });
         if dead && self.unreachable(ctx_id, b, now) {
             self.maybe_finish(ctx_id, now);
             return;
@@ -1958,6 +1983,27 @@ impl Proxy {
         let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
             return;
         };
+        // A device reached twice (its old connection was alive after all) refuses the second
+        // INVITE as a merged request (RFC 3261 §8.2.2.2): not an answer while the other rings.
+        // A ghost's answers never reach the caller (it has its 487).
+        let key = ctx.branches.get(b as usize).and_then(|br| br.key.clone());
+        let twin_alive = status.0 == 482
+            && ctx.branches.iter().enumerate().any(|(i, br)| {
+                i as u32 != b && br.key == key && matches!(br.state, BranchState::Sent(_))
+            });
+        let ghost = ctx.branches.get(b as usize).is_some_and(|br| br.ghost);
+        if twin_alive || ghost {
+            if let Some(br) = ctx.branches.get_mut(b as usize) {
+                br.state = BranchState::Done;
+            }
+            if ghost && status.is_success() {
+                // The woken iOS user accepted a call that was over: not forwarded; without an
+                // ACK the app ends the dialog itself (RFC 3261 §13.3.1.4).
+                bump(&mut self.stats.fork, "ghost_answered");
+            }
+            self.maybe_finish(ctx_id, now);
+            return;
+        }
         let mut sent_id = None;
         if let Some(br) = ctx.branches.get_mut(b as usize) {
             if let BranchState::Sent(id) = br.state {
@@ -2092,6 +2138,11 @@ impl Proxy {
         if let Some(t) = ctx.late {
             self.late_timers.remove(&(t, ctx_id, u32::MAX));
         }
+        for (i, br) in ctx.branches.iter().enumerate() {
+            if let Some(t) = br.push_at {
+                self.late_timers.remove(&(t, ctx_id, i as u32));
+            }
+        }
         self.forget_late(ctx_id, ctx.aor.as_deref());
         self.by_server.remove(&ctx.server);
         let mut flows = Vec::new();
@@ -2147,8 +2198,18 @@ impl Proxy {
             return;
         }
         let n = ctx.branches.len() as u32;
+        let parked: Vec<u32> = ctx
+            .branches
+            .iter()
+            .enumerate()
+            .filter(|(_, br)| matches!(br.state, BranchState::Parked) && !br.ghost)
+            .map(|(i, _)| i as u32)
+            .collect();
         for b in 0..n {
             self.cancel_branch(ctx_id, b, now);
+        }
+        for b in parked {
+            self.unpark(ctx_id, b, late::Unpark::Silently, now);
         }
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             if !ctx.final_sent {
@@ -2165,6 +2226,8 @@ impl Proxy {
                 self.respond(server, StatusCode::REQUEST_TIMEOUT, resp, now);
             }
         }
+        // A call whose only branches were parked has nothing left to wait for.
+        self.maybe_finish(ctx_id, now);
     }
 
     /// A transport error on branch `b`: the next resolved candidate, if any is left, the
@@ -2218,6 +2281,7 @@ impl Proxy {
         for br in &mut ctx.branches {
             br.cancel_reason.clone_from(&reason);
         }
+        ctx.end_reason = reason;
         // Parked devices: an iOS app woken by a VoIP push must be shown the call, so it gets
         // INVITE then CANCEL when it is back (a ghost branch); the others are simply done.
         let parked: Vec<(u32, bool)> = ctx
@@ -2297,6 +2361,9 @@ impl Proxy {
         };
         let n = ctx.branches.len() as u32;
         let mut parked = Vec::new();
+        if let Some(r) = reason {
+            ctx.end_reason = Some(Bytes::from_static(r));
+        }
         for (i, br) in ctx.branches.iter_mut().enumerate() {
             if i as u32 == keep {
                 continue;
@@ -2305,7 +2372,12 @@ impl Proxy {
                 br.cancel_reason = Some(Bytes::from_static(r));
             }
             if matches!(br.state, BranchState::Parked) {
-                parked.push(i as u32);
+                // An iOS app woken for this call must still be told it is over.
+                if br.wake.is_some_and(|w| w.deliver_cancel) {
+                    br.ghost = true;
+                } else {
+                    parked.push(i as u32);
+                }
             }
         }
         for b in parked {
@@ -2412,9 +2484,20 @@ impl Proxy {
         match e {
             TxEvent::ClientTimeout(id) => {
                 if let Some(&(ctx, b)) = self.by_client.get(&id) {
-                    // A device silent until timer B/F is as gone as a closed connection.
+                    // A device silent until timer B/F is as gone as a closed connection: pushed
+                    // and waited for if it can be, else temporarily unavailable.
                     if !self.unreachable(ctx, b, now) {
-                        self.branch_failed(ctx, b, StatusCode::REQUEST_TIMEOUT, now);
+                        let located = self
+                            .ctxs
+                            .get(&ctx)
+                            .and_then(|c| c.branches.get(b as usize))
+                            .is_some_and(|br| br.located);
+                        let status = if located {
+                            StatusCode(480)
+                        } else {
+                            StatusCode::REQUEST_TIMEOUT
+                        };
+                        self.branch_failed(ctx, b, status, now);
                     }
                 }
             }

@@ -651,7 +651,7 @@ fn ios_live() -> Option<Wake> {
     ios_voip()
 }
 
-/// FAILS: a ghost's 2xx (the iOS user tapped "accept" on the CallKit screen the VoIP push
+/// Found in review: a ghost's 2xx (the iOS user tapped "accept" on the CallKit screen the VoIP push
 /// raised, the app answers the INVITE at once) goes to the caller after its 487.
 #[test]
 fn review_a_ghosts_2xx_is_not_forwarded_to_the_caller_after_its_487() {
@@ -674,7 +674,7 @@ fn review_a_ghosts_2xx_is_not_forwarded_to_the_caller_after_its_487() {
     );
 }
 
-/// FAILS: a device pushed at the push timeout whose push could not be sent, and whose INVITE
+/// Found in review: a device pushed at the push timeout whose push could not be sent, and whose INVITE
 /// then times out (timer B), is parked until call_fork_timeout (90 s) although nothing can
 /// wake it: the caller should hear 480 at timer B (~32 s).
 #[test]
@@ -696,7 +696,7 @@ fn review_a_device_whose_push_failed_is_not_parked_at_timer_b() {
     );
 }
 
-/// FAILS: push timers are not removed when their call ends; a contact's `pn-timeout` (up to
+/// Found in review: push timers are not removed when their call ends; a contact's `pn-timeout` (up to
 /// 999999 s) keeps an entry per branch alive for 11 days: a table outsiders grow with
 /// registrations and calls.
 #[test]
@@ -723,7 +723,7 @@ fn review_push_timers_do_not_outlive_their_call() {
     );
 }
 
-/// FAILS: a device that binds again and again (one REGISTER per new connection) while a call
+/// Found in review: a device that binds again and again (one REGISTER per new connection) while a call
 /// waits for it adds a branch (a client transaction and a copy of the INVITE) each time;
 /// handle_located caps targets at MAX_TARGETS, late branches have no cap.
 #[test]
@@ -758,7 +758,7 @@ fn review_late_branches_are_capped() {
     );
 }
 
-/// FAILS: a branch abandoned because the device bound again elsewhere keeps answering on its
+/// Found in review: a branch abandoned because the device bound again elsewhere keeps answering on its
 /// old connection (it was alive after all): its 2xx leaves as a stray 2xx, while the context
 /// thinks the call unanswered and later ends it with a non-2xx final and a CANCEL.
 #[test]
@@ -879,7 +879,7 @@ fn review_a_parked_ios_device_learns_the_call_was_completed_elsewhere() {
     );
 }
 
-/// FAILS: the ghost's CANCEL does not carry the caller's Reason (the ghost branch is new; the
+/// Found in review: the ghost's CANCEL does not carry the caller's Reason (the ghost branch is new; the
 /// reason was set on the parked one it replaces).
 #[test]
 fn review_the_ghosts_cancel_carries_the_callers_reason() {
@@ -908,7 +908,7 @@ fn review_the_ghosts_cancel_carries_the_callers_reason() {
     );
 }
 
-/// FAILS: the caller's Reason is copied with a bare CR (the parser ends lines at LF only);
+/// Found in review: the caller's Reason is copied with a bare CR (the parser ends lines at LF only);
 /// parsers that end a line at CR read a header stg never meant to send.
 #[test]
 fn review_a_reason_with_control_characters_is_not_copied() {
@@ -931,7 +931,7 @@ fn review_a_reason_with_control_characters_is_not_copied() {
     );
 }
 
-/// FAILS: a device that is online and answers 503 (or 408) itself, never pushed, is pushed
+/// Found in review: a device that is online and answers 503 (or 408) itself, never pushed, is pushed
 /// and parked: the caller waits for the fork timeout instead of hearing the answer.
 #[test]
 fn review_a_live_devices_own_503_is_its_answer() {
@@ -951,7 +951,7 @@ fn review_a_live_devices_own_503_is_its_answer() {
     );
 }
 
-/// FAILS: a push later than `call_fork_timeout` after the call's arrival (a contact's
+/// Found in review: a push later than `call_fork_timeout` after the call's arrival (a contact's
 /// `pn-timeout` longer than it) enters the late state with a deadline already past: the call,
 /// ringing on a live device, ends at once with 408.
 #[test]
@@ -976,7 +976,7 @@ fn review_a_late_push_does_not_end_a_ringing_call_at_once() {
     );
 }
 
-/// FAILS: the device was not dead, only slow (an Android app frozen in doze, its TCP
+/// Found in review: the device was not dead, only slow (an Android app frozen in doze, its TCP
 /// connection alive): woken by the push, it registers on a new connection and reads both
 /// INVITEs; the second is a merged request (RFC 3261 §8.2.2.2, 482) and ends the call at once
 /// while the first one rings.
