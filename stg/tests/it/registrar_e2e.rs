@@ -1467,3 +1467,74 @@ fn tail(s: &str, n: usize) -> &str {
     }
     &s[start..]
 }
+
+/// Through mode, the seed's main case: the app registers through stg to the PBX (Kamailio,
+/// `use_path`) with push parameters, then sleeps. The PBX calls it along stg's Path; stg
+/// reads the binding, finds the connection gone, pushes (log-only) and waits; the woken app
+/// registers again through stg (the PBX learns its new Path too) and the waiting INVITE goes
+/// out on the new connection.
+#[test]
+fn through_mode_device_asleep_is_pushed_and_called_on_its_new_connection() {
+    let (port, inside) = (free_port(), free_port());
+    let dir = temp_dir("e2e-through-push");
+    let pbx = Pbx::start(&dir, PbxRole::Registrar { auth: false }, free_port());
+    let mut stg = StgNode::start("e2e-through-push", &stg_config(port, inside, pbx.port, ""));
+    let dir = stg.dir.clone();
+    let params = ";pn-provider=fcm;pn-prid=through-token-42;pn-param=stg-test";
+    let instance = ";+sip.instance=\"<urn:uuid:0e8d1c52-1111-4e8e-9d2a-1b2c3d4e5f60>\"";
+    let asleep = dir.join("asleep.xml");
+    std::fs::write(&asleep, device_scenario_with(false, None, params, instance)).unwrap();
+    let cid0 = format!("through-asleep-{}-%u", std::process::id());
+    Sipp::start(
+        &dir,
+        "asleep",
+        &asleep,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &["-s", "frank", "-cid_str", &cid0],
+    )
+    .expect_success(Duration::from_secs(15));
+
+    let cid = format!("through-call-{}-%u", std::process::id());
+    let caller_sf = dir.join("caller.xml");
+    std::fs::write(&caller_sf, caller_scenario(true)).unwrap();
+    let mut caller = Sipp::start(
+        &dir,
+        "caller",
+        &caller_sf,
+        Transport::Udp,
+        addr(free_port()),
+        Some(addr(pbx.port)),
+        &["-s", "frank", "-cid_str", &cid],
+    );
+    assert!(
+        wait_for(10, || count(&stg.log(), "push (log only") >= 1),
+        "no push:\n{}\n--- kamailio:\n{}\n{}",
+        stg.log(),
+        pbx.log(),
+        caller.report()
+    );
+    let woken = dir.join("woken.xml");
+    std::fs::write(&woken, device_scenario_with(false, false, params, instance)).unwrap();
+    let mut device = Sipp::start(
+        &dir,
+        "woken",
+        &woken,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &["-s", "frank", "-cid_str", &cid],
+    );
+    let cs = caller.wait(Duration::from_secs(25));
+    let ds = device.wait(Duration::from_secs(10));
+    assert!(
+        cs.success() && ds.success(),
+        "caller {cs}, device {ds}\n{}\n{}\n--- kamailio:\n{}\n--- stg:\n{}",
+        caller.report(),
+        device.report(),
+        pbx.log(),
+        tail(&stg.log(), 8000)
+    );
+    assert!(stg.alive());
+}

@@ -237,6 +237,7 @@ impl Proxy {
             ghost,
             cancel_reason,
             conn_token: binding.conn.clone(),
+            contact: Some(binding.uri.clone()),
         };
         self.add_branch(ctx_id, target, spec, now);
     }
@@ -284,6 +285,34 @@ impl Proxy {
             .response(status, Some("Push sent"), None, Some(&ctx.top_via), &[]);
         let server = ctx.server;
         self.respond(server, status, resp, now);
+    }
+
+    /// The location answer for a call the PBX routed along a device's Path: the binding
+    /// whose flow token is the Path's gives the branch its push parameters; none (the store
+    /// failed, or the PBX's To is not the AOR the device registered) is the Path's flow
+    /// alone, as before the lookup. The PBX's Request-URI is kept.
+    pub(super) fn located_path(
+        &mut self,
+        ctx_id: u64,
+        path_flow: Flow,
+        targets: &[super::Located],
+        now: Instant,
+    ) {
+        let mine = targets.iter().find(|t| {
+            matches!(self.binding_target(t), Some((super::Target::Flow(f), _)) if f == path_flow)
+        });
+        let spec = match mine {
+            Some(t) => BranchSpec {
+                located: true,
+                key: Some(t.key.clone()),
+                wake: t.wake,
+                conn_token: t.conn.clone(),
+                contact: Some(t.uri.clone()),
+                ..BranchSpec::default()
+            },
+            None => BranchSpec::default(),
+        };
+        self.add_branch(ctx_id, super::Target::Flow(path_flow), spec, now);
     }
 
     /// A binding whose device is not connected here (its flow token names no live
@@ -337,7 +366,7 @@ impl Proxy {
         let Some(br) = ctx.branches.get(b as usize) else {
             return false;
         };
-        let (Some(key), Some(contact), Some(_)) = (br.key.clone(), br.request_uri.clone(), br.wake)
+        let (Some(key), Some(contact), Some(_)) = (br.key.clone(), br.contact.clone(), br.wake)
         else {
             return false;
         };

@@ -377,6 +377,8 @@ struct Branch {
     conn_token: Option<String>,
     /// When its push timer fires, while armed.
     push_at: Option<Instant>,
+    /// The binding's contact (its push parameters), for a located branch.
+    contact: Option<Bytes>,
 }
 
 impl Branch {
@@ -400,6 +402,7 @@ impl Branch {
             cancel_reason: spec.cancel_reason,
             conn_token: spec.conn_token,
             push_at: None,
+            contact: spec.contact,
         }
     }
 }
@@ -415,6 +418,7 @@ struct BranchSpec {
     ghost: bool,
     cancel_reason: Option<Bytes>,
     conn_token: Option<String>,
+    contact: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -491,6 +495,9 @@ struct Ctx {
     /// Why the call stopped ringing (the caller's CANCEL, or answered elsewhere): the
     /// `Reason` of a ghost's CANCEL.
     end_reason: Option<Bytes>,
+    /// A call the PBX routed along a device's Path (through mode): the flow it names; only
+    /// that device's binding is a target.
+    path_flow: Option<Flow>,
 }
 
 /// What a pending resolution is for.
@@ -1099,6 +1106,7 @@ impl Proxy {
             told_pushed: false,
             push_failed: Vec::new(),
             end_reason: None,
+            path_flow: None,
         };
         self.ctxs.insert(ctx_id, ctx);
         self.by_server.insert(id, ctx_id);
@@ -1108,6 +1116,14 @@ impl Proxy {
                 let op = self.wait(ctx_id, now);
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
                     c.aor = Some(aor.clone());
+                }
+                self.out.push_back(Output::Locate { id: op, aor });
+            }
+            Route::LocatePath(aor, flow) => {
+                let op = self.wait(ctx_id, now);
+                if let Some(c) = self.ctxs.get_mut(&ctx_id) {
+                    c.aor = Some(aor.clone());
+                    c.path_flow = Some(flow);
                 }
                 self.out.push_back(Output::Locate { id: op, aor });
             }
@@ -1261,6 +1277,12 @@ impl Proxy {
         let Some(ctx_id) = self.answered(id) else {
             return;
         };
+        let path_flow = self.ctxs.get(&ctx_id).and_then(|c| c.path_flow);
+        if let Some(pf) = path_flow {
+            self.located_path(ctx_id, pf, result.unwrap_or(&[]), now);
+            self.pump(now);
+            return;
+        }
         let Ok(targets) = result else {
             self.finish_with(ctx_id, StatusCode::SERVICE_UNAVAILABLE, now);
             self.pump(now);
@@ -1277,6 +1299,7 @@ impl Proxy {
                 ghost: false,
                 cancel_reason: None,
                 conn_token: t.conn.clone(),
+                contact: Some(t.uri.clone()),
             };
             match self.binding_target(t) {
                 Some((target, routes)) => {
@@ -1762,6 +1785,7 @@ impl Proxy {
         };
         let target = match self.route_request(&m, inbound, &mut plan, route_flow) {
             Route::Target(t) => t,
+            Route::LocatePath(_, flow) => Target::Flow(flow),
             Route::Locate(_) | Route::Register(_) | Route::Authorize => {
                 // Only requests with a context look bindings up.
                 self.stats_drop("unroutable");

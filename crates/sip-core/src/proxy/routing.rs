@@ -139,6 +139,10 @@ pub(super) enum Route {
     Target(Target),
     /// Ask the location service for the bindings of this AOR (`user@host` as received).
     Locate(String),
+    /// A new call the PBX sends along a device's Path (through mode): to that flow, but with
+    /// the device's binding looked up first (its push parameters), so a device whose
+    /// connection is gone can be woken. The AOR is the To's.
+    LocatePath(String, Flow),
     /// The registrar's.
     Register(RegistrarMode),
     /// To the upstream once the device has proven who it is.
@@ -176,6 +180,13 @@ impl Proxy {
             ));
         }
         if let Some(flow) = route_flow {
+            let initial = m.to_tag().is_none()
+                && matches!(m.method(), Some(Method::Invite | Method::Message));
+            if initial && !self.config.registrar.is_empty() {
+                if let Some(aor) = m.to().and_then(|t| to_aor(&t.uri)) {
+                    return Route::LocatePath(aor, flow);
+                }
+            }
             return Route::Target(Target::Flow(flow));
         }
         // Strict-router compatibility (RFC 3261 §16.4): our own URI as Request-URI means the
@@ -261,7 +272,7 @@ impl Proxy {
 
     /// `user@host` when a Request-URI names an AOR of a registrar domain: the domain itself,
     /// or with `*`, one of the node's own names.
-    fn aor_for_location(&self, u: &SipUri<'_>) -> Option<String> {
+    pub(super) fn aor_for_location(&self, u: &SipUri<'_>) -> Option<String> {
         let user = u.user?;
         let ours = self.config.registrar.iter().any(|d| {
             if d.domain == "*" {
@@ -395,4 +406,12 @@ pub(super) fn unreachable_status(found: usize) -> StatusCode {
     } else {
         StatusCode(480)
     }
+}
+
+/// `user@host` of a To URI (the AOR a device registered under, when the PBX kept it).
+fn to_aor(u: &Uri<'_>) -> Option<String> {
+    let u = u.as_sip()?;
+    let user = std::str::from_utf8(u.user.filter(|x| !x.is_empty())?).ok()?;
+    let host = std::str::from_utf8(u.host_raw).ok()?;
+    Some(format!("{user}@{host}"))
 }

@@ -493,7 +493,7 @@ fn a_lookup_that_never_answers_ends_with_timer_c() {
 }
 
 #[test]
-fn a_call_along_our_path_takes_the_devices_flow_without_a_lookup() {
+fn a_call_along_our_path_is_looked_up_then_takes_the_devices_flow() {
     let (mut sim, fwd, _) = through_until_2xx();
     let path = header(&fwd, "Path").remove(0);
     let inv = req("INVITE", DEVICE_CONTACT)
@@ -503,18 +503,71 @@ fn a_call_along_our_path_takes_the_devices_flow_without_a_lookup() {
         .call_id("pbx-call-2")
         .header(&format!("Route: {path}"));
     let outs = sim.input(pbx_tcp(), inv.build());
-    assert!(locates(&outs).is_empty());
+    // The binding is read for its push parameters (the device may be asleep).
+    let l = locates(&outs);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].1, "alice@example.com");
+    assert!(sent(&outs).iter().all(|(f, _)| *f != device().flow));
+    // A store with nothing (or failing) still gets the call to the Path's flow.
+    let outs = sim.located(l[0].0, Ok(&[]));
     let s = sent(&outs);
     let to_device: Vec<_> = s.iter().filter(|(f, _)| *f == device().flow).collect();
     assert_eq!(to_device.len(), 1);
     assert_eq!(
         to_device[0].1.request_uri_bytes(),
-        DEVICE_CONTACT.as_bytes()
+        DEVICE_CONTACT.as_bytes(),
+        "the PBX's Request-URI"
     );
     assert!(
         to_device[0].1.routes().next().is_none(),
         "our Path entry is consumed"
     );
+}
+
+#[test]
+fn a_call_along_our_path_to_a_device_whose_connection_is_gone_pushes_it() {
+    let (mut sim, fwd, _) = through_until_2xx();
+    let path = header(&fwd, "Path").remove(0);
+    let inv = req("INVITE", DEVICE_CONTACT)
+        .via("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-pbx-3")
+        .from("<sip:bob@example.com>;tag=pbx")
+        .to("<sip:alice@example.com>")
+        .call_id("pbx-call-3")
+        .header(&format!("Route: {path}"));
+    let outs = sim.input(pbx_tcp(), inv.build());
+    let l = locates(&outs);
+    let stored = Located {
+        uri: Bytes::from_static(
+            b"sip:alice@192.168.1.10:5060;pn-provider=fcm;pn-prid=tok;pn-param=proj",
+        ),
+        conn: Some(device_token()),
+        path: vec![Bytes::from(path.clone())],
+        key: Bytes::from_static(b"\"<urn:uuid:1>\""),
+        wake: Some(crate::proxy::Wake::default()),
+    };
+    // Another binding of the AOR (another device) is not this Path's: not called.
+    let other = Located {
+        uri: Bytes::from_static(b"sip:alice@10.9.9.9:5060"),
+        conn: Some(FlowTokens::new([7; 16]).encode(&outside(OTHER).flow)),
+        path: Vec::new(),
+        key: Bytes::from_static(b"k2"),
+        wake: None,
+    };
+    let outs = sim.located(l[0].0, Ok(&[other, stored]));
+    assert!(sent(&outs).iter().all(|(f, _)| f.remote != addr(OTHER)));
+    let (_, _, r) = tracked_send(&outs);
+    let outs = sim.send_failed(r);
+    let pushes: Vec<_> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Push(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushes.len(), 1, "the device is pushed, not answered 480");
+    assert!(pushes[0]
+        .contact
+        .starts_with(b"sip:alice@192.168.1.10:5060;pn-provider=fcm"));
 }
 
 #[test]
