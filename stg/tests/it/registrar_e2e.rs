@@ -1196,6 +1196,18 @@ fn linphonec_calls_out(lin: &mut Linphonec, dir: &Path, pbx: &Pbx, echo_port: u1
 /// inside listener, stg puts it on linphonec's TLS connection, linphonec auto-answers; the
 /// test plays the caller's media for 7 s, then the caller hangs up. Asserts RTP both ways.
 fn linphonec_is_called_back(lin: &Linphonec, dir: &Path, pbx: &Pbx, stg: &StgNode) {
+    called_back(dir, pbx, stg, || (), || lin.log());
+}
+
+/// [`linphonec_is_called_back`], with `meanwhile` run once the caller has sent its INVITE
+/// (e.g. waking linphonec up), and `lin_log` for the failure report.
+fn called_back(
+    dir: &Path,
+    pbx: &Pbx,
+    stg: &StgNode,
+    meanwhile: impl FnOnce(),
+    lin_log: impl Fn() -> String,
+) {
     let media = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mport = media.local_addr().unwrap().port();
     let rtcp = std::net::UdpSocket::bind(("127.0.0.1", mport + 1))
@@ -1223,6 +1235,7 @@ fn linphonec_is_called_back(lin: &Linphonec, dir: &Path, pbx: &Pbx, stg: &StgNod
         Some(addr(pbx.port)),
         &["-s", LIN_USER],
     );
+    meanwhile();
     // The media peer: linphonec's port from its 200's SDP.
     let got_200 = wait_for(15, || {
         let msgs = caller.messages();
@@ -1243,7 +1256,7 @@ fn linphonec_is_called_back(lin: &Linphonec, dir: &Path, pbx: &Pbx, stg: &StgNod
         caller.report(),
         pbx.log(),
         tail(&stg.log(), 8000),
-        tail(&lin.log(), 8000)
+        tail(&lin_log(), 8000)
     );
     eprintln!(
         "audio: {rtp_in} RTP packets from linphonec; linphonec's RTCP reports our stream up to sequence {reported}"
@@ -1537,4 +1550,82 @@ fn through_mode_device_asleep_is_pushed_and_called_on_its_new_connection() {
         tail(&stg.log(), 8000)
     );
     assert!(stg.alive());
+}
+
+/// The seed's diagram with a real app: linphonec registers over TLS through stg (push
+/// parameters in its Contact) to Kamailio, and is stopped (asleep). A SIPp caller calls it
+/// behind Kamailio; stg finds the connection gone and pushes through a local FCM HTTP v1
+/// server; on that push the test starts linphonec again (auto-answer, playing a tone): it
+/// registers over a new TLS connection, stg sends the waiting INVITE there, the call
+/// connects and audio flows both ways.
+#[test]
+fn linphonec_asleep_is_woken_through_fcm_and_the_call_connects() {
+    use stg_testkit::push_servers::{FakeFcm, FcmOptions};
+    let fcm = FakeFcm::start(FcmOptions {
+        project_id: "proj".into(),
+        ..FcmOptions::default()
+    });
+    let (port, inside, tls_port) = (free_port(), free_port(), free_port());
+    let echo_port = free_port();
+    let dir = temp_dir("e2e-linphonec-push");
+    let (cert, key) = make_cert(&dir);
+    let pbx = Pbx::start(&dir, PbxRole::Registrar { auth: false }, echo_port);
+    let extra = format!(
+        "{}\n[push]\nmode = \"live\"\n\n[push.fcm]\nservice_account = \"{}\"\nurl = \"{}\"\nca_file = \"{}\"\n",
+        tls_listener(&cert, &key, tls_port),
+        fcm.service_account_file().display(),
+        fcm.url(),
+        fcm.ca_file().display()
+    );
+    let stg = StgNode::start("e2e-lin-push", &stg_config(port, inside, pbx.port, &extra));
+    let sdir = stg.dir.clone();
+    let rc = linphonerc(&cert, tls_port, None);
+    let lin = start_linphonec(&sdir, &rc);
+    let through_ok = "stg_registrar_registers_total{mode=\"through\",result=\"ok\"}";
+    assert!(
+        wait_for(20, || stg.counter(through_ok) >= 1.0),
+        "linphonec did not register through stg\n--- linphonec:\n{}\n--- stg:\n{}",
+        tail(&lin.log(), 6000),
+        tail(&stg.log(), 6000)
+    );
+    // Asleep: the process is gone, and so is its TLS connection.
+    drop(lin);
+    let woken: std::cell::RefCell<Option<Linphonec>> = std::cell::RefCell::new(None);
+    called_back(
+        &sdir,
+        &pbx,
+        &stg,
+        || {
+            let sends = || {
+                fcm.requests()
+                    .into_iter()
+                    .filter(|r| r.path.ends_with(":send"))
+                    .count()
+            };
+            assert!(
+                wait_for(10, || sends() >= 1),
+                "FCM got no push\n--- stg:\n{}",
+                tail(&stg.log(), 6000)
+            );
+            let lin_dir = sdir.join("woken");
+            std::fs::create_dir_all(&lin_dir).unwrap();
+            *woken.borrow_mut() = Some(start_linphonec(&lin_dir, &rc));
+        },
+        || {
+            woken
+                .borrow()
+                .as_ref()
+                .map(Linphonec::log)
+                .unwrap_or_default()
+        },
+    );
+    let sends: Vec<_> = fcm
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(":send"))
+        .collect();
+    assert_eq!(sends.len(), 1, "one push");
+    let body = sends[0].json();
+    assert_eq!(body["message"]["token"], "tok123");
+    assert_eq!(body["message"]["data"]["type"], "call");
 }
