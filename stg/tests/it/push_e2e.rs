@@ -445,7 +445,13 @@ fn cancelling_caller() -> String {
 /// The woken iOS app: registers, gets the call it must show, rings, and is told the call
 /// was cancelled.
 fn woken_then_cancelled(params: &str) -> String {
-    let register = device_scenario_with(true, None, params, INSTANCE);
+    rings_then_cancelled(params, INSTANCE)
+}
+
+/// A device that registers (`instance`), rings when called, and is told the call is over
+/// (CANCEL, 200, 487, ACK).
+fn rings_then_cancelled(params: &str, instance: &str) -> String {
+    let register = device_scenario_with(true, None, params, instance);
     let head = register.trim_end().trim_end_matches("</scenario>");
     format!(
         r#"{head}
@@ -611,4 +617,87 @@ fn stg_push_test_wakes_every_device_of_an_aor_and_prints_the_answers() {
     assert!(text.contains("token rejected"), "{text}");
     let reg = http_get(stg.admin, "/registrar/aor/erin@example.test").unwrap_or_default();
     assert!(reg.contains(TOKEN), "the binding is still there:\n{reg}");
+}
+
+/// Two devices of one AOR, both online: the call rings on both; the phone answers, the
+/// tablet gets a CANCEL saying the call was completed elsewhere.
+#[test]
+fn two_devices_ring_one_answers_the_other_is_cancelled() {
+    let (port, inside) = (free_port(), free_port());
+    let dir = crate::harness::temp_dir("fork-two");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let stg = StgNode::start("fork-two", &node_config(port, inside, &users_url, ""));
+    let dir = stg.dir.clone();
+    let cid = format!("fork-two-{}-%u", std::process::id());
+    let args = [
+        "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &cid,
+    ];
+    let phone_sf = dir.join("phone.xml");
+    std::fs::write(&phone_sf, device_scenario_with(true, false, "", INSTANCE)).unwrap();
+    let tablet_sf = dir.join("tablet.xml");
+    let tablet_instance = ";+sip.instance=\"<urn:uuid:7a7a7a7a-0000-4e8e-9d2a-1b2c3d4e5f60>\"";
+    std::fs::write(&tablet_sf, rings_then_cancelled("", tablet_instance)).unwrap();
+    let mut phone = Sipp::start(
+        &dir,
+        "phone",
+        &phone_sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &args,
+    );
+    let mut tablet = Sipp::start(
+        &dir,
+        "tablet",
+        &tablet_sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &args,
+    );
+    for d in [&phone, &tablet] {
+        wait_until(
+            10,
+            "a device did not register",
+            || {
+                d.messages()
+                    .iter()
+                    .any(|m| !m.sent && m.status() == Some(200))
+            },
+            || d.report(),
+        );
+    }
+    let caller_sf = dir.join("caller.xml");
+    std::fs::write(&caller_sf, caller_scenario(true)).unwrap();
+    let mut caller = Sipp::start(
+        &dir,
+        "caller",
+        &caller_sf,
+        Transport::Udp,
+        addr(free_port()),
+        Some(addr(inside)),
+        &["-s", "erin", "-cid_str", &cid],
+    );
+    let cs = caller.wait(Duration::from_secs(20));
+    let ps = phone.wait(Duration::from_secs(10));
+    let ts = tablet.wait(Duration::from_secs(10));
+    assert!(
+        cs.success() && ps.success() && ts.success(),
+        "caller {cs}, phone {ps}, tablet {ts}\n{}\n{}\n{}",
+        caller.report(),
+        phone.report(),
+        tablet.report()
+    );
+    let cancel = tablet
+        .messages()
+        .into_iter()
+        .find(|m| !m.sent && m.text.starts_with("CANCEL"))
+        .expect("the tablet got a CANCEL");
+    assert!(
+        cancel
+            .text
+            .contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\""),
+        "{}",
+        cancel.text
+    );
 }
