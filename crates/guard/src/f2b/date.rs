@@ -3,7 +3,7 @@
 //! explicit "now", and local times read in a POSIX `TZ` rule (`CET-01CEST-02,M3.5.0,
 //! M10.5.0`) evaluated here, so nothing depends on the host's time zone.
 
-use super::pyre::{translate, Re};
+use super::pyre::{translate, Fields, Re, Span};
 
 /// A time zone: a fixed offset, or a POSIX `TZ` rule with daylight saving time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,7 +406,7 @@ impl Template {
     }
 
     /// The date's span and fields when the template matches `line`.
-    fn find(&self, line: &str) -> Option<((usize, usize), Vec<(String, String)>)> {
+    fn find(&self, line: &str) -> Option<(Span, Fields)> {
         let mut from = 0;
         loop {
             let (_, span, fields) = self.re.find_group(line, from, "_date")?;
@@ -501,7 +501,7 @@ impl DateDetector {
     pub(crate) fn find(&mut self, line: &str, now: i64, tz: &Tz) -> Option<Found> {
         let n = self.templates.len();
         let order = std::iter::once(self.last).chain((0..n).filter(|&i| i != self.last));
-        let mut best: Option<(usize, (usize, usize), Vec<(String, String)>)> = None;
+        let mut best: Option<(usize, Span, Fields)> = None;
         for i in order {
             let Some(t) = self.templates.get(i) else {
                 continue;

@@ -260,7 +260,7 @@ impl Ini {
     /// the option `tag` (from `tags`, else from `addrepl`), until nothing changes. Tags
     /// with no value (`<HOST>`, `<F-USER>`) are left for the regex layer.
     pub(crate) fn substitute_tags(
-        tags: &mut Vec<(String, String)>,
+        tags: &mut [(String, String)],
         addrepl: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), FilterError> {
         let mut done: Vec<bool> = vec![false; tags.len()];

@@ -578,9 +578,12 @@ impl Filter {
                 }
                 continue;
             }
-            let mut ticket = Ticket::default();
-            ticket.groups = pre.clone();
-            ticket.groups.extend(groups);
+            let mut merged = pre.clone();
+            merged.extend(groups);
+            let mut ticket = Ticket {
+                groups: merged,
+                ..Ticket::default()
+            };
             let mlfid = ticket.groups.get("mlfid").cloned();
             let mut keep = false;
             if let Some(id) = &mlfid {

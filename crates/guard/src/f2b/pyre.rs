@@ -22,6 +22,15 @@ pub(crate) enum Re {
 /// The named groups of one match, in the order of [`Re::names`].
 pub(crate) type Groups<'t> = Vec<Option<&'t str>>;
 
+/// A byte span.
+pub(crate) type Span = (usize, usize);
+
+/// Named groups that matched, by name.
+pub(crate) type Fields = Vec<(String, String)>;
+
+/// One match for [`Re::find_group`]: the whole match, one group, every named group.
+pub(crate) type Hit = (Span, Option<Span>, Fields);
+
 impl Re {
     /// Compiles a Python pattern. `regex` first: it is faster and runs in linear time;
     /// `fancy-regex` only for what `regex` cannot express.
@@ -79,19 +88,10 @@ impl Re {
 
     /// Searches `text` from `start`; returns the span of group 0 and of the named group
     /// `group`.
-    pub(crate) fn find_group(
-        &self,
-        text: &str,
-        start: usize,
-        group: &str,
-    ) -> Option<(
-        (usize, usize),
-        Option<(usize, usize)>,
-        Vec<(String, String)>,
-    )> {
+    pub(crate) fn find_group(&self, text: &str, start: usize, group: &str) -> Option<Hit> {
         fn collect<'a>(
             names: impl Iterator<Item = (&'a str, Option<(usize, usize, &'a str)>)>,
-        ) -> Vec<(String, String)> {
+        ) -> Fields {
             names
                 .filter_map(|(n, m)| Some((n.to_owned(), m?.2.to_owned())))
                 .collect()
