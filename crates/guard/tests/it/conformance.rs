@@ -232,7 +232,7 @@ fn run_filter(dir: &Path, name: &str, tz: &Tz, tally: &mut Tally) {
                 .get("match")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            for (bi, opts) in tests.as_ref().map(Vec::as_slice).unwrap_or_default() {
+            for (bi, opts) in tests.as_deref().unwrap_or_default() {
                 if let Some(c) = faildata.get("constraint").and_then(Value::as_str) {
                     match eval(c, name, opts) {
                         Ok(true) => {}
