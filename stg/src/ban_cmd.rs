@@ -186,7 +186,11 @@ fn test_filter(
             "Engines  : {} regexes, {} on the backtracking engine; literal prefilter {}",
             filter.failregex().len(),
             filter.backtracking_regexes(),
-            if filter.has_prefilter() { "on" } else { "off" }
+            if filter.has_prefilter() {
+                format!("on {:?}", filter.prefilter_literals())
+            } else {
+                "off".to_owned()
+            }
         );
         let _ = writeln!(out, "\nFailregex: {total} total");
         let _ = writeln!(out, "|-  #) [# of hits] regular expression");

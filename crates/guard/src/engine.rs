@@ -92,8 +92,8 @@ impl Increment {
             let i = (previous as usize).min(self.multipliers.len() - 1);
             bantime.as_secs_f64() * f64::from(self.multipliers[i])
         };
-        // `min` first: a huge factor must not overflow `Duration`.
-        Duration::from_secs_f64(d.min(self.max.as_secs_f64()).max(0.0))
+        // `min` first: a huge factor must not overflow `Duration` (NaN gives `max`).
+        Duration::try_from_secs_f64(d.min(self.max.as_secs_f64()).max(0.0)).unwrap_or(self.max)
     }
 }
 
@@ -490,11 +490,16 @@ impl<C: CounterStore> Engine<C> {
                 self.offenders.remove(&k);
             }
         }
+        // A configured ban longer than `Instant` can represent holds for ten years.
+        let banned_until = now
+            .checked_add(duration)
+            .or_else(|| now.checked_add(Duration::from_secs(10 * 365 * 86400)))
+            .unwrap_or(now);
         self.offenders.insert(
             key,
             Offender {
                 bans: previous + 1,
-                banned_until: now + duration,
+                banned_until,
                 last_ban: now,
             },
         );

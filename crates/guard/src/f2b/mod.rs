@@ -429,6 +429,7 @@ pub struct Filter {
     ignore: Vec<Compiled>,
     dates: DateDetector,
     prefilter: Option<aho_corasick::AhoCorasick>,
+    prefilter_literals: Vec<String>,
     mlfid: HashMap<String, Ticket>,
     mlfid_order: VecDeque<String>,
     last_date: Option<i64>,
@@ -462,13 +463,20 @@ impl Filter {
                 what: "datepattern".to_owned(),
                 error,
             })?;
+        let literals = prefilter(&spec.failregex);
         Ok(Self {
             pref,
             fail,
             fail_src: spec.failregex.clone(),
             ignore,
             dates,
-            prefilter: prefilter(&spec.failregex),
+            prefilter: literals.as_ref().and_then(|l| {
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                    .build(l)
+                    .ok()
+            }),
+            prefilter_literals: literals.unwrap_or_default(),
             mlfid: HashMap::new(),
             mlfid_order: VecDeque::new(),
             last_date: None,
@@ -486,6 +494,11 @@ impl Filter {
     /// literal).
     pub fn has_prefilter(&self) -> bool {
         self.prefilter.is_some()
+    }
+
+    /// The prefilter's literals (empty when there is no prefilter).
+    pub fn prefilter_literals(&self) -> &[String] {
+        &self.prefilter_literals
     }
 
     /// How many regexes need the backtracking engine.
@@ -753,9 +766,9 @@ impl Filter {
     }
 }
 
-/// An Aho-Corasick automaton over one required literal per `failregex`, when every one
-/// has a literal of at least three characters; a line without any of them cannot match.
-fn prefilter(failregex: &[String]) -> Option<aho_corasick::AhoCorasick> {
+/// The literals of the prefilter, when every `failregex` has a set of required literals of
+/// at least three characters each; a line without any of them cannot match.
+fn prefilter(failregex: &[String]) -> Option<Vec<String>> {
     let mut lits: Vec<String> = Vec::new();
     for r in failregex {
         let req = pyre::required_literals(&resolve_host_tags(r))?;
@@ -769,10 +782,7 @@ fn prefilter(failregex: &[String]) -> Option<aho_corasick::AhoCorasick> {
     }
     lits.sort();
     lits.dedup();
-    aho_corasick::AhoCorasick::builder()
-        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-        .build(&lits)
-        .ok()
+    Some(lits)
 }
 
 #[cfg(test)]
