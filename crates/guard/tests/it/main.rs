@@ -2,3 +2,4 @@
 //! filter reader (the conformance suite, read from `$STG_CONFORMANCE_DIR`, never copied).
 
 mod conformance;
+mod garbage;
