@@ -17,6 +17,8 @@ const TEST_NOW: i64 = 1_124_013_600;
 const TEST_TZ: &str = "CET-01CEST-02,M3.5.0,M10.5.0";
 /// Annotated samples in the suite (README: 314 must match, 92 must not).
 const SAMPLES: usize = 406;
+/// Of which must match.
+const SAMPLES_MATCHING: usize = 314;
 
 fn suite_dir() -> PathBuf {
     let Some(dir) = std::env::var_os("STG_CONFORMANCE_DIR") else {
@@ -85,6 +87,7 @@ fn as_string_map(v: &Value) -> BTreeMap<String, String> {
 #[derive(Default)]
 struct Tally {
     samples: usize,
+    samples_true: usize,
     checks: usize,
     matched: usize,
     errors: Vec<String>,
@@ -220,6 +223,9 @@ fn run_filter(dir: &Path, name: &str, tz: &Tz, tally: &mut Tally) {
             }
             if directive.is_some() {
                 tally.samples += 1;
+                if faildata.get("match").and_then(Value::as_bool) == Some(true) {
+                    tally.samples_true += 1;
+                }
             }
             if tests.is_none() {
                 let t = build(&mut built, &BTreeMap::new(), &mut tally.errors)
@@ -364,11 +370,13 @@ fn fail2ban_sample_logs() {
         run_filter(&dir, n, &tz, &mut tally);
     }
     println!(
-        "fail2ban conformance: {} filters ({}), {} samples, {} checks (sample × option set), \
-         {} matches verified, {} errors",
+        "fail2ban conformance: {} filters ({}), {} samples ({} must match, {} must not), {} \
+         checks (sample × option set), {} matches verified, {} errors",
         names.len(),
         names.join(", "),
         tally.samples,
+        tally.samples_true,
+        tally.samples - tally.samples_true,
         tally.checks,
         tally.matched,
         tally.errors.len()
@@ -380,8 +388,11 @@ fn fail2ban_sample_logs() {
         tally.errors.join("\n")
     );
     assert_eq!(
-        tally.samples, SAMPLES,
-        "the suite has {SAMPLES} annotated samples; {} were read",
-        tally.samples
+        (tally.samples, tally.samples_true),
+        (SAMPLES, SAMPLES_MATCHING),
+        "the suite has {SAMPLES} annotated samples, {SAMPLES_MATCHING} of them matching; \
+         {} were read, {} matching",
+        tally.samples,
+        tally.samples_true
     );
 }
