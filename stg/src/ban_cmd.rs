@@ -128,55 +128,35 @@ fn test_filter(
             }
         }
     };
+    let n_regex = filter.failregex().len();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let mut reader = BufReader::with_capacity(1 << 20, input);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut buf = Vec::with_capacity(4096);
-    let (mut lines, mut matched, mut ignored) = (0u64, 0u64, 0u64);
-    let mut hits = vec![0u64; filter.failregex().len()];
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("stg: {}: {e}", logfile.display());
-                return ExitCode::from(crate::exit::NOINPUT);
-            }
+    let mut run = Run {
+        filter: &mut filter,
+        tz: &tz,
+        now,
+        json,
+        matched: 0,
+        ignored: 0,
+        hits: vec![0u64; n_regex],
+        out: &mut out,
+    };
+    let scanned = if run.filter.has_prefilter() {
+        run.scan_blocks(input)
+    } else {
+        run.scan_lines(input)
+    };
+    let lines = match scanned {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("stg: {}: {e}", logfile.display());
+            return ExitCode::from(crate::exit::NOINPUT);
         }
-        lines += 1;
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        // Log files are mostly UTF-8; a stray byte must not stop the run.
-        let text = String::from_utf8_lossy(&buf);
-        let failures = filter.process_line(&text, now, &tz);
-        if filter.last_ignored() {
-            ignored += 1;
-        }
-        let mut line_matched = false;
-        for f in failures.iter().filter(|f| f.is_failure()) {
-            hits[f.regex] += 1;
-            if json && !line_matched {
-                let time = f.time.map(|t| f2b::format_local(t + tz.offset_at(t)));
-                let user = f.ticket.get("user");
-                let o = serde_json::json!({
-                    "line": lines,
-                    "host": f.id,
-                    "time": time,
-                    "user": user,
-                });
-                let _ = writeln!(out, "{o}");
-            }
-            line_matched = true;
-        }
-        if line_matched {
-            matched += 1;
-        }
-    }
+    };
+    let (matched, ignored, hits) = (run.matched, run.ignored, run.hits);
     if !json {
         let total: u64 = hits.iter().sum();
         let _ = writeln!(out, "Filter   : {source}");
@@ -214,5 +194,124 @@ fn test_filter(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// One run over a log: the filter, where results go, the counts.
+struct Run<'a, W: Write> {
+    filter: &'a mut Filter,
+    tz: &'a Tz,
+    now: i64,
+    json: bool,
+    matched: u64,
+    ignored: u64,
+    hits: Vec<u64>,
+    out: &'a mut W,
+}
+
+/// Bytes read at once by the block scanner.
+const BLOCK: usize = 1 << 20;
+
+impl<W: Write> Run<'_, W> {
+    /// One line (without its end of line), number `no` (from 1).
+    fn line(&mut self, raw: &[u8], no: u64) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // Log files are mostly UTF-8; a stray byte must not stop the run.
+        let text = String::from_utf8_lossy(raw);
+        let failures = self.filter.process_line(&text, self.now, self.tz);
+        if self.filter.last_ignored() {
+            self.ignored += 1;
+        }
+        let mut line_matched = false;
+        for f in failures.iter().filter(|f| f.is_failure()) {
+            self.hits[f.regex] += 1;
+            if self.json && !line_matched {
+                let time = f.time.map(|t| f2b::format_local(t + self.tz.offset_at(t)));
+                // Written by hand to keep the documented key order (line first).
+                let j = |v: Option<&str>| serde_json::Value::from(v).to_string();
+                let _ = writeln!(
+                    self.out,
+                    "{{\"line\": {no}, \"host\": {}, \"time\": {}, \"user\": {}}}",
+                    j(f.id.as_deref()),
+                    j(time.as_deref()),
+                    j(f.ticket.get("user"))
+                );
+            }
+            line_matched = true;
+        }
+        if line_matched {
+            self.matched += 1;
+        }
+    }
+
+    /// Every line through the filter (a filter without prefilter).
+    fn scan_lines(&mut self, input: Box<dyn Read>) -> std::io::Result<u64> {
+        let mut reader = BufReader::with_capacity(BLOCK, input);
+        let mut buf = Vec::with_capacity(4096);
+        let mut lines = 0;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                return Ok(lines);
+            }
+            lines += 1;
+            let raw = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            self.line(raw, lines);
+        }
+    }
+
+    /// Blocks of lines: the prefilter's automaton runs over the whole block, and only the
+    /// lines that hold one of its literals are cut out and filtered (the others cannot
+    /// match); lines are counted with `memchr`.
+    fn scan_blocks(&mut self, mut input: Box<dyn Read>) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; BLOCK];
+        let mut filled = 0;
+        let mut lines = 0u64;
+        loop {
+            if filled == buf.len() {
+                // One line longer than the block: grow.
+                buf.resize(buf.len() * 2, 0);
+            }
+            let n = match input.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            let eof = n == 0;
+            // Complete lines only, unless the input ended.
+            let end = if eof {
+                filled
+            } else {
+                match memchr::memrchr(b'\n', &buf[..filled]) {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            };
+            let region = &buf[..end];
+            let (mut pos, mut counted) = (0, 0);
+            while pos < end {
+                let Some(off) = self.filter.next_candidate(&region[pos..]) else {
+                    break;
+                };
+                let hit = pos + off;
+                let start = memchr::memrchr(b'\n', &region[pos..hit]).map_or(pos, |i| pos + i + 1);
+                let stop = memchr::memchr(b'\n', &region[hit..]).map_or(end, |i| hit + i);
+                lines += memchr::memchr_iter(b'\n', &region[counted..start]).count() as u64;
+                counted = start;
+                self.line(&region[start..stop], lines + 1);
+                pos = stop + 1;
+            }
+            lines += memchr::memchr_iter(b'\n', &region[counted..end]).count() as u64;
+            if eof {
+                // A last line without its end of line is a line too.
+                if end > 0 && buf[end - 1] != b'\n' {
+                    lines += 1;
+                }
+                return Ok(lines);
+            }
+            buf.copy_within(end..filled, 0);
+            filled -= end;
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! explicit "now", and local times read in a POSIX `TZ` rule (`CET-01CEST-02,M3.5.0,
 //! M10.5.0`) evaluated here, so nothing depends on the host's time zone.
 
-use super::pyre::{translate, Fields, Re, Span};
+use super::pyre::{translate, Re, Span, Spans};
 
 /// A time zone: a fixed offset, or a POSIX `TZ` rule with daylight saving time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +263,9 @@ enum Anchor {
 struct Template {
     re: Re,
     anchor: Anchor,
+    /// Group names (`_date` first) and their indices.
+    names: Vec<String>,
+    idx: Vec<usize>,
 }
 
 /// fail2ban's default templates (the strptime forms of `datedetector.py`), written out
@@ -399,25 +402,31 @@ impl Template {
                 format!(r"{flags}^(?P<_date>{rest})")
             }
         };
+        let re = Re::new(&re)?;
+        let mut named = re.names();
+        // `_date` first: `find` reads its span from position 0.
+        named.sort_by_key(|(n, _)| n != "_date");
         Ok(Self {
-            re: Re::new(&re)?,
             anchor,
+            names: named.iter().map(|(n, _)| n.clone()).collect(),
+            idx: named.iter().map(|(_, i)| *i).collect(),
+            re,
         })
     }
 
-    /// The date's span and fields when the template matches `line`.
-    fn find(&self, line: &str) -> Option<(Span, Fields)> {
+    /// The date's span and the spans of the template's groups when it matches `line`.
+    fn find(&self, line: &str) -> Option<(Span, Spans)> {
         let mut from = 0;
         loop {
-            let (_, span, fields) = self.re.find_group(line, from, "_date")?;
-            let (s, e) = span?;
+            let spans = self.re.spans_at(line, from, &self.idx)?;
+            let (s, e) = (*spans.first()?)?;
             // fail2ban's `(?=^|\b|\W)` before and `(?=\b|\W|$)` after: not inside a word.
             let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
             let end_ok = !(word(line[..e].chars().next_back()) && word(line[e..].chars().next()));
             let start_ok = self.anchor != Anchor::Word
                 || !(word(line[..s].chars().next_back()) && word(line[s..].chars().next()));
             if end_ok && start_ok {
-                return Some(((s, e), fields));
+                return Some(((s, e), spans));
             }
             if self.anchor != Anchor::Word {
                 return None;
@@ -501,7 +510,7 @@ impl DateDetector {
     pub(crate) fn find(&mut self, line: &str, now: i64, tz: &Tz) -> Option<Found> {
         let n = self.templates.len();
         let order = std::iter::once(self.last).chain((0..n).filter(|&i| i != self.last));
-        let mut best: Option<(usize, Span, Fields)> = None;
+        let mut best: Option<(usize, Span, Spans)> = None;
         for i in order {
             let Some(t) = self.templates.get(i) else {
                 continue;
@@ -516,12 +525,18 @@ impl DateDetector {
                 }
             }
         }
-        let (i, (s, e), fields) = best?;
+        let (i, (s, e), spans) = best?;
         self.last = i;
+        let names = &self.templates[i].names;
+        let get = |k: &str| {
+            let p = names.iter().position(|n| n == k)?;
+            let (a, b) = (*spans.get(p)?)?;
+            line.get(a..b)
+        };
         Some(Found {
             start: s,
             end: e,
-            time: to_time(&fields, now, tz),
+            time: to_time(&get, now, tz),
         })
     }
 }
@@ -574,8 +589,7 @@ fn zone_offset(z: &str) -> Option<i64> {
 }
 
 /// fail2ban's `reGroupDictStrptime`, without fractions of a second (fail2ban drops them).
-fn to_time(fields: &[(String, String)], now: i64, tz: &Tz) -> Option<i64> {
-    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+fn to_time<'a>(get: &dyn Fn(&str) -> Option<&'a str>, now: i64, tz: &Tz) -> Option<i64> {
     if let Some(e) = get("epoch") {
         return e.split('.').next()?.parse().ok();
     }

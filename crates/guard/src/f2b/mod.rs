@@ -274,7 +274,7 @@ impl Failure {
 #[derive(Debug)]
 struct Compiled {
     re: Re,
-    names: Vec<String>,
+    names: Vec<(String, usize)>,
 }
 
 impl Compiled {
@@ -290,7 +290,7 @@ impl Compiled {
     fn groups(&self, text: &str) -> Option<BTreeMap<String, String>> {
         let caps = self.re.captures(text, &self.names)?;
         let mut m = BTreeMap::new();
-        for (n, v) in self.names.iter().zip(caps) {
+        for ((n, _), v) in self.names.iter().zip(caps) {
             if let Some(v) = v {
                 m.insert(n.clone(), v.to_owned());
             }
@@ -428,10 +428,16 @@ pub struct Filter {
     fail_src: Vec<String>,
     ignore: Vec<Compiled>,
     dates: DateDetector,
-    prefilter: Option<aho_corasick::AhoCorasick>,
-    prefilter_literals: Vec<String>,
-    mlfid: HashMap<String, Ticket>,
-    mlfid_order: VecDeque<String>,
+    prefilter: Option<Prefilter>,
+    /// Which `failregex`es the prefilter let through for the current line.
+    candidates: Vec<bool>,
+    /// Sessions by id, with their insertion number.
+    mlfid: HashMap<String, (Ticket, u64)>,
+    /// Session ids in insertion order (fail2ban's cache is first in, first out: a session
+    /// keeps its place when it is updated); entries whose number no longer matches are
+    /// stale.
+    mlfid_order: VecDeque<(String, u64)>,
+    mlfid_seq: u64,
     last_date: Option<i64>,
     check_all: bool,
     ignored: bool,
@@ -463,22 +469,17 @@ impl Filter {
                 what: "datepattern".to_owned(),
                 error,
             })?;
-        let literals = prefilter(&spec.failregex);
         Ok(Self {
             pref,
             fail,
             fail_src: spec.failregex.clone(),
             ignore,
             dates,
-            prefilter: literals.as_ref().and_then(|l| {
-                aho_corasick::AhoCorasick::builder()
-                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-                    .build(l)
-                    .ok()
-            }),
-            prefilter_literals: literals.unwrap_or_default(),
+            prefilter: Prefilter::new(&spec.failregex),
+            candidates: vec![true; spec.failregex.len()],
             mlfid: HashMap::new(),
             mlfid_order: VecDeque::new(),
+            mlfid_seq: 0,
             last_date: None,
             check_all,
             ignored: false,
@@ -496,9 +497,27 @@ impl Filter {
         self.prefilter.is_some()
     }
 
+    /// Where the first prefilter literal in `haystack` starts (a block of many lines: a
+    /// reader skips the lines before it, which cannot match). `None` when there is none,
+    /// or no prefilter ([`Filter::has_prefilter`]).
+    pub fn next_candidate(&self, haystack: &[u8]) -> Option<usize> {
+        self.prefilter
+            .as_ref()?
+            .ac
+            .find(haystack)
+            .map(|m| m.start())
+    }
+
     /// The prefilter's literals (empty when there is no prefilter).
-    pub fn prefilter_literals(&self) -> &[String] {
-        &self.prefilter_literals
+    pub fn prefilter_literals(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .prefilter
+            .as_ref()
+            .map(|p| p.literals.iter().map(|(l, _)| l.as_str()).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// How many regexes need the backtracking engine.
@@ -518,7 +537,7 @@ impl Filter {
     pub fn process_line(&mut self, line: &str, now: i64, tz: &Tz) -> Vec<Failure> {
         self.ignored = false;
         if let Some(p) = &self.prefilter {
-            if !p.is_match(line) {
+            if !p.mark(line, &mut self.candidates) {
                 return Vec::new();
             }
         }
@@ -543,7 +562,7 @@ impl Filter {
     pub fn process_dated(&mut self, line: &str, time: i64) -> Vec<Failure> {
         self.ignored = false;
         if let Some(p) = &self.prefilter {
-            if !p.is_match(line) {
+            if !p.mark(line, &mut self.candidates) {
                 return Vec::new();
             }
         }
@@ -552,9 +571,7 @@ impl Filter {
     }
 
     fn is_ignored(&self, buf: &str) -> bool {
-        self.ignore
-            .iter()
-            .any(|r| r.re.captures(buf, &[]).is_some())
+        self.ignore.iter().any(|r| r.re.is_match(buf))
     }
 
     /// fail2ban's `Filter.findFailure` for one line.
@@ -581,6 +598,10 @@ impl Filter {
             pre = g;
         }
         for i in 0..self.fail.len() {
+            // A regex whose literals are not in the line cannot match it.
+            if !self.candidates[i] {
+                continue;
+            }
             let Some(groups) = self.fail[i].groups(&buf) else {
                 continue;
             };
@@ -598,7 +619,7 @@ impl Filter {
                 ..Ticket::default()
             };
             let mlfid = ticket.groups.get("mlfid").cloned();
-            let mut keep = false;
+            let mut keep = None;
             if let Some(id) = &mlfid {
                 let (t, k) = self.merge(id, ticket, orig);
                 ticket = t;
@@ -608,10 +629,8 @@ impl Filter {
             }
             let nofail = ticket.flag("nofail");
             if nofail && !self.check_all {
-                if keep {
-                    if let Some(m) = &mlfid {
-                        self.remember(m, ticket);
-                    }
+                if let (Some(k), Some(m)) = (keep, &mlfid) {
+                    self.remember(m, ticket, k);
                 }
                 return out;
             }
@@ -640,10 +659,8 @@ impl Filter {
                 }
                 (_, ip) => ip,
             };
-            if keep {
-                if let Some(m) = &mlfid {
-                    self.remember(m, ticket.clone());
-                }
+            if let (Some(k), Some(m)) = (keep, &mlfid) {
+                self.remember(m, ticket.clone(), k);
             }
             if id.is_none() && !self.check_all {
                 return out;
@@ -661,29 +678,44 @@ impl Filter {
         out
     }
 
-    fn remember(&mut self, mlfid: &str, t: Ticket) {
-        if self.mlfid.insert(mlfid.to_owned(), t).is_none() {
-            self.mlfid_order.push_back(mlfid.to_owned());
-            while self.mlfid.len() > MLFID_CAP {
-                match self.mlfid_order.pop_front() {
-                    Some(old) => {
+    /// Keeps a session: `seq` is its place when it was already known, `None` for a new one
+    /// (which may push the oldest out).
+    fn remember(&mut self, mlfid: &str, t: Ticket, seq: Option<u64>) {
+        let seq = match seq {
+            Some(s) => s,
+            None => {
+                while self.mlfid.len() >= MLFID_CAP {
+                    let Some((old, s)) = self.mlfid_order.pop_front() else {
+                        break;
+                    };
+                    if self.mlfid.get(&old).is_some_and(|(_, x)| *x == s) {
                         self.mlfid.remove(&old);
                     }
-                    None => break,
                 }
+                self.mlfid_seq += 1;
+                self.mlfid_order
+                    .push_back((mlfid.to_owned(), self.mlfid_seq));
+                // Stale places are bounded by the live ones.
+                if self.mlfid_order.len() > 4 * MLFID_CAP {
+                    let live = &self.mlfid;
+                    self.mlfid_order
+                        .retain(|(m, s)| live.get(m).is_some_and(|(_, x)| x == s));
+                }
+                self.mlfid_seq
             }
-        }
-    }
-
-    fn forget(&mut self, mlfid: &str) -> Option<Ticket> {
-        let t = self.mlfid.remove(mlfid)?;
-        self.mlfid_order.retain(|m| m != mlfid);
-        Some(t)
+        };
+        self.mlfid.insert(mlfid.to_owned(), (t, seq));
     }
 
     /// fail2ban's `_mergeFailure`: returns the merged ticket and whether it stays
-    /// remembered for the session.
-    fn merge(&mut self, mlfid: &str, mut fail: Ticket, line: &str) -> (Ticket, bool) {
+    /// remembered for the session (`Some(Some(place))` where it was, `Some(None)` as new).
+    #[allow(clippy::option_option)]
+    fn merge(
+        &mut self,
+        mlfid: &str,
+        mut fail: Ticket,
+        line: &str,
+    ) -> (Ticket, Option<Option<u64>>) {
         const NOFAIL: u8 = 1;
         const FORGET: u8 = 2;
         const PREV_NOFAIL: u8 = 4;
@@ -708,7 +740,7 @@ impl Filter {
         let user = fail.groups.get("user").filter(|u| !u.is_empty()).cloned();
         let keep;
         let users;
-        if let Some(mut cached) = self.forget(mlfid) {
+        if let Some((mut cached, place)) = self.mlfid.remove(mlfid) {
             if let Some(u) = &user {
                 cached.users.insert(u.clone());
             }
@@ -735,16 +767,16 @@ impl Filter {
             }
             cached.groups.extend(fail.groups);
             fail = cached;
-            keep = nf & FORGET == 0;
+            keep = (nf & FORGET == 0).then_some(Some(place));
         } else if nf & FORGET == 0 {
             if let Some(u) = &user {
                 fail.users.insert(u.clone());
             }
             users = fail.users.len();
-            keep = true;
+            keep = Some(None);
         } else {
             users = 0;
-            keep = false;
+            keep = None;
         }
         let pending = std::mem::take(&mut fail.mlfpending);
         if pending || users > 1 {
@@ -766,23 +798,52 @@ impl Filter {
     }
 }
 
-/// The literals of the prefilter, when every `failregex` has a set of required literals of
-/// at least three characters each; a line without any of them cannot match.
-fn prefilter(failregex: &[String]) -> Option<Vec<String>> {
-    let mut lits: Vec<String> = Vec::new();
-    for r in failregex {
-        let req = pyre::required_literals(&resolve_host_tags(r))?;
-        if req.iter().any(|l| l.chars().count() < 3) {
+/// The literal prefilter: every `failregex` has a set of literals one of which each of its
+/// matches contains (each at least three characters long); a line that contains none of
+/// a regex's literals is not searched with that regex, a line with no literal at all not
+/// even for its date.
+#[derive(Debug)]
+struct Prefilter {
+    ac: aho_corasick::AhoCorasick,
+    /// Per automaton pattern: the literal and the `failregex` it stands for.
+    literals: Vec<(String, usize)>,
+}
+
+impl Prefilter {
+    fn new(failregex: &[String]) -> Option<Self> {
+        let mut literals = Vec::new();
+        for (i, r) in failregex.iter().enumerate() {
+            let req = pyre::required_literals(&resolve_host_tags(r))?;
+            if req.iter().any(|l| l.chars().count() < 3) {
+                return None;
+            }
+            literals.extend(req.into_iter().map(|l| (l, i)));
+        }
+        if literals.is_empty() {
             return None;
         }
-        lits.extend(req);
+        // Standard semantics: overlapping matches report every literal present.
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(literals.iter().map(|(l, _)| l))
+            .ok()?;
+        Some(Self { ac, literals })
     }
-    if lits.is_empty() {
-        return None;
+
+    /// Marks the regexes whose literals occur in `line`; whether any does.
+    fn mark(&self, line: &str, candidates: &mut [bool]) -> bool {
+        candidates.fill(false);
+        let mut any = false;
+        for m in self.ac.find_overlapping_iter(line) {
+            if let Some((_, r)) = self.literals.get(m.pattern().as_usize()) {
+                if let Some(c) = candidates.get_mut(*r) {
+                    *c = true;
+                    any = true;
+                }
+            }
+        }
+        any
     }
-    lits.sort();
-    lits.dedup();
-    Some(lits)
 }
 
 #[cfg(test)]

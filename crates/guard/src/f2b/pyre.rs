@@ -25,11 +25,8 @@ pub(crate) type Groups<'t> = Vec<Option<&'t str>>;
 /// A byte span.
 pub(crate) type Span = (usize, usize);
 
-/// Named groups that matched, by name.
-pub(crate) type Fields = Vec<(String, String)>;
-
-/// One match for [`Re::find_group`]: the whole match, one group, every named group.
-pub(crate) type Hit = (Span, Option<Span>, Fields);
+/// Spans of chosen groups, `None` for those that did not take part.
+pub(crate) type Spans = Vec<Option<Span>>;
 
 impl Re {
     /// Compiles a Python pattern. `regex` first: it is faster and runs in linear time;
@@ -48,11 +45,16 @@ impl Re {
         }
     }
 
-    /// The names of the named groups, in group order.
-    pub(crate) fn names(&self) -> Vec<String> {
+    /// The named groups with their indices, in group order.
+    pub(crate) fn names(&self) -> Vec<(String, usize)> {
+        fn named<'a>(it: impl Iterator<Item = Option<&'a str>>) -> Vec<(String, usize)> {
+            it.enumerate()
+                .filter_map(|(i, n)| Some((n?.to_owned(), i)))
+                .collect()
+        }
         match self {
-            Self::Std(re) => re.capture_names().flatten().map(str::to_owned).collect(),
-            Self::Fancy(re) => re.capture_names().flatten().map(str::to_owned).collect(),
+            Self::Std(re) => named(re.capture_names()),
+            Self::Fancy(re) => named(re.capture_names()),
         }
     }
 
@@ -63,14 +65,18 @@ impl Re {
 
     /// Searches `text`; on a match returns the named groups in the order of
     /// [`Re::names`] (a backtracking limit hit counts as no match).
-    pub(crate) fn captures<'t>(&self, text: &'t str, names: &[String]) -> Option<Groups<'t>> {
+    pub(crate) fn captures<'t>(
+        &self,
+        text: &'t str,
+        names: &[(String, usize)],
+    ) -> Option<Groups<'t>> {
         match self {
             Self::Std(re) => {
                 let c = re.captures(text)?;
                 Some(
                     names
                         .iter()
-                        .map(|n| c.name(n).map(|m| m.as_str()))
+                        .map(|(_, i)| c.get(*i).map(|m| m.as_str()))
                         .collect(),
                 )
             }
@@ -79,45 +85,39 @@ impl Re {
                 Some(
                     names
                         .iter()
-                        .map(|n| c.name(n).map(|m| m.as_str()))
+                        .map(|(_, i)| c.get(*i).map(|m| m.as_str()))
                         .collect(),
                 )
             }
         }
     }
 
-    /// Searches `text` from `start`; returns the span of group 0 and of the named group
-    /// `group`.
-    pub(crate) fn find_group(&self, text: &str, start: usize, group: &str) -> Option<Hit> {
-        fn collect<'a>(
-            names: impl Iterator<Item = (&'a str, Option<(usize, usize, &'a str)>)>,
-        ) -> Fields {
-            names
-                .filter_map(|(n, m)| Some((n.to_owned(), m?.2.to_owned())))
-                .collect()
+    /// Whether the pattern matches somewhere in `text`.
+    pub(crate) fn is_match(&self, text: &str) -> bool {
+        match self {
+            Self::Std(re) => re.is_match(text),
+            Self::Fancy(re) => re.is_match(text).unwrap_or(false),
         }
+    }
+
+    /// Searches `text` from `start`; returns the spans of the groups `idx`.
+    pub(crate) fn spans_at(&self, text: &str, start: usize, idx: &[usize]) -> Option<Spans> {
         match self {
             Self::Std(re) => {
                 let c = re.captures_at(text, start)?;
-                let all = c.get(0)?;
-                let g = c.name(group).map(|m| (m.start(), m.end()));
-                let fields = collect(
-                    re.capture_names()
-                        .flatten()
-                        .map(|n| (n, c.name(n).map(|m| (m.start(), m.end(), m.as_str())))),
-                );
-                Some(((all.start(), all.end()), g, fields))
+                Some(
+                    idx.iter()
+                        .map(|i| c.get(*i).map(|m| (m.start(), m.end())))
+                        .collect(),
+                )
             }
             Self::Fancy(re) => {
                 let c = re.captures_from_pos(text, start).ok()??;
-                let all = c.get(0)?;
-                let g = c.name(group).map(|m| (m.start(), m.end()));
-                let fields = collect(
-                    re.capture_names()
-                        .flatten()
-                        .map(|n| (n, c.name(n).map(|m| (m.start(), m.end(), m.as_str())))),
-                );
-                Some(((all.start(), all.end()), g, fields))
+                Some(
+                    idx.iter()
+                        .map(|i| c.get(*i).map(|m| (m.start(), m.end())))
+                        .collect(),
+                )
             }
         }
     }
