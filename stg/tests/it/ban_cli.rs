@@ -108,3 +108,47 @@ fn test_filter_summary_with_fail2ban_options_and_builtin() {
     assert_eq!(out.status.code(), Some(66));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no filter"));
 }
+
+#[test]
+fn test_filter_line_numbers_with_crlf_and_no_final_newline() {
+    let dir = temp_dir("ban-cli-lines");
+    let log = dir.join("x.log");
+    // A line far longer than the scanner's 1 MiB block sits between the hits.
+    let long = "y".repeat(3 << 20);
+    std::fs::write(
+        &log,
+        format!("a\r\nTRUCO_KO 192.0.2.1\r\nb\n{long}\nc\nTRUCO_KO 192.0.2.2"),
+    )
+    .unwrap();
+    let out = stg()
+        .args(["ban", "test-filter", "truco-ko", "--json"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<(u64, String)> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["host"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [(2, "192.0.2.1".to_owned()), (6, "192.0.2.2".to_owned())],
+        "{stdout}"
+    );
+    let out = stg()
+        .args(["ban", "test-filter", "truco-ko"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Lines: 6 lines, 0 ignored, 2 matched, 4 missed"),
+        "{stdout}"
+    );
+}
