@@ -503,7 +503,7 @@ impl Filter {
     pub fn next_candidate(&self, haystack: &[u8]) -> Option<usize> {
         self.prefilter
             .as_ref()?
-            .ac
+            .scan
             .find(haystack)
             .map(|m| m.start())
     }
@@ -805,6 +805,9 @@ impl Filter {
 #[derive(Debug)]
 struct Prefilter {
     ac: aho_corasick::AhoCorasick,
+    /// The same literals, leftmost-first: only these semantics get the SIMD (Teddy)
+    /// searcher, which is what scanning a whole block needs.
+    scan: aho_corasick::AhoCorasick,
     /// Per automaton pattern: the literal and the `failregex` it stands for.
     literals: Vec<(String, usize)>,
 }
@@ -827,7 +830,11 @@ impl Prefilter {
             .match_kind(aho_corasick::MatchKind::Standard)
             .build(literals.iter().map(|(l, _)| l))
             .ok()?;
-        Some(Self { ac, literals })
+        let scan = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+            .build(literals.iter().map(|(l, _)| l))
+            .ok()?;
+        Some(Self { ac, scan, literals })
     }
 
     /// Marks the regexes whose literals occur in `line`; whether any does.
