@@ -22,12 +22,12 @@ pub enum Kind {
         /// The jail that counts it.
         jail: String,
     },
+    /// A request with an invalid token (jail `token`, the seed's "token invalido").
+    InvalidToken,
     /// A wrong password at the web portal (jail `portal`).
     PortalLogin,
     /// A request for an unknown short URL (jail `probe`).
     Probe,
-    /// A request with an invalid token (jail `token`, the seed's "token invalido").
-    InvalidToken,
     /// A failed SIP digest authentication (jail `sip`).
     SipAuth,
 }
@@ -37,9 +37,9 @@ impl Kind {
     pub fn jail(&self) -> &str {
         match self {
             Self::External { jail } => jail,
+            Self::InvalidToken => "token",
             Self::PortalLogin => "portal",
             Self::Probe => "probe",
-            Self::InvalidToken => "token",
             Self::SipAuth => "sip",
         }
     }
