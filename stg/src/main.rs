@@ -2,6 +2,7 @@
 //! and drain; no protocol logic (that lives in the crates it wires together).
 #![forbid(unsafe_code)]
 
+mod ban_cmd;
 mod lint;
 mod push_cmd;
 mod reg_cmd;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: user_cmd::UserCommand,
     },
+    /// Bans and the guard's filters.
+    Ban {
+        #[command(subcommand)]
+        command: ban_cmd::BanCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
         Command::User { command } => {
             with_config(cli.config.as_deref(), |c| user_cmd::run(c, command))
         }
+        Command::Ban { command } => ban_cmd::run(command),
         Command::Run => run(cli.config.as_deref()),
     }
 }

@@ -3,6 +3,7 @@
 //! the budget on two cores); each module is one area.
 
 mod attacks;
+mod ban_cli;
 mod cli;
 mod cli_registrar;
 mod dns;
