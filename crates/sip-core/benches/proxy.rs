@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use stg_sip_core::net::{Flow, IpNetwork, Listener, ListenerId, Side, Transport};
-use stg_sip_core::proxy::{Inbound, Output, Proxy, ProxyConfig, ProxyLimits, ResolveTarget};
+use stg_sip_core::proxy::{
+    Inbound, Located, Output, Proxy, ProxyConfig, ProxyLimits, PushOutcome, RegistrarDomain,
+    RegistrarMode, ResolveTarget, Wake,
+};
 use stg_sip_core::transaction::TransactionConfig;
 use stg_sip_msg::{Message, StatusCode};
 
@@ -133,6 +136,63 @@ Call-ID: call-{i}@192.168.1.10\r\nCSeq: {cseq} {method}\r\nUser-Agent: LinphoneA
     last_sent(p);
 }
 
+/// A call from the PBX to a sleeping device: the lookup finds a binding with push parameters
+/// and no connection here (pushed at once), the push is sent, the device binds again behind
+/// another node (a Path), the INVITE goes there, the device answers 486. Every core decision
+/// of the wake-up path, in one iteration.
+fn sleeping_call(p: &mut Proxy, i: u64, now: Instant) {
+    let pbx = inbound(PBX, Side::Inside);
+    let aor = format!("u{i}@example.com");
+    let inv = Bytes::from(format!(
+        "INVITE sip:{aor} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-s{i}\r\n\
+Max-Forwards: 70\r\nFrom: \"Bob\" <sip:bob@example.com>;tag=b{i}\r\nTo: <sip:{aor}>\r\n\
+Call-ID: sleep-{i}@10.0.0.5\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@10.0.0.5:5060>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    p.handle_input(pbx, inv, now);
+    let mut op = None;
+    while let Some(o) = p.poll_output() {
+        if let Output::Locate { id, .. } = o {
+            op = Some(id);
+        }
+    }
+    let key = Bytes::from_static(b"\"<urn:uuid:5b6f6a7e-5d1c-4c3e-9a5b-0e6f1d2c3b4a>\"");
+    let asleep = Located {
+        uri: Bytes::from_static(
+            b"sip:u@192.0.2.7:5061;transport=tls;pn-provider=fcm;pn-prid=t;pn-param=p",
+        ),
+        conn: None,
+        path: Vec::new(),
+        key: key.clone(),
+        wake: Some(Wake::default()),
+    };
+    p.handle_located(op.unwrap(), Ok(&[asleep]), now);
+    let mut push = None;
+    while let Some(o) = p.poll_output() {
+        if let Output::Push(r) = o {
+            push = Some(r.id);
+        }
+    }
+    p.handle_pushed(push.unwrap(), PushOutcome::Sent, now);
+    last_sent(p);
+    let back = Located {
+        uri: Bytes::from_static(
+            b"sip:u@192.0.2.7:5062;transport=tls;pn-provider=fcm;pn-prid=t;pn-param=p",
+        ),
+        conn: None,
+        path: vec![Bytes::from_static(b"<sip:10.0.0.9:5060;lr>")],
+        key,
+        wake: Some(Wake::default()),
+    };
+    p.handle_bound(&aor, &back, now);
+    let fwd = last_sent(p).unwrap();
+    p.handle_input(
+        inbound("10.0.0.9:5060", Side::Inside),
+        fwd.response(StatusCode(486), None, Some(b"dev"), None, &[]),
+        now,
+    );
+    last_sent(p);
+}
+
 fn main() {
     // `proxy N` (no criterion): exactly N calls, for instruction counts under
     // `valgrind --tool=callgrind`, which load on the machine does not disturb.
@@ -169,6 +229,29 @@ fn main() {
             black_box(&p);
         });
     });
+    let mut cfg = config();
+    cfg.registrar = vec![RegistrarDomain {
+        domain: "example.com".into(),
+        mode: RegistrarMode::Through,
+        authenticate: false,
+    }];
+    let mut p = Proxy::new(cfg);
+    let mut i = 0u64;
+    g.bench_function(
+        "call to a sleeping device (lookup, push, bound, INVITE, 486)",
+        |b| {
+            b.iter(|| {
+                i += 1;
+                sleeping_call(&mut p, i, now);
+                if i.is_multiple_of(4096) {
+                    now += Duration::from_secs(64);
+                    p.handle_timeout(now);
+                    while p.poll_output().is_some() {}
+                }
+                black_box(&p);
+            });
+        },
+    );
     g.finish();
     c.final_summary();
 }
