@@ -498,39 +498,10 @@ impl Proxy {
     /// `call_fork_timeout`: the devices did not come back in time. The call ends with 408
     /// (RFC 3261 §16.8, as timer C would): live branches are cancelled, parked ones dropped.
     fn on_fork_timeout(&mut self, ctx_id: u64, now: Instant) {
-        let Some(ctx) = self.ctxs.get(&ctx_id) else {
-            return;
-        };
-        let parked: Vec<u32> = ctx
-            .branches
-            .iter()
-            .enumerate()
-            .filter(|(_, br)| matches!(br.state, BranchState::Parked))
-            .map(|(i, _)| i as u32)
-            .collect();
-        let n = ctx.branches.len() as u32;
-        bump(&mut self.stats.fork, "fork_timeout");
-        for b in 0..n {
-            self.cancel_branch(ctx_id, b, now);
+        if self.ctxs.contains_key(&ctx_id) {
+            bump(&mut self.stats.fork, "fork_timeout");
         }
-        for b in parked {
-            self.unpark(ctx_id, b, Unpark::With(StatusCode::REQUEST_TIMEOUT), now);
-        }
-        if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
-            if !ctx.final_sent {
-                ctx.final_sent = true;
-                let resp = ctx.request.response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    None,
-                    Some(&ctx.to_tag),
-                    Some(&ctx.top_via),
-                    &[],
-                );
-                let server = ctx.server;
-                self.respond(server, StatusCode::REQUEST_TIMEOUT, resp, now);
-            }
-        }
-        self.maybe_finish(ctx_id, now);
+        self.time_out(ctx_id, true, Unpark::With(StatusCode::REQUEST_TIMEOUT), now);
     }
 
     /// Forgets the late-fork indexes of a context that ends.

@@ -2221,23 +2221,32 @@ impl Proxy {
             }
             return;
         }
+        self.time_out(ctx_id, false, late::Unpark::Silently, now);
+    }
+
+    /// Ends a call that waited too long (timer C, the fork timeout): live branches are
+    /// cancelled, parked ones released (`ghosts` too, or not), and the caller gets 408 (RFC
+    /// 3261 §16.8: as if the branch had answered 408) unless a final went already.
+    fn time_out(&mut self, ctx_id: u64, ghosts: bool, parked_end: late::Unpark, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
         let n = ctx.branches.len() as u32;
         let parked: Vec<u32> = ctx
             .branches
             .iter()
             .enumerate()
-            .filter(|(_, br)| matches!(br.state, BranchState::Parked) && !br.ghost)
+            .filter(|(_, br)| matches!(br.state, BranchState::Parked) && (ghosts || !br.ghost))
             .map(|(i, _)| i as u32)
             .collect();
         for b in 0..n {
             self.cancel_branch(ctx_id, b, now);
         }
         for b in parked {
-            self.unpark(ctx_id, b, late::Unpark::Silently, now);
+            self.unpark(ctx_id, b, parked_end, now);
         }
         if let Some(ctx) = self.ctxs.get_mut(&ctx_id) {
             if !ctx.final_sent {
-                // RFC 3261 §16.8: as if the branch had answered 408.
                 ctx.final_sent = true;
                 let resp = ctx.request.response(
                     StatusCode::REQUEST_TIMEOUT,
