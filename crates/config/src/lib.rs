@@ -52,6 +52,7 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub store: StoreConfig,
     pub push: PushConfig,
+    pub guard: GuardSection,
 }
 
 /// `[node]`: who this node is.
@@ -301,6 +302,34 @@ impl Default for DnsConfig {
         Self {
             nameservers: Vec::new(),
             cache_size: 1024,
+        }
+    }
+}
+
+/// `[guard]`: intrusion prevention. Authentication failures are counted per source; past a
+/// jail's threshold the source is banned: refused by every listener before anything is
+/// parsed, and dropped by the kernel when `firewall` is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardSection {
+    /// Count failures and ban. Default true.
+    pub enabled: bool,
+    /// Sources never banned, besides `sip.trusted_networks` and `sip.load_balancers`
+    /// (the nodes, HAProxy, the floating IP, the PBX). Default none.
+    pub ignore: Vec<IpNet>,
+    /// Also enforce bans in stg's own nftables table (needs `nft` and CAP_NET_ADMIN); the
+    /// table is not emptied at stop, so bans hold while stg restarts. Default false.
+    pub firewall: bool,
+    /// The nftables table (family `inet`). Default `stg`.
+    pub firewall_table: String,
+}
+
+impl Default for GuardSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ignore: Vec::new(),
+            firewall: false,
+            firewall_table: "stg".to_owned(),
         }
     }
 }

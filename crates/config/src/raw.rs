@@ -56,6 +56,7 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         registrar: raw.registrar.convert()?,
         store: raw.store.convert()?,
         push: raw.push.convert()?,
+        guard: raw.guard.convert()?,
     })
 }
 
@@ -78,6 +79,41 @@ struct RawConfig {
     registrar: RawRegistrar,
     store: RawStore,
     push: RawPush,
+    guard: RawGuard,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [guard] table")]
+struct RawGuard {
+    enabled: Option<bool>,
+    ignore: Option<Vec<Parse<IpNet>>>,
+    firewall: Option<bool>,
+    firewall_table: Option<String>,
+}
+
+impl RawGuard {
+    fn convert(self) -> Result<crate::GuardSection, Invalid> {
+        let mut g = crate::GuardSection::default();
+        g.enabled = self.enabled.unwrap_or(g.enabled);
+        if let Some(v) = self.ignore {
+            g.ignore = v.into_iter().map(|Parse(n)| n).collect();
+        }
+        g.firewall = self.firewall.unwrap_or(g.firewall);
+        if let Some(t) = self.firewall_table {
+            let ok = !t.is_empty()
+                && t.len() <= 32
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(invalid(
+                    "guard.firewall_table",
+                    format!("{t:?}: 1 to 32 letters, digits, '_' or '-'"),
+                ));
+            }
+            g.firewall_table = t;
+        }
+        Ok(g)
+    }
 }
 
 #[derive(Default, Deserialize)]

@@ -226,6 +226,9 @@ impl Outbox {
 
 struct Entry {
     outbox: Arc<Outbox>,
+    /// The peer, and whether the node opened the connection (never closed for a ban).
+    remote: IpAddr,
+    outbound: bool,
 }
 
 /// Where an outbound connection goes.
@@ -248,6 +251,7 @@ struct Table {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
+    Banned,
     MaxConnections,
     PerSourceLimit,
 }
@@ -256,6 +260,7 @@ impl Refused {
     /// The `reason` label of `stg_connections_refused_total`.
     pub(crate) fn reason(self) -> &'static str {
         match self {
+            Self::Banned => "banned",
             Self::MaxConnections => "max_connections",
             Self::PerSourceLimit => "per_source_limit",
         }
@@ -318,6 +323,8 @@ pub(crate) struct Shared {
     table: Mutex<Table>,
     log: Mutex<LogThrottle>,
     next_conn: AtomicU64,
+    /// The guard's bans, checked before anything else on every datagram and connection.
+    pub(crate) bans: crate::guard::Bans,
 }
 
 impl Shared {
@@ -345,6 +352,7 @@ impl Shared {
             table: Mutex::new(Table::default()),
             log: Mutex::new(LogThrottle::default()),
             next_conn: AtomicU64::new(1),
+            bans: crate::guard::Bans::default(),
         }
     }
 
@@ -385,6 +393,9 @@ impl Shared {
 
     /// Admits an accepted connection from `remote` before anything else is done with it.
     pub(crate) fn admit(&self, remote: IpAddr) -> Result<(), Refused> {
+        if self.bans.banned(remote) {
+            return Err(Refused::Banned);
+        }
         let key = self.source_key(remote);
         let mut t = self.table();
         if t.total >= self.caps.accepted {
@@ -463,6 +474,8 @@ impl Shared {
             meta.id,
             Entry {
                 outbox: outbox.clone(),
+                remote: meta.remote.ip(),
+                outbound: meta.outbound,
             },
         );
         let queued = if meta.outbound {
@@ -476,6 +489,15 @@ impl Shared {
 
     /// Asks every connection to close (the node is stopping): each finishes the write in
     /// progress, within `sip.write_timeout`, and closes.
+    /// Closes the accepted connections whose peer `banned` says is banned.
+    pub(crate) fn close_from(&self, banned: impl Fn(IpAddr) -> bool) {
+        for entry in self.table().by_id.values() {
+            if !entry.outbound && banned(entry.remote) {
+                entry.outbox.close();
+            }
+        }
+    }
+
     pub(crate) fn close_all(&self) {
         for entry in self.table().by_id.values() {
             entry.outbox.close();

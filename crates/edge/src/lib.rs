@@ -23,6 +23,7 @@
 
 mod admin;
 mod conn;
+mod guard;
 mod limits;
 mod node;
 pub mod proxy_protocol;
@@ -68,4 +69,7 @@ pub enum EdgeError {
     /// The push providers' credentials could not be loaded.
     #[error("push: {0}")]
     Push(String),
+    /// The guard's nftables table could not be set up.
+    #[error("guard: {0}")]
+    Guard(String),
 }

@@ -272,6 +272,9 @@ impl Node {
         if let Some(r) = &registrar {
             r.start_watching(&shared);
         }
+        crate::guard::start(&shared)
+            .await
+            .map_err(EdgeError::Guard)?;
         let resolver = crate::resolver::Resolver::new(
             &self.config.dns.nameservers,
             self.config.dns.cache_size,

@@ -671,6 +671,9 @@ pub(crate) fn auth_failure(shared: &Shared, ip: IpAddr, reason: FailReason, cred
 pub(crate) fn report(shared: &Shared, failure: AuthFailure) {
     metrics::counter!("stg_auth_failures_total", "service" => failure.service, "reason" => failure.reason)
         .increment(1);
+    shared
+        .bans
+        .failure(failure.ip, stg_guard::Kind::SipAuth, Some(&failure.user));
     if shared.may_log("authentication failures", failure.reason, failure.ip) {
         tracing::warn!(target: "stg::auth", "{failure}");
     }

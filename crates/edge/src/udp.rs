@@ -116,6 +116,10 @@ impl UdpListeners {
         remote: SocketAddr,
         shared: &Shared,
     ) -> Option<(Inbound, Bytes)> {
+        if shared.bans.banned(remote.ip()) {
+            metrics::counter!("stg_guard_refused_total", "transport" => "udp").increment(1);
+            return None;
+        }
         let data = &self.buf[..n];
         // RFC 5626 §3.5.1 CRLF keep-alives over UDP carry no message.
         if data

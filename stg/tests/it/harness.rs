@@ -547,3 +547,19 @@ pub(crate) fn udp_socket_with_big_buffer(ip: &str) -> UdpSocket {
     s.bind(&addr(ip, 0).into()).unwrap();
     s.into()
 }
+
+/// Waits (at most `wait`) for `needle` in the node's log; the log, or a panic with it.
+pub(crate) fn wait_log(stg: &StgNode, needle: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    loop {
+        let log = stg.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

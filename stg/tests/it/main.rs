@@ -7,6 +7,7 @@ mod ban_cli;
 mod cli;
 mod cli_registrar;
 mod dns;
+mod guard_e2e;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]
 mod harness;

@@ -1,0 +1,235 @@
+//! The guard in the node: authentication failures become ban decisions ([`stg_guard`],
+//! sans-IO), and a banned source is refused by every listener before anything is parsed (a
+//! hash lookup per datagram or connection), and dropped by the kernel when stg's nftables
+//! table is on (`guard.firewall`, [`stg_firewall`]).
+//!
+//! Failures arrive as events on a queue (the registrar's digest failures and the PBX's
+//! rejections of devices' credentials); one task owns the engine. Each ban is logged as the
+//! operators' tools expect: `TRUCO_KO [<ip>] stg <jail> <time>` (the line existing fail2ban
+//! setups read) and fail2ban's own `[<jail>] Ban <ip>`.
+//!
+//! With the firewall on, the kernel's set is the memory of the bans: it is not emptied at
+//! stop, and at start its elements (with their remaining time) are the node's bans again.
+//! Without it, bans live in the process only. Sharing bans across nodes (Redis) is not
+//! here yet.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use stg_guard::{Engine, Event, GuardConfig, IpNet, Jail, Kind};
+use tokio::sync::mpsc;
+
+use crate::conn::Shared;
+
+/// Most failure events queued for the engine; beyond it they are dropped and counted (the
+/// engine keeps up with far more than an outsider can cause through digest exchanges).
+const EVENT_QUEUE: usize = 4096;
+
+/// Most bans held in the process (each is a kernel set element too, with the firewall).
+const MAX_BANS: usize = 100_000;
+
+/// The bans in force, read by every listener.
+#[derive(Default)]
+pub(crate) struct Bans {
+    by_scope: RwLock<HashMap<IpNet, Instant>>,
+    events: OnceLock<mpsc::Sender<Event>>,
+}
+
+impl Bans {
+    /// Whether `ip` is banned now: its address, or (IPv6) its /64.
+    pub(crate) fn banned(&self, ip: IpAddr) -> bool {
+        let map = self
+            .by_scope
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.is_empty() {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        let now = crate::now();
+        let hit = |net: Option<IpNet>| {
+            net.and_then(|n| map.get(&n.trunc()))
+                .is_some_and(|&until| until > now)
+        };
+        match ip {
+            IpAddr::V4(_) => hit(IpNet::new(ip, 32).ok()),
+            IpAddr::V6(_) => hit(IpNet::new(ip, 128).ok()) || hit(IpNet::new(ip, 64).ok()),
+        }
+    }
+
+    /// Counts a failure from `ip` (no-op when the guard is off).
+    pub(crate) fn failure(&self, ip: IpAddr, kind: Kind, user: Option<&str>) {
+        let Some(tx) = self.events.get() else {
+            return;
+        };
+        let ev = Event {
+            source: ip,
+            kind,
+            user: user.map(str::to_owned),
+            at: crate::now(),
+        };
+        if tx.try_send(ev).is_err() {
+            metrics::counter!("stg_guard_events_dropped_total").increment(1);
+        }
+    }
+
+    fn insert(&self, scope: IpNet, until: Instant) -> bool {
+        let mut map = self
+            .by_scope
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_BANS && !map.contains_key(&scope) {
+            let now = crate::now();
+            map.retain(|_, &mut t| t > now);
+            if map.len() >= MAX_BANS {
+                return false;
+            }
+        }
+        map.insert(scope.trunc(), until);
+        metrics::gauge!("stg_guard_bans").set(map.len() as f64);
+        true
+    }
+
+    fn expire(&self) {
+        let mut map = self
+            .by_scope
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = crate::now();
+        map.retain(|_, &mut t| t > now);
+        metrics::gauge!("stg_guard_bans").set(map.len() as f64);
+    }
+}
+
+/// Starts the guard task (when `guard.enabled`): restores the kernel's bans when the
+/// firewall is on, then decides on failures until the node stops.
+pub(crate) async fn start(shared: &Arc<Shared>) -> Result<(), String> {
+    let cfg = &shared.config;
+    if !cfg.guard.enabled {
+        return Ok(());
+    }
+    // Never banned: the configured list, the inside and the balancers.
+    let mut ignore: Vec<IpNet> = cfg.guard.ignore.clone();
+    ignore.extend(cfg.sip.trusted_networks.iter().copied());
+    ignore.extend(cfg.sip.load_balancers.iter().copied());
+    let jails = Jail::defaults()
+        .into_iter()
+        .map(|mut j| {
+            j.ignore.extend(ignore.iter().copied());
+            j
+        })
+        .collect();
+    let mut engine = Engine::new(GuardConfig {
+        jails,
+        node: cfg.node.id.clone().unwrap_or_else(|| "stg".to_owned()),
+        ..GuardConfig::default()
+    });
+    let firewall = if cfg.guard.firewall {
+        let fw_cfg = stg_firewall::FirewallConfig {
+            table: cfg.guard.firewall_table.clone(),
+            ..stg_firewall::FirewallConfig::default()
+        };
+        let fw = tokio::task::spawn_blocking(move || stg_firewall::Firewall::ensure(&fw_cfg))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("guard.firewall: {e}"))?;
+        let fw = Arc::new(fw);
+        let f2 = fw.clone();
+        let kept = tokio::task::spawn_blocking(move || f2.list())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("guard.firewall: {e}"))?;
+        let now = crate::now();
+        for el in &kept {
+            if let Some(left) = el.expires {
+                shared.bans.insert(el.net, now + left);
+            }
+        }
+        tracing::info!(table = %cfg.guard.firewall_table, bans = kept.len(), "guard: nftables table ready, bans restored");
+        Some(fw)
+    } else {
+        None
+    };
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let _ = shared.bans.events.set(tx);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    let now = crate::now();
+                    let Some(d) = engine.failure(now, &ev) else { continue };
+                    ban(&shared, firewall.as_ref(), &d, now);
+                }
+                _ = tick.tick() => {
+                    engine.tick(crate::now());
+                    shared.bans.expire();
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn ban(
+    shared: &Arc<Shared>,
+    firewall: Option<&Arc<stg_firewall::Firewall>>,
+    d: &stg_guard::Decision,
+    now: Instant,
+) {
+    if !shared.bans.insert(d.scope, now + d.duration) {
+        metrics::counter!("stg_guard_bans_refused_total").increment(1);
+        return;
+    }
+    metrics::counter!("stg_guard_bans_total", "jail" => jail_label(&d.jail)).increment(1);
+    let ip = d.scope.addr();
+    let time = clock_time();
+    // The operators' convention (the seed's fail2ban filters read it), then fail2ban's own.
+    tracing::warn!(target: "stg::guard", "TRUCO_KO [{ip}] stg {} {time}", d.jail);
+    tracing::warn!(target: "stg::guard", "[{}] Ban {} ({})", d.jail, d.scope, d.reason);
+    // Connections already open from there end now.
+    shared.close_from(|a| d.scope.contains(&a.to_canonical()));
+    if let Some(fw) = firewall {
+        let fw = fw.clone();
+        let change = stg_firewall::Change::Ban {
+            net: d.scope,
+            timeout: d.duration,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = fw.apply(&[change]) {
+                metrics::counter!("stg_guard_firewall_errors_total").increment(1);
+                tracing::error!(error = %e, "guard: the ban is not in nftables (still enforced by stg)");
+            }
+        });
+    }
+}
+
+/// A bounded label for metrics.
+fn jail_label(jail: &str) -> &'static str {
+    match jail {
+        "sip" => "sip",
+        "portal" => "portal",
+        "token" => "token",
+        "probe" => "probe",
+        _ => "other",
+    }
+}
+
+/// `HH:MM:SS.mmm` (UTC), as the seed's TRUCO_KO lines carry it.
+fn clock_time() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}

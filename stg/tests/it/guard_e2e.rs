@@ -1,0 +1,207 @@
+//! The guard in a running node: the seed's "more than ten wrong passwords" row. A client on
+//! 127.0.0.9 sends digest REGISTERs with a wrong password over TCP: ten are answered (401),
+//! the eleventh bans it: its connection is closed, a new one is refused before anything is
+//! read, while 127.0.0.10 is still served and an ignored address is never banned. Over UDP
+//! the banned source's datagrams are dropped unread.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::harness::{free_port, read_sip, try_connect_from, StgNode};
+use crate::registrar_e2e::{make_users, DOMAIN, PASSWORD};
+
+fn register(cseq: u32, src: &str, auth: Option<&str>) -> Vec<u8> {
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {src}:5060;branch=z9hG4bK-g{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:erin@{DOMAIN}>;tag=g1\r\nTo: <sip:erin@{DOMAIN}>\r\n\
+         Call-ID: guard-{src}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:erin@{src}:5060;transport=tcp>\r\n\
+         Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn nonce(resp: &[u8]) -> String {
+    let text = String::from_utf8_lossy(resp);
+    let i = text.find("nonce=\"").expect("a challenge") + 7;
+    text[i..].split('"').next().unwrap().to_owned()
+}
+
+/// One REGISTER with a wrong digest answer on `s`; the answer's status.
+fn wrong_password(s: &mut TcpStream, src: &str, cseq: u32, nonce: &str) -> Option<Vec<u8>> {
+    let auth = format!(
+        "Digest username=\"erin\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"sip:{DOMAIN}\", \
+         response=\"0123456789abcdef0123456789abcdef\", algorithm=MD5"
+    );
+    s.write_all(&register(cseq, src, Some(&auth))).ok()?;
+    read_sip(s, Duration::from_secs(3)).ok().flatten()
+}
+
+/// Opens a connection from `src` and gets a first challenge; `None` when refused.
+fn challenge(stg: SocketAddr, src: &str) -> Option<(TcpStream, String)> {
+    let mut s = try_connect_from(src, stg).ok()?;
+    s.write_all(&register(1, src, None)).ok()?;
+    let r = read_sip(&mut s, Duration::from_secs(3)).ok().flatten()?;
+    assert!(
+        r.starts_with(b"SIP/2.0 401"),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    Some((s, nonce(&r)))
+}
+
+/// A local registrar for erin on TCP and UDP `port`, and `guard` keys.
+fn config(port: u16, users_url: &str, guard: &str) -> String {
+    format!(
+        "[sip]\nupstream = \"sip:127.0.0.1:{}\"\n\n[registrar]\ndomains = [{{ name = \"{DOMAIN}\", mode = \"local\" }}]\n\
+         digest_algorithms = [\"MD5\"]\n\n[store]\nusers_url = \"{users_url}\"\n\n[guard]\n{guard}\n\n\
+         [[sip.listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+         [[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{port}\"\n",
+        free_port()
+    )
+}
+
+/// Eleven wrong passwords from `src` (on one connection, each with the last nonce).
+fn eleven_wrong(stg: SocketAddr, src: &str) {
+    let (mut s, mut n) = challenge(stg, src).expect("served");
+    for i in 0..11 {
+        match wrong_password(&mut s, src, 2 + i, &n) {
+            Some(r) => n = nonce(&r),
+            None => break,
+        }
+    }
+}
+
+#[test]
+fn the_eleventh_wrong_password_bans_the_source_everywhere_but_the_ignored() {
+    let port = free_port();
+    let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = crate::harness::temp_dir("guard-e2e");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let cfg = config(port, &users_url, "ignore = [\"127.0.0.11/32\"]");
+    let stg = StgNode::start("guard-e2e", &cfg);
+
+    // Ten wrong passwords: each answered, nothing banned.
+    let (mut s, mut n) = challenge(stg_addr, "127.0.0.9").expect("served");
+    for i in 0..10 {
+        let r = wrong_password(&mut s, "127.0.0.9", 2 + i, &n).expect("answered");
+        assert!(
+            r.starts_with(b"SIP/2.0 401"),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
+        n = nonce(&r);
+    }
+    assert!(
+        challenge(stg_addr, "127.0.0.9").is_some(),
+        "the 10th alone does not ban"
+    );
+    assert!(!stg.log().contains("TRUCO_KO [127.0.0.9]"));
+    // The eleventh: banned. Its connection is closed, and nothing new gets in.
+    let _ = wrong_password(&mut s, "127.0.0.9", 20, &n);
+    let log =
+        crate::harness::wait_log(&stg, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    assert!(log.contains("[sip] Ban 127.0.0.9/32"), "{log}");
+    assert!(
+        read_sip(&mut s, Duration::from_secs(2)).is_err(),
+        "the banned source's open connection is closed"
+    );
+    let refused = try_connect_from("127.0.0.9", stg_addr).map(|mut c| {
+        let _ = c.write_all(&register(1, "127.0.0.9", None));
+        read_sip(&mut c, Duration::from_secs(2))
+    });
+    assert!(
+        !matches!(refused, Ok(Ok(Some(_)))),
+        "a new connection from the banned source got an answer"
+    );
+    assert!(
+        challenge(stg_addr, "127.0.0.10").is_some(),
+        "others are served"
+    );
+    // UDP from the banned source: dropped unread.
+    let udp = std::net::UdpSocket::bind("127.0.0.9:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    udp.send_to(&register(1, "127.0.0.9", None), stg_addr)
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a banned source got a UDP answer"
+    );
+    assert!(
+        stg.counter("stg_guard_refused_total{transport=\"udp\"}") >= 1.0,
+        "{}",
+        stg.metrics()
+    );
+    assert!(
+        stg.counter("stg_connections_refused_total{reason=\"banned\"}") >= 1.0,
+        "{}",
+        stg.metrics()
+    );
+
+    // An ignored address is never banned, whatever it sends.
+    let (mut s, mut n) = challenge(stg_addr, "127.0.0.11").expect("served");
+    for i in 0..15 {
+        let r = wrong_password(&mut s, "127.0.0.11", 2 + i, &n).expect("answered");
+        n = nonce(&r);
+    }
+    assert!(
+        challenge(stg_addr, "127.0.0.11").is_some(),
+        "the ignored address is served"
+    );
+}
+
+/// With `guard.firewall`, inside a network namespace of the test's own: the ban is an
+/// element of stg's nftables set (the kernel drops the source's packets), and it holds
+/// while stg restarts: the new process finds it in the kernel and enforces it too.
+#[test]
+fn bans_reach_nftables_and_hold_across_a_restart() {
+    if !stg_testkit::Netns::new().run_test_inside() {
+        return;
+    }
+    let port = free_port();
+    let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = crate::harness::temp_dir("guard-nft");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let cfg = config(
+        port,
+        &users_url,
+        "firewall = true\nfirewall_table = \"stgtest\"",
+    );
+    let stg = StgNode::start("guard-nft", &cfg);
+    eleven_wrong(stg_addr, "127.0.0.9");
+    crate::harness::wait_log(&stg, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    let set = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "set", "inet", "stgtest", "banned4"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !set().contains("127.0.0.9") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not in the set:\n{}",
+            set()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        try_connect_from("127.0.0.9", stg_addr).is_err(),
+        "the kernel lets the banned source connect"
+    );
+    drop(stg);
+    // Restarted: the set was not emptied, and the node enforces it again.
+    let stg = StgNode::start("guard-nft-again", &cfg);
+    let log = crate::harness::wait_log(&stg, "bans restored", Duration::from_secs(5));
+    assert!(log.contains("bans=1"), "{log}");
+    assert!(set().contains("127.0.0.9"), "{}", set());
+    assert!(try_connect_from("127.0.0.9", stg_addr).is_err());
+    assert!(
+        challenge(stg_addr, "127.0.0.10").is_some(),
+        "others are served"
+    );
+}
