@@ -35,6 +35,99 @@ pub(crate) enum BanCommand {
         #[arg(long)]
         no_check_all: bool,
     },
+    /// The bans in force on the running node: scope and seconds left.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address or prefix now (logged as `TRUCO_KO [<ip>] stg manual ...`).
+    Add {
+        /// `192.0.2.7`, `2001:db8::1` or a prefix such as `198.51.100.0/24`.
+        ip: String,
+        /// How long: seconds, or with a unit (`90s`, `30m`, `12h`, `7d`).
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+    },
+    /// Lift a ban.
+    Rm {
+        /// As `stg ban list` shows it, or a bare address.
+        ip: String,
+    },
+}
+
+/// `stg ban list|add|rm`: the running node's bans, through its admin endpoint.
+pub(crate) fn run_node(config: &stg_config::Config, cmd: BanCommand) -> ExitCode {
+    match node_inner(config, cmd) {
+        Ok(code) => code,
+        Err(crate::reg_cmd::Fail(code, msg)) => {
+            eprintln!("stg: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn node_inner(
+    config: &stg_config::Config,
+    cmd: BanCommand,
+) -> Result<ExitCode, crate::reg_cmd::Fail> {
+    use crate::reg_cmd::{admin_addr, enc, http, Fail};
+    let addr = admin_addr(config)?;
+    match cmd {
+        BanCommand::List { json } => {
+            let v = http(addr, "GET", "/guard/bans")?;
+            if json {
+                println!("{v}");
+            } else {
+                for b in v["bans"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}s",
+                        b["scope"].as_str().unwrap_or("?"),
+                        b["left"].as_u64().unwrap_or(0)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BanCommand::Add { ip, duration } => {
+            let secs = parse_duration(&duration).ok_or_else(|| {
+                Fail(
+                    crate::exit::USAGE,
+                    format!("--for {duration:?}: seconds, or a number with s, m, h or d"),
+                )
+            })?;
+            let v = http(addr, "PUT", &format!("/guard/bans/{}?for={secs}", enc(&ip)))?;
+            println!("banned {} for {secs}s", v["banned"].as_str().unwrap_or(&ip));
+            Ok(ExitCode::SUCCESS)
+        }
+        BanCommand::Rm { ip } => {
+            let v = http(addr, "DELETE", &format!("/guard/bans/{}", enc(&ip)))?;
+            if v["removed"].as_bool() == Some(true) {
+                println!("unbanned {ip}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("stg: {ip} was not banned");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        BanCommand::TestFilter { .. } => Ok(run(cmd)),
+    }
+}
+
+/// `90`, `90s`, `30m`, `12h`, `7d` → seconds.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        (i, 'd') => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|&n| n > 0)
 }
 
 pub(crate) fn run(cmd: BanCommand) -> ExitCode {
@@ -47,6 +140,11 @@ pub(crate) fn run(cmd: BanCommand) -> ExitCode {
             tz,
             no_check_all,
         } => test_filter(&filter, &logfile, json, &filter_dir, tz, !no_check_all),
+        other => {
+            eprintln!("stg: this command needs the node's configuration");
+            let _ = other;
+            ExitCode::from(crate::exit::USAGE)
+        }
     }
 }
 

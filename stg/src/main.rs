@@ -131,7 +131,12 @@ fn main() -> ExitCode {
         Command::User { command } => {
             with_config(cli.config.as_deref(), |c| user_cmd::run(c, command))
         }
-        Command::Ban { command } => ban_cmd::run(command),
+        Command::Ban {
+            command: command @ ban_cmd::BanCommand::TestFilter { .. },
+        } => ban_cmd::run(command),
+        Command::Ban { command } => {
+            with_config(cli.config.as_deref(), |c| ban_cmd::run_node(c, command))
+        }
         Command::Run => run(cli.config.as_deref()),
     }
 }

@@ -210,25 +210,30 @@ pub(crate) enum Store {
     Node(SocketAddr),
 }
 
+/// The running node's admin endpoint, as this configuration names it.
+pub(crate) fn admin_addr(config: &Config) -> Result<SocketAddr, Fail> {
+    let Some(mut addr) = config.admin.listen else {
+        return Err(Fail(
+            exit::CONFIG,
+            "the running node is reached through its admin endpoint, and this configuration \
+             has none (admin.listen = \"\")"
+                .into(),
+        ));
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Ok(addr)
+}
+
 impl Store {
     pub(crate) async fn open(config: &Config) -> Result<Self, Fail> {
         let url = config.store.url.as_str();
         if url.is_empty() || url == "embedded" {
-            let Some(mut addr) = config.admin.listen else {
-                return Err(Fail(
-                    exit::CONFIG,
-                    "the embedded store is held by the running node, and this configuration \
-                     has no admin endpoint to reach it (admin.listen = \"\")"
-                        .into(),
-                ));
-            };
-            if addr.ip().is_unspecified() {
-                addr.set_ip(match addr.ip() {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                });
-            }
-            return Ok(Self::Node(addr));
+            return admin_addr(config).map(Self::Node);
         }
         Bindings::open(url, &config.node.data_dir)
             .await
@@ -245,7 +250,7 @@ impl Store {
                 Ok((aors, truncated))
             }
             Self::Node(addr) => {
-                let v = http(
+                let v = node_http(
                     *addr,
                     "GET",
                     &format!("/registrar/aors?pattern={}&limit={limit}", enc(pattern)),
@@ -267,7 +272,7 @@ impl Store {
         match self {
             Self::Direct(b) => b.get(aor).await.map(|r| r.fields).map_err(store_fail),
             Self::Node(addr) => {
-                let v = http(*addr, "GET", &format!("/registrar/aor/{}", enc(aor)))?;
+                let v = node_http(*addr, "GET", &format!("/registrar/aor/{}", enc(aor)))?;
                 let obj = v
                     .as_object()
                     .ok_or_else(|| Fail::unavailable("bad answer from the node (not a hash)"))?;
@@ -288,7 +293,7 @@ impl Store {
                     path.push_str("?field=");
                     path.push_str(&enc(f));
                 }
-                let v = http(*addr, "DELETE", &path)?;
+                let v = node_http(*addr, "DELETE", &path)?;
                 Ok(v["removed"].as_bool().unwrap_or(false))
             }
         }
@@ -304,7 +309,7 @@ fn store_fail(e: stg_store::StoreError) -> Fail {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for &b in s.as_bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -317,12 +322,21 @@ fn enc(s: &str) -> String {
 }
 
 /// One request to the node's admin endpoint; the JSON body of a 200.
-fn http(addr: SocketAddr, method: &str, path: &str) -> Result<Value, Fail> {
+/// [`http`] for the embedded store: a node that is not running is explained.
+fn node_http(addr: SocketAddr, method: &str, path: &str) -> Result<Value, Fail> {
+    http(addr, method, path).map_err(|Fail(code, msg)| {
+        Fail(
+            code,
+            format!("{msg}; the embedded store is held by the running node, read through it"),
+        )
+    })
+}
+
+pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Result<Value, Fail> {
     let not_running = |e: &dyn std::fmt::Display| {
         Fail::unavailable(format!(
-            "cannot reach the node's admin endpoint at {addr} ({e}): the embedded store is \
-             held by the running node; start it (stg run), or check admin.listen in the \
-             configuration given with --config"
+            "cannot reach the node's admin endpoint at {addr} ({e}): is the node running \
+             (stg run)? check admin.listen in the configuration given with --config"
         ))
     };
     let mut s =
@@ -343,7 +357,8 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> Result<Value, Fail> {
     let status = head.split(' ').nth(1).unwrap_or("");
     if status == "404" {
         return Err(Fail::unavailable(format!(
-            "the process at {addr} has no /registrar endpoint (an older stg?)"
+            "the process at {addr} has no {} endpoint (an older stg?)",
+            path.split('?').next().unwrap_or(path)
         )));
     }
     let v: Value = serde_json::from_str(body).map_err(|_| {

@@ -5,7 +5,10 @@
 //! - `GET /registrar/aors?pattern=GLOB&limit=N`: `{"aors": [..], "truncated": bool}`, AORs
 //!   (`user@host`) matching a Redis glob, sorted;
 //! - `GET /registrar/aor/<aor>`: the AOR's raw hash, `{field: value}` (`{}` when absent);
-//! - `DELETE /registrar/aor/<aor>[?field=F]`: `{"removed": bool}`.
+//! - `DELETE /registrar/aor/<aor>[?field=F]`: `{"removed": bool}`;
+//! - `GET /guard/bans`: `{"bans": [{"scope": "192.0.2.7/32", "left": secs}, ..]}`;
+//! - `PUT /guard/bans/<ip or prefix>?for=SECS` (default 3600): ban;
+//! - `DELETE /guard/bans/<ip or prefix>`: `{"removed": bool}`.
 //!
 //! Path and query are percent-decoded (`%XX` only; `+` is a plus). HTTP/1.0-style, one
 //! request per connection, a request head of at most [`MAX_HEAD`] bytes, GET and DELETE
@@ -39,6 +42,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     bindings: Option<Bindings>,
+    shared: std::sync::Arc<crate::conn::Shared>,
 ) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -47,6 +51,7 @@ pub(crate) async fn serve(
         };
         let handle = handle.clone();
         let bindings = bindings.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_HEAD];
             let mut n = 0;
@@ -69,7 +74,7 @@ pub(crate) async fn serve(
             }
             let reply = if complete {
                 let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
-                respond(line, &handle, bindings.as_ref()).await
+                respond(line, &handle, bindings.as_ref(), &shared).await
             } else {
                 Reply::text("431 Request Header Fields Too Large", "request too large\n")
             };
@@ -80,7 +85,7 @@ pub(crate) async fn serve(
                 reply.body.len()
             );
             if reply.status.starts_with("405") {
-                head.push_str("Allow: GET, DELETE\r\n");
+                head.push_str("Allow: GET, PUT, DELETE\r\n");
             }
             head.push_str("\r\n");
             let _ = sock.write_all(head.as_bytes()).await;
@@ -121,7 +126,12 @@ impl Reply {
 }
 
 /// Answers one request line (`METHOD TARGET VERSION`).
-async fn respond(line: &[u8], handle: &PrometheusHandle, bindings: Option<&Bindings>) -> Reply {
+async fn respond(
+    line: &[u8],
+    handle: &PrometheusHandle,
+    bindings: Option<&Bindings>,
+    shared: &crate::conn::Shared,
+) -> Reply {
     let Ok(line) = std::str::from_utf8(line) else {
         return Reply::text("400 Bad Request", "bad request line\n");
     };
@@ -131,12 +141,15 @@ async fn respond(line: &[u8], handle: &PrometheusHandle, bindings: Option<&Bindi
     else {
         return Reply::text("400 Bad Request", "bad request line\n");
     };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(rest) = path.strip_prefix("/guard/bans") {
+        return bans(method, rest, query, shared);
+    }
     let get = match method {
         "GET" => true,
         "DELETE" => false,
         _ => return Reply::text("405 Method Not Allowed", "GET or DELETE only\n"),
     };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match (get, path) {
         (true, "/metrics") => {
             if let Some(b) = bindings.filter(|b| b.kind() == "embedded") {
@@ -166,6 +179,62 @@ async fn respond(line: &[u8], handle: &PrometheusHandle, bindings: Option<&Bindi
             Reply::text("404 Not Found", "not found\n")
         }
     }
+}
+
+/// `/guard/bans[/<scope>]`.
+fn bans(method: &str, rest: &str, query: &str, shared: &crate::conn::Shared) -> Reply {
+    if rest.is_empty() || rest == "/" {
+        if method != "GET" {
+            return Reply::text("405 Method Not Allowed", "GET only\n");
+        }
+        let list: Vec<serde_json::Value> = shared
+            .bans
+            .list()
+            .into_iter()
+            .map(|(n, left)| json!({ "scope": n.to_string(), "left": left.as_secs() }))
+            .collect();
+        return Reply::json("200 OK", &json!({ "bans": list }));
+    }
+    let Some(scope) = rest
+        .strip_prefix('/')
+        .and_then(percent_decode)
+        .and_then(|s| parse_scope(&s))
+    else {
+        return Reply::error("400 Bad Request", "an IP address or prefix");
+    };
+    match method {
+        "PUT" => {
+            let secs = match parse_query(query)
+                .unwrap_or_default()
+                .iter()
+                .find(|(k, _)| k == "for")
+                .map(|(_, v)| v.parse::<u64>())
+            {
+                None => 3600,
+                Some(Ok(s)) if (1..=365 * 86_400).contains(&s) => s,
+                Some(_) => return Reply::error("400 Bad Request", "for: 1 to 31536000 seconds"),
+            };
+            if shared.bans.add(shared, scope, Duration::from_secs(secs)) {
+                Reply::json(
+                    "200 OK",
+                    &json!({ "banned": scope.to_string(), "for": secs }),
+                )
+            } else {
+                Reply::error("503 Service Unavailable", "too many bans")
+            }
+        }
+        "DELETE" => Reply::json("200 OK", &json!({ "removed": shared.bans.remove(scope) })),
+        _ => Reply::text("405 Method Not Allowed", "PUT or DELETE\n"),
+    }
+}
+
+/// `192.0.2.7`, `2001:db8::1`, or a prefix `198.51.100.0/24`.
+fn parse_scope(s: &str) -> Option<stg_guard::IpNet> {
+    if let Ok(n) = s.parse::<stg_guard::IpNet>() {
+        return Some(n.trunc());
+    }
+    let ip = s.parse::<std::net::IpAddr>().ok()?.to_canonical();
+    stg_guard::IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).ok()
 }
 
 async fn registrar(get: bool, path: &str, query: &str, b: &Bindings) -> Reply {

@@ -35,6 +35,7 @@ const MAX_BANS: usize = 100_000;
 pub(crate) struct Bans {
     by_scope: RwLock<HashMap<IpNet, Instant>>,
     events: OnceLock<mpsc::Sender<Event>>,
+    firewall: OnceLock<Arc<stg_firewall::Firewall>>,
 }
 
 impl Bans {
@@ -90,6 +91,62 @@ impl Bans {
         map.insert(scope.trunc(), until);
         metrics::gauge!("stg_guard_bans").set(map.len() as f64);
         true
+    }
+
+    /// The bans in force: scope and time left, longest first.
+    pub(crate) fn list(&self) -> Vec<(IpNet, Duration)> {
+        let map = self
+            .by_scope
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = crate::now();
+        let mut v: Vec<(IpNet, Duration)> = map
+            .iter()
+            .filter(|(_, &t)| t > now)
+            .map(|(n, &t)| (*n, t - now))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// An operator's ban (`stg ban add`): like a jail's, logged the same way.
+    pub(crate) fn add(&self, shared: &Shared, scope: IpNet, duration: Duration) -> bool {
+        if !self.insert(scope, crate::now() + duration) {
+            return false;
+        }
+        tracing::warn!(target: "stg::guard", "TRUCO_KO [{}] stg manual {}", scope.addr(), clock_time());
+        tracing::warn!(target: "stg::guard", "[manual] Ban {scope}");
+        shared.close_from(|a| scope.contains(&a.to_canonical()));
+        self.to_firewall(stg_firewall::Change::Ban {
+            net: scope,
+            timeout: duration,
+        });
+        true
+    }
+
+    /// An operator's unban (`stg ban rm`); whether it was banned.
+    pub(crate) fn remove(&self, scope: IpNet) -> bool {
+        let removed = self
+            .by_scope
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&scope.trunc())
+            .is_some();
+        tracing::warn!(target: "stg::guard", "[manual] Unban {scope}");
+        self.to_firewall(stg_firewall::Change::Unban { net: scope });
+        removed
+    }
+
+    fn to_firewall(&self, change: stg_firewall::Change) {
+        let Some(fw) = self.firewall.get().cloned() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = fw.apply(&[change]) {
+                metrics::counter!("stg_guard_firewall_errors_total").increment(1);
+                tracing::error!(error = %e, "guard: nftables not updated (stg itself is)");
+            }
+        });
     }
 
     fn expire(&self) {
@@ -148,6 +205,7 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<(), String> {
             }
         }
         tracing::info!(table = %cfg.guard.firewall_table, bans = kept.len(), "guard: nftables table ready, bans restored");
+        let _ = shared.bans.firewall.set(fw.clone());
         Some(fw)
     } else {
         None
@@ -193,17 +251,10 @@ fn ban(
     tracing::warn!(target: "stg::guard", "[{}] Ban {} ({})", d.jail, d.scope, d.reason);
     // Connections already open from there end now.
     shared.close_from(|a| d.scope.contains(&a.to_canonical()));
-    if let Some(fw) = firewall {
-        let fw = fw.clone();
-        let change = stg_firewall::Change::Ban {
+    if firewall.is_some() {
+        shared.bans.to_firewall(stg_firewall::Change::Ban {
             net: d.scope,
             timeout: d.duration,
-        };
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = fw.apply(&[change]) {
-                metrics::counter!("stg_guard_firewall_errors_total").increment(1);
-                tracing::error!(error = %e, "guard: the ban is not in nftables (still enforced by stg)");
-            }
         });
     }
 }

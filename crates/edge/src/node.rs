@@ -284,7 +284,7 @@ impl Node {
         if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
             // Not tracked: it serves until the process ends.
             let bindings = registrar.as_ref().map(|r| r.bindings().clone());
-            tokio::spawn(admin::serve(listener, handle, bindings));
+            tokio::spawn(admin::serve(listener, handle, bindings, shared.clone()));
         }
         let mut udp_sockets: Vec<Option<Arc<UdpSocket>>> = Vec::new();
         let mut udp_rx = Vec::new();

@@ -205,3 +205,47 @@ fn bans_reach_nftables_and_hold_across_a_restart() {
         "others are served"
     );
 }
+
+/// The operator's commands against the running node: list, lift and add bans.
+#[test]
+fn stg_ban_list_rm_add_on_the_running_node() {
+    let port = free_port();
+    let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = crate::harness::temp_dir("guard-cli");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let stg = StgNode::start("guard-cli", &config(port, &users_url, ""));
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
+            .args([
+                "--config",
+                stg.dir.join("stg.toml").to_str().unwrap(),
+                "ban",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    eleven_wrong(stg_addr, "127.0.0.9");
+    crate::harness::wait_log(&stg, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    let (ok, out) = cli(&["list"]);
+    assert!(ok && out.contains("127.0.0.9/32\t"), "{out}");
+    assert!(challenge(stg_addr, "127.0.0.9").is_none());
+    let (ok, out) = cli(&["rm", "127.0.0.9"]);
+    assert!(ok, "{out}");
+    assert!(challenge(stg_addr, "127.0.0.9").is_some(), "unbanned");
+    let (ok, _) = cli(&["rm", "127.0.0.9"]);
+    assert!(!ok, "not banned any more");
+    let (ok, out) = cli(&["add", "127.0.0.12", "--for", "10m"]);
+    assert!(ok && out.contains("600s"), "{out}");
+    assert!(
+        challenge(stg_addr, "127.0.0.12").is_none(),
+        "banned by hand"
+    );
+    assert!(stg.log().contains("TRUCO_KO [127.0.0.12] stg manual"));
+    let (ok, out) = cli(&["list", "--json"]);
+    assert!(ok && out.contains("\"127.0.0.12/32\""), "{out}");
+}
