@@ -36,6 +36,8 @@ pub(crate) struct Bans {
     by_scope: RwLock<HashMap<IpNet, Instant>>,
     events: OnceLock<mpsc::Sender<Event>>,
     firewall: OnceLock<Arc<stg_firewall::Firewall>>,
+    /// The cluster's store (Redis): bans decided here are published, others' arrive.
+    store: OnceLock<stg_store::Bindings>,
 }
 
 impl Bans {
@@ -114,6 +116,7 @@ impl Bans {
         if !self.insert(scope, crate::now() + duration) {
             return false;
         }
+        self.share(scope, Some(duration), "manual");
         tracing::warn!(target: "stg::guard", "TRUCO_KO [{}] stg manual {}", scope.addr(), clock_time());
         tracing::warn!(target: "stg::guard", "[manual] Ban {scope}");
         shared.close_from(|a| scope.contains(&a.to_canonical()));
@@ -134,7 +137,82 @@ impl Bans {
             .is_some();
         tracing::warn!(target: "stg::guard", "[manual] Unban {scope}");
         self.to_firewall(stg_firewall::Change::Unban { net: scope });
+        self.share(scope, None, "manual");
         removed
+    }
+
+    /// Publishes a ban (`None`: a lift) to the other nodes.
+    fn share(&self, scope: IpNet, duration: Option<Duration>, what: &str) {
+        let Some(store) = self.store.get().cloned() else {
+            return;
+        };
+        let until_ms = duration.map_or(0, |d| unix_ms() + d.as_millis() as u64);
+        let what = what.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.share_ban(&scope.to_string(), until_ms, &what).await {
+                metrics::counter!("stg_guard_share_errors_total").increment(1);
+                tracing::warn!(error = %e, %scope, "guard: ban not shared with the cluster");
+            }
+        });
+    }
+
+    /// A ban or lift published by a node (`<scope> <until unix ms>`, 0 = lifted); this
+    /// node's own come back too and change nothing.
+    pub(crate) fn remote(&self, message: &str) {
+        let mut it = message.split(' ');
+        let (Some(scope), Some(ms), None) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        let (Ok(scope), Ok(ms)) = (scope.parse::<IpNet>(), ms.parse::<u64>()) else {
+            return;
+        };
+        let scope = scope.trunc();
+        if ms == 0 {
+            let had = self
+                .by_scope
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&scope)
+                .is_some();
+            if had {
+                self.to_firewall(stg_firewall::Change::Unban { net: scope });
+            }
+            return;
+        }
+        let left = Duration::from_millis(ms.saturating_sub(unix_ms()));
+        if left.is_zero() {
+            return;
+        }
+        let until = crate::now() + left;
+        let known = self
+            .by_scope
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&scope)
+            .is_some_and(|&t| t + Duration::from_secs(1) >= until);
+        if known {
+            return;
+        }
+        metrics::counter!("stg_guard_bans_received_total").increment(1);
+        if self.insert(scope, until) {
+            self.to_firewall(stg_firewall::Change::Ban {
+                net: scope,
+                timeout: left,
+            });
+        }
+    }
+
+    /// Takes the cluster's bans in force (start, and every 30 s in case a message was lost).
+    async fn resync(&self) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let Ok(bans) = store.shared_bans(unix_ms()).await else {
+            return;
+        };
+        for (scope, ms) in bans {
+            self.remote(&format!("{scope} {ms}"));
+        }
     }
 
     fn to_firewall(&self, change: stg_firewall::Change) {
@@ -162,7 +240,10 @@ impl Bans {
 
 /// Starts the guard task (when `guard.enabled`): restores the kernel's bans when the
 /// firewall is on, then decides on failures until the node stops.
-pub(crate) async fn start(shared: &Arc<Shared>) -> Result<(), String> {
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    store: Option<(stg_store::Bindings, Option<stg_store::Watcher>)>,
+) -> Result<(), String> {
     let cfg = &shared.config;
     if !cfg.guard.enabled {
         return Ok(());
@@ -210,11 +291,22 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<(), String> {
     } else {
         None
     };
+    if let Some((store, watcher)) = store {
+        if store.kind() != "embedded" {
+            let _ = shared.bans.store.set(store);
+            if let Some(w) = watcher {
+                // For the node's life: the cluster's bans and lifts.
+                w.watch(stg_store::BANS_CHANNEL);
+            }
+            shared.bans.resync().await;
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let _ = shared.bans.events.set(tx);
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -226,6 +318,10 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<(), String> {
                 _ = tick.tick() => {
                     engine.tick(crate::now());
                     shared.bans.expire();
+                    ticks += 1;
+                    if ticks.is_multiple_of(3) {
+                        shared.bans.resync().await;
+                    }
                 }
             }
         }
@@ -249,6 +345,11 @@ fn ban(
     // The operators' convention (the seed's fail2ban filters read it), then fail2ban's own.
     tracing::warn!(target: "stg::guard", "TRUCO_KO [{ip}] stg {} {time}", d.jail);
     tracing::warn!(target: "stg::guard", "[{}] Ban {} ({})", d.jail, d.scope, d.reason);
+    shared.bans.share(
+        d.scope,
+        Some(d.duration),
+        &format!("{} {}", d.origin, d.jail),
+    );
     // Connections already open from there end now.
     shared.close_from(|a| d.scope.contains(&a.to_canonical()));
     if firewall.is_some() {
@@ -268,6 +369,12 @@ fn jail_label(jail: &str) -> &'static str {
         "probe" => "probe",
         _ => "other",
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `HH:MM:SS.mmm` (UTC), as the seed's TRUCO_KO lines carry it.

@@ -272,7 +272,10 @@ impl Node {
         if let Some(r) = &registrar {
             r.start_watching(&shared);
         }
-        crate::guard::start(&shared)
+        let store = registrar
+            .as_ref()
+            .map(|r| (r.bindings().clone(), r.watcher()));
+        crate::guard::start(&shared, store)
             .await
             .map_err(EdgeError::Guard)?;
         let resolver = crate::resolver::Resolver::new(

@@ -206,6 +206,10 @@ impl Registrar {
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
+                if b.aor == stg_store::BANS_CHANNEL {
+                    shared.bans.remote(&b.uid);
+                    continue;
+                }
                 // One read per notification; the core ignores AORs nobody waits for, and
                 // a bind it already knows (its own, echoed by Redis).
                 let Ok(permit) = this.lookups.clone().try_acquire_owned() else {
@@ -231,6 +235,11 @@ impl Registrar {
                 });
             }
         });
+    }
+
+    /// The pub/sub watcher, when the store is Redis.
+    pub(crate) fn watcher(&self) -> Option<stg_store::Watcher> {
+        self.watcher.get().cloned()
     }
 
     /// While a call waits for a pushed device of `aor` (at most `wait`), binds published by

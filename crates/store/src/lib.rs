@@ -33,6 +33,9 @@ mod watch;
 pub use users::Users;
 pub use watch::{Bound, Watcher, MAX_WATCHED};
 
+/// The pub/sub channel (and sorted set) of the cluster's bans.
+pub const BANS_CHANNEL: &str = redis_backend::BANS;
+
 /// One AOR's hash, as stored: field → value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -192,6 +195,30 @@ impl Bindings {
         match &self.inner {
             Backend::Embedded(_) => None,
             Backend::Redis(s) => Some(watch::start(s.clone(), out)),
+        }
+    }
+
+    /// Shares a ban (`until_ms` unix ms; 0 lifts it) with every node on the same Redis
+    /// (`stg:ban:<scope>`, the sorted set and channel `stg:bans`). A no-op on the embedded
+    /// store (one node).
+    pub async fn share_ban(
+        &self,
+        scope: &str,
+        until_ms: u64,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis(s) => s.ban(scope, until_ms, what).await,
+        }
+    }
+
+    /// The cluster's bans in force (scope, until unix ms): the resync of a node that starts
+    /// or reconnects. Empty on the embedded store.
+    pub async fn shared_bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Redis(s) => s.bans(now_ms).await,
         }
     }
 

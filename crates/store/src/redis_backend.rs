@@ -66,6 +66,9 @@ const POOL_SIZE: usize = 8;
 /// How often the sentinels are asked which node is the master.
 const MASTER_CHECK: Duration = Duration::from_secs(1);
 
+/// The sorted set of bans and the channel that carries them.
+pub(crate) const BANS: &str = "stg:bans";
+
 /// Keys asked per `SCAN` step.
 const SCAN_COUNT: usize = 500;
 
@@ -226,6 +229,57 @@ impl RedisStore {
         Err(StoreError::Contended(format!(
             "{key}: {MAX_ATTEMPTS} attempts lost to concurrent writers"
         )))
+    }
+
+    /// Records a ban for the cluster: `stg:ban:<scope>` (expiring with it), the sorted set
+    /// `stg:bans` (scope by expiry, unix ms), and a PUBLISH on `stg:bans` (`<scope> <ms>`,
+    /// `ms` 0 for a lift), in one MULTI/EXEC.
+    pub(crate) async fn ban(
+        &self,
+        scope: &str,
+        until_ms: u64,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        with_conn!(self, conn, {
+            let mut p = redis::pipe();
+            p.atomic();
+            if until_ms == 0 {
+                p.cmd("DEL").arg(format!("stg:ban:{scope}")).ignore();
+                p.cmd("ZREM").arg(BANS).arg(scope).ignore();
+            } else {
+                // SET + PEXPIREAT rather than SET PXAT: Redis before 6.2 runs it too.
+                let key = format!("stg:ban:{scope}");
+                p.cmd("SET").arg(&key).arg(what).ignore();
+                p.cmd("PEXPIREAT").arg(&key).arg(until_ms).ignore();
+                p.cmd("ZADD").arg(BANS).arg(until_ms).arg(scope).ignore();
+            }
+            p.cmd("PUBLISH")
+                .arg(BANS)
+                .arg(format!("{scope} {until_ms}"))
+                .ignore();
+            p.query_async::<()>(conn).await?;
+            Ok(())
+        })
+    }
+
+    /// The bans in force at `now_ms` (expired ones are dropped from the set on the way).
+    pub(crate) async fn bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        with_conn!(self, conn, {
+            let (_, live): ((), Vec<(String, u64)>) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(BANS)
+                .arg("-inf")
+                .arg(now_ms)
+                .ignore()
+                .cmd("ZRANGEBYSCORE")
+                .arg(BANS)
+                .arg(format!("({now_ms}"))
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .query_async(conn)
+                .await?;
+            Ok(live)
+        })
     }
 
     pub(crate) async fn get(&self, aor: &str) -> Result<Record, StoreError> {

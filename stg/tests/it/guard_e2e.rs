@@ -249,3 +249,89 @@ fn stg_ban_list_rm_add_on_the_running_node() {
     let (ok, out) = cli(&["list", "--json"]);
     assert!(ok && out.contains("\"127.0.0.12/32\""), "{out}");
 }
+
+/// Two nodes on one Redis: a ban decided on one is enforced by the other (the cluster's
+/// channel), a lift too; and how long a ban takes to reach the other node, over 1,000 bans
+/// (printed; the figure goes in the notes).
+#[test]
+fn a_ban_on_one_node_holds_on_the_other() {
+    let redis = crate::harness::Redis::start();
+    let dir = crate::harness::temp_dir("guard-2nodes");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let (pa, pb) = (free_port(), free_port());
+    let with_redis = |port| {
+        config(port, &users_url, "").replace(
+            "[store]\n",
+            &format!("[store]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port),
+        )
+    };
+    let a = StgNode::start("guard-node-a", &with_redis(pa));
+    let b = StgNode::start("guard-node-b", &with_redis(pb));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
+    assert!(challenge(b_addr, "127.0.0.9").is_some());
+    eleven_wrong(a_addr, "127.0.0.9");
+    crate::harness::wait_log(&a, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while challenge(b_addr, "127.0.0.9").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B does not enforce A's ban"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(redis
+        .cli(&["zscore", "stg:bans", "127.0.0.9/32"])
+        .trim()
+        .parse::<u64>()
+        .is_ok());
+
+    // 1,000 bans on A, each timed until B lists it.
+    let get =
+        |addr: SocketAddr, path: &str| crate::harness::http_get(addr, path).unwrap_or_default();
+    let put = |addr: SocketAddr, path: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(format!("PUT {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let mut lat = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        let scope = format!("198.51.{}.{}", i / 250, i % 250 + 1);
+        let t0 = std::time::Instant::now();
+        let r = put(a.admin, &format!("/guard/bans/{scope}?for=600"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let needle = format!("\"{scope}/32\"");
+        while !get(b.admin, "/guard/bans").contains(&needle) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{scope} never reached B"
+            );
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "ban on A -> listed on B, 1000 bans: p50 {:?}, p99 {:?}, max {:?}",
+        lat[500], lat[990], lat[999]
+    );
+    // A lift on A is a lift on B.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
+        .args(["--config", a.dir.join("stg.toml").to_str().unwrap()])
+        .args(["ban", "rm", "127.0.0.9"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while challenge(b_addr, "127.0.0.9").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B keeps a lifted ban"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
