@@ -151,6 +151,12 @@ pub struct SipConfig {
     /// On shutdown, how long transactions get to finish before connections are closed.
     /// Default 30 s; zero closes at once.
     pub drain_timeout: Duration,
+    /// Remove `Server`, `User-Agent` and `Warning` from responses relayed to the internet
+    /// (a scanner learns nothing of the PBX). Default true.
+    pub hide_product_headers: bool,
+    /// Drop requests from known scanners' `User-Agent`s (`friendly-scanner`, `sipcli`, …)
+    /// unanswered. Default true.
+    pub drop_scanners: bool,
     pub timers: TimersConfig,
 }
 
@@ -227,6 +233,8 @@ impl Default for SipConfig {
             tcp_connect_timeout: Duration::from_secs(5),
             tls_handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            hide_product_headers: true,
+            drop_scanners: true,
             timers: TimersConfig::default(),
         }
     }

@@ -181,6 +181,8 @@ struct RawSip {
     tcp_connect_timeout: Option<Parse<Duration>>,
     tls_handshake_timeout: Option<Parse<Duration>>,
     drain_timeout: Option<Parse<Duration>>,
+    hide_product_headers: Option<bool>,
+    drop_scanners: Option<bool>,
     timers: RawTimers,
 }
 
@@ -233,6 +235,10 @@ impl RawSip {
         set(&mut sip.tcp_connect_timeout, self.tcp_connect_timeout);
         set(&mut sip.tls_handshake_timeout, self.tls_handshake_timeout);
         set(&mut sip.drain_timeout, self.drain_timeout);
+        sip.hide_product_headers = self
+            .hide_product_headers
+            .unwrap_or(sip.hide_product_headers);
+        sip.drop_scanners = self.drop_scanners.unwrap_or(sip.drop_scanners);
         sip.timers = self.timers.convert()?;
         if let Some(listen) = self.listen {
             sip.listen = listen.into_iter().map(RawListener::convert).collect();

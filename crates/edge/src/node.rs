@@ -233,6 +233,8 @@ impl Node {
                 timeout: self.config.push.timeout,
                 call_fork_timeout: self.config.push.call_fork_timeout,
             },
+            hide_products: self.config.sip.hide_product_headers,
+            drop_scanners: self.config.sip.drop_scanners,
             allowed_destinations: self
                 .config
                 .sip

@@ -55,6 +55,8 @@ fn config() -> ProxyConfig {
         registrar: Vec::new(),
         node_id: String::new(),
         push: Default::default(),
+        hide_products: true,
+        drop_scanners: true,
     }
 }
 

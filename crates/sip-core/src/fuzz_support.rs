@@ -120,6 +120,8 @@ fn config(selector: u8) -> ProxyConfig {
         registrar: Vec::new(),
         node_id: String::new(),
         push: Default::default(),
+        hide_products: true,
+        drop_scanners: true,
     }
 }
 

@@ -40,12 +40,18 @@ pub enum HeaderName {
     Require,
     /// `Route`.
     Route,
+    /// `Server`: names the product that answered.
+    Server,
     /// `Supported` / `k`.
     Supported,
     /// `To` / `t`.
     To,
+    /// `User-Agent`: names the product that sent the request (or answered).
+    UserAgent,
     /// `Via` / `v`.
     Via,
+    /// `Warning`: carries the warning agent's host and often its product.
+    Warning,
     /// Any other header, including extension headers.
     Other,
 }
@@ -87,6 +93,9 @@ impl HeaderName {
             (b"proxy-authorization", HeaderName::ProxyAuthorization),
             (b"p-asserted-identity", HeaderName::PAssertedIdentity),
             (b"remote-party-id", HeaderName::RemotePartyId),
+            (b"server", HeaderName::Server),
+            (b"user-agent", HeaderName::UserAgent),
+            (b"warning", HeaderName::Warning),
         ];
         TABLE
             .iter()
@@ -114,9 +123,12 @@ impl HeaderName {
             Self::RecordRoute => "Record-Route",
             Self::Require => "Require",
             Self::Route => "Route",
+            Self::Server => "Server",
             Self::Supported => "Supported",
             Self::To => "To",
+            Self::UserAgent => "User-Agent",
             Self::Via => "Via",
+            Self::Warning => "Warning",
             Self::Other => "",
         }
     }

@@ -111,6 +111,12 @@ pub struct ProxyConfig {
     pub node_id: String,
     /// Push wake-up and late forking for devices with push parameters.
     pub push: PushPolicy,
+    /// Responses going out to the internet lose the headers that name a product (`Server`,
+    /// `User-Agent`, `Warning`): a scanner learns nothing about the PBX behind stg.
+    pub hide_products: bool,
+    /// Requests from outside whose `User-Agent` is a known scanner's (SIPVicious'
+    /// `friendly-scanner`, `sipcli`, …) are dropped unanswered.
+    pub drop_scanners: bool,
 }
 
 /// What the budgets of [`ProxyLimits`] hold at a moment.
@@ -525,7 +531,9 @@ pub struct Proxy {
     ctxs: HashMap<u64, Ctx>,
     by_server: HashMap<ServerTxId, u64>,
     by_client: HashMap<ClientTxId, (u64, u32)>,
-    accepted: HashMap<ClientTxId, ServerTxId>,
+    /// 2xx-accepted client transactions: the server transaction their copies go to, and
+    /// whether that is towards the outside (product headers removed).
+    accepted: HashMap<ClientTxId, (ServerTxId, bool)>,
     /// Lookups in flight, each with the name asked and everything waiting for it.
     pending: HashMap<ResolveId, (ResolveTarget, Vec<Pending>)>,
     /// One lookup per name at a time.
@@ -770,6 +778,11 @@ impl Proxy {
             let r =
                 Rejection::new(StatusCode::BAD_REQUEST).reason("Missing Transaction Identifier");
             self.reject(&m, &top, inbound, r);
+            return;
+        }
+        if inbound.side == Side::Outside && self.config.drop_scanners && is_scanner(&m) {
+            // A scanner learns nothing, not even that something listens here.
+            self.drop(inbound, "scanner");
             return;
         }
         let key = self.server_key(&m, &top, inbound.flow.remote);
@@ -1357,7 +1370,15 @@ impl Proxy {
                         let bytes = loop {
                             let extra: Vec<(&str, &[u8])> =
                                 headers[..n].iter().map(|(h, v)| (*h, &v[..])).collect();
-                            let b = ok.forward_response_edited(&[HeaderName::Contact], &extra);
+                            let b = ok.forward_response_edited(
+                                &[
+                                    HeaderName::Contact,
+                                    HeaderName::Server,
+                                    HeaderName::UserAgent,
+                                    HeaderName::Warning,
+                                ],
+                                &extra,
+                            );
                             if !unverified || b.len() <= limit || n <= 1 {
                                 break b;
                             }
@@ -1885,11 +1906,12 @@ impl Proxy {
         }
         match self.tx.handle_response(&key, status.0, now) {
             ClientMatch::Pass { id, needs_ack } => {
-                if let Some(&server) = self.accepted.get(&id) {
+                if let Some(&(server, outward)) = self.accepted.get(&id) {
                     // RFC 6026 §7.2, §8.4: every 2xx copy goes on, through the server
                     // transaction (Accepted) so it takes the caller's exact flow.
                     if status.is_success() {
-                        self.respond(server, status, m.forward_response(), now);
+                        let bytes = self.relayed(outward, &m);
+                        self.respond(server, status, bytes, now);
                     }
                     return;
                 }
@@ -1938,7 +1960,11 @@ impl Proxy {
                     && u64::from(age) <= window.as_secs()
                 {
                     bump(&mut self.stats.responses_out, class_label(status));
-                    self.transmit(minted.reply, m.forward_response());
+                    let outward = self
+                        .listener(minted.reply.listener)
+                        .is_some_and(|l| l.side == Side::Outside);
+                    let bytes = self.relayed(outward, m);
+                    self.transmit(minted.reply, bytes);
                     return;
                 }
             }
@@ -1986,7 +2012,12 @@ impl Proxy {
                 self.send_cancel(ctx_id, b, now);
             }
             if status != StatusCode::TRYING && !final_sent {
-                self.respond(server, status, m.forward_response(), now);
+                let outward = self
+                    .ctxs
+                    .get(&ctx_id)
+                    .is_some_and(|c| c.inbound.side == Side::Outside);
+                let bytes = self.relayed(outward, &m);
+                self.respond(server, status, bytes, now);
             }
             return;
         }
@@ -2037,7 +2068,11 @@ impl Proxy {
         }
         if status.is_success() {
             if let Some(id) = sent_id {
-                self.accepted.insert(id, server);
+                let outward = self
+                    .ctxs
+                    .get(&ctx_id)
+                    .is_some_and(|c| c.inbound.side == Side::Outside);
+                self.accepted.insert(id, (server, outward));
             }
             let Some(ctx) = self.ctxs.get_mut(&ctx_id) else {
                 return;
@@ -2050,7 +2085,8 @@ impl Proxy {
                 return;
             }
             ctx.final_sent = true;
-            let bytes = m.forward_response();
+            let outward = ctx.inbound.side == Side::Outside;
+            let bytes = self.relayed(outward, &m);
             self.respond(server, status, bytes, now);
             self.cancel_others(ctx_id, b, Some(late::COMPLETED_ELSEWHERE), now);
             self.maybe_finish(ctx_id, now);
@@ -2144,7 +2180,7 @@ impl Proxy {
             .any(|b| b.ghost && !matches!(b.state, BranchState::Done));
         if ghosts {
             if !ctx.final_sent {
-                let (status, bytes) = final_of(ctx);
+                let (status, bytes) = final_of(ctx, self.config.hide_products);
                 let server = ctx.server;
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
                     c.final_sent = true;
@@ -2182,7 +2218,7 @@ impl Proxy {
         if ctx.final_sent {
             return;
         }
-        let (status, bytes) = final_of(&ctx);
+        let (status, bytes) = final_of(&ctx, self.config.hide_products);
         self.respond(ctx.server, status, bytes, now);
     }
 
@@ -2634,6 +2670,16 @@ impl Proxy {
         inbound.side == Side::Outside && inbound.flow.transport == Transport::Udp
     }
 
+    /// A response relayed on, towards the outside (`outward`) without the headers that name
+    /// a product.
+    fn relayed(&self, outward: bool, m: &Message) -> Bytes {
+        if outward && self.config.hide_products {
+            m.forward_response_edited(PRODUCT_HEADERS, &[])
+        } else {
+            m.forward_response()
+        }
+    }
+
     fn transmit(&mut self, flow: Flow, bytes: Bytes) {
         self.out.push_back(Output::Transmit {
             flow,
@@ -2988,7 +3034,7 @@ fn is_unusable(ip: IpAddr) -> bool {
 /// The final answer of a context whose branches are all done: the best response received, or
 /// the node's own (RFC 3261 §16.7 step 6). A 503 received is sent as 500: it says the next hop
 /// is overloaded, and the caller would take it as stg being so.
-fn final_of(ctx: &Ctx) -> (StatusCode, Bytes) {
+fn final_of(ctx: &Ctx, hide_products: bool) -> (StatusCode, Bytes) {
     let own = |s: StatusCode| {
         ctx.request
             .response(s, None, Some(&ctx.to_tag), Some(&ctx.top_via), &[])
@@ -3000,7 +3046,11 @@ fn final_of(ctx: &Ctx) -> (StatusCode, Bytes) {
         }
         Some(Best::Received(m)) => (
             m.status().unwrap_or(StatusCode::SERVER_INTERNAL_ERROR),
-            m.forward_response(),
+            if hide_products && ctx.inbound.side == Side::Outside {
+                m.forward_response_edited(PRODUCT_HEADERS, &[])
+            } else {
+                m.forward_response()
+            },
         ),
         Some(Best::Local(s)) => (*s, own(*s)),
         None => (
@@ -3008,6 +3058,36 @@ fn final_of(ctx: &Ctx) -> (StatusCode, Bytes) {
             own(StatusCode::REQUEST_TIMEOUT),
         ),
     }
+}
+
+/// Headers that name a product, removed from what goes out to the internet.
+const PRODUCT_HEADERS: &[HeaderName] = &[
+    HeaderName::Server,
+    HeaderName::UserAgent,
+    HeaderName::Warning,
+];
+
+/// `User-Agent`s of SIP scanners (SIPVicious and its clones, sipcli, sundayddr, …), matched
+/// case-insensitively anywhere in the value.
+const SCANNERS: &[&[u8]] = &[
+    b"friendly-scanner",
+    b"sipvicious",
+    b"sipcli",
+    b"sip-scan",
+    b"sundayddr",
+    b"iwar",
+    b"vaxsipuseragent",
+    b"pplsip",
+    b"sipsak",
+];
+
+/// Whether a request comes from a known scanner (its `User-Agent`).
+fn is_scanner(m: &Message) -> bool {
+    m.header_values_by_name(b"User-Agent").any(|v| {
+        SCANNERS
+            .iter()
+            .any(|s| v.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s)))
+    })
 }
 
 /// RFC 3261 §16.7 step 6: whether `new` is a better final answer than `old`. A 6xx wins,

@@ -71,6 +71,8 @@ fn config(upstream: &str, transport: Option<Transport>) -> ProxyConfig {
         registrar: Vec::new(),
         node_id: String::new(),
         push: Default::default(),
+        hide_products: true,
+        drop_scanners: true,
     }
 }
 
@@ -1880,3 +1882,67 @@ mod review {
 }
 
 mod routing;
+
+// === scanners learn nothing ===
+
+#[test]
+fn responses_to_the_outside_lose_the_headers_that_name_a_product() {
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite().realistic();
+    let fwd = start_call(&mut sim, device(), &inv);
+    let ringing = fwd.response(
+        StatusCode(180),
+        None,
+        Some(b"pbx"),
+        None,
+        &[
+            ("Server", b"Asterisk PBX 18.10.0"),
+            (
+                "Warning",
+                b"392 10.0.0.5:5060 \"Noisy feedback tells: pid=1234\"",
+            ),
+        ],
+    );
+    let (_, r) = only(&sim.input(pbx_udp(), ringing));
+    assert_eq!(code(&r), 180);
+    for h in ["Server", "Warning", "User-Agent"] {
+        assert!(
+            r.header_values_by_name(h.as_bytes()).next().is_none(),
+            "{h} left"
+        );
+    }
+    let busy = fwd.response(
+        StatusCode(486),
+        None,
+        Some(b"pbx"),
+        None,
+        &[("User-Agent", b"FPBX-16.0.40(18.10.0)")],
+    );
+    let outs = sim.input(pbx_udp(), busy);
+    let r = sent(&outs)
+        .into_iter()
+        .find(|(f, _)| f.remote == addr(DEVICE))
+        .expect("the 486 goes back")
+        .1;
+    assert_eq!(code(&r), 486);
+    assert!(r.header_values_by_name(b"User-Agent").next().is_none());
+}
+
+#[test]
+fn a_scanners_request_is_dropped_unanswered_and_counted() {
+    let mut sim = Sim::new(udp_upstream());
+    for ua in ["friendly-scanner", "sipcli/v1.8", "SIPVicious 0.3.3"] {
+        let m = req("OPTIONS", "sip:100@example.com")
+            .header(&format!("User-Agent: {ua}"))
+            .build();
+        let outs = sim.input(device(), m);
+        nothing_sent(&outs);
+    }
+    assert_eq!(sim.proxy.stats().dropped.get("scanner"), Some(&3));
+    // From the inside (the PBX), the same User-Agent is nobody's business.
+    let m = req("OPTIONS", "sip:alice@192.0.2.9:5060")
+        .via("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bK-pbx-o")
+        .header("User-Agent: friendly-scanner")
+        .build();
+    assert!(!sent(&sim.input(pbx_udp(), m)).is_empty());
+}
