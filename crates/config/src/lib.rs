@@ -329,6 +329,15 @@ pub struct GuardSection {
     pub firewall: bool,
     /// The nftables table (family `inet`). Default `stg`.
     pub firewall_table: String,
+    /// The failure that brings a source's count in the window to this bans it (SIP digest
+    /// failures; the seed's "more than ten"). Default 11.
+    pub sip_maxretry: u32,
+    /// The window failures are counted in. Default 10 min.
+    pub findtime: Duration,
+    /// A first ban's length; each repeat doubles it. Default 1 h.
+    pub bantime: Duration,
+    /// The longest ban a repeat offender gets. Default 7 days.
+    pub max_bantime: Duration,
 }
 
 impl Default for GuardSection {
@@ -338,6 +347,10 @@ impl Default for GuardSection {
             ignore: Vec::new(),
             firewall: false,
             firewall_table: "stg".to_owned(),
+            sip_maxretry: 11,
+            findtime: Duration::from_secs(600),
+            bantime: Duration::from_secs(3600),
+            max_bantime: Duration::from_secs(7 * 86_400),
         }
     }
 }

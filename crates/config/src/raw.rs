@@ -89,6 +89,10 @@ struct RawGuard {
     ignore: Option<Vec<Parse<IpNet>>>,
     firewall: Option<bool>,
     firewall_table: Option<String>,
+    sip_maxretry: Option<u32>,
+    findtime: Option<Parse<Duration>>,
+    bantime: Option<Parse<Duration>>,
+    max_bantime: Option<Parse<Duration>>,
 }
 
 impl RawGuard {
@@ -99,6 +103,24 @@ impl RawGuard {
             g.ignore = v.into_iter().map(|Parse(n)| n).collect();
         }
         g.firewall = self.firewall.unwrap_or(g.firewall);
+        g.sip_maxretry = self.sip_maxretry.unwrap_or(g.sip_maxretry);
+        set(&mut g.findtime, self.findtime);
+        set(&mut g.bantime, self.bantime);
+        set(&mut g.max_bantime, self.max_bantime);
+        if g.sip_maxretry == 0 {
+            return Err(invalid("guard.sip_maxretry", "at least 1".to_owned()));
+        }
+        for (key, d) in [("findtime", g.findtime), ("bantime", g.bantime)] {
+            if d.is_zero() {
+                return Err(invalid(format!("guard.{key}"), "above zero".to_owned()));
+            }
+        }
+        if g.max_bantime < g.bantime {
+            return Err(invalid(
+                "guard.max_bantime",
+                "at least guard.bantime".to_owned(),
+            ));
+        }
         if let Some(t) = self.firewall_table {
             let ok = !t.is_empty()
                 && t.len() <= 32

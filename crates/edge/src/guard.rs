@@ -252,10 +252,19 @@ pub(crate) async fn start(
     let mut ignore: Vec<IpNet> = cfg.guard.ignore.clone();
     ignore.extend(cfg.sip.trusted_networks.iter().copied());
     ignore.extend(cfg.sip.load_balancers.iter().copied());
+    let g = &cfg.guard;
     let jails = Jail::defaults()
         .into_iter()
         .map(|mut j| {
             j.ignore.extend(ignore.iter().copied());
+            j.findtime = g.findtime;
+            j.bantime = g.bantime;
+            if let Some(inc) = &mut j.increment {
+                inc.max = g.max_bantime;
+            }
+            if j.name == "sip" {
+                j.maxretry = g.sip_maxretry;
+            }
             j
         })
         .collect();

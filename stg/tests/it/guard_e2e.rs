@@ -213,7 +213,15 @@ fn stg_ban_list_rm_add_on_the_running_node() {
     let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = crate::harness::temp_dir("guard-cli");
     let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
-    let stg = StgNode::start("guard-cli", &config(port, &users_url, ""));
+    // The thresholds are the configuration's (here: the defaults written out).
+    let stg = StgNode::start(
+        "guard-cli",
+        &config(
+            port,
+            &users_url,
+            "sip_maxretry = 11\nfindtime = \"10m\"\nbantime = \"1h\"",
+        ),
+    );
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
             .args([
