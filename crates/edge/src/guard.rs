@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -268,11 +269,19 @@ pub(crate) async fn start(
             j
         })
         .collect();
-    let mut engine = Engine::new(GuardConfig {
+    let guard_cfg = GuardConfig {
         jails,
         node: cfg.node.id.clone().unwrap_or_else(|| "stg".to_owned()),
         ..GuardConfig::default()
-    });
+    };
+    let cluster_count = Arc::new(AtomicU32::new(0));
+    let mut engine = Engine::with_counters(
+        guard_cfg.clone(),
+        ClusterCounters {
+            local: stg_guard::MemoryCounters::new(guard_cfg.max_entries),
+            cluster: cluster_count.clone(),
+        },
+    );
     let firewall = if cfg.guard.firewall {
         let fw_cfg = stg_firewall::FirewallConfig {
             table: cfg.guard.firewall_table.clone(),
@@ -321,7 +330,21 @@ pub(crate) async fn start(
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
                     let now = crate::now();
+                    // Counted cluster-wide first (an attacker spread over the nodes by
+                    // HAProxy is one attacker); locally when Redis does not answer.
+                    let counted = count_in_cluster(&shared, &engine, &ev).await;
+                    if let Some(c) = counted {
+                        cluster_count.store(c.max(1), Ordering::Relaxed);
+                    }
                     let Some(d) = engine.failure(now, &ev) else { continue };
+                    if counted.is_some() {
+                        if let Some(store) = shared.bans.store.get().cloned() {
+                            let (jail, scope) = (d.jail.clone(), d.scope.to_string());
+                            tokio::spawn(async move {
+                                let _ = store.clear_failures(&jail, &scope).await;
+                            });
+                        }
+                    }
                     ban(&shared, firewall.as_ref(), &d, now);
                 }
                 _ = tick.tick() => {
@@ -377,6 +400,72 @@ fn jail_label(jail: &str) -> &'static str {
         "token" => "token",
         "probe" => "probe",
         _ => "other",
+    }
+}
+
+/// The engine's counters, told the cluster's count of the failure being added when Redis
+/// gave it ([`count_in_cluster`]); the local count otherwise.
+struct ClusterCounters {
+    local: stg_guard::MemoryCounters,
+    /// The cluster's count for the next `add`; 0: none.
+    cluster: Arc<AtomicU32>,
+}
+
+impl stg_guard::CounterStore for ClusterCounters {
+    fn add(
+        &mut self,
+        key: &stg_guard::CounterKey,
+        at: Instant,
+        window: Duration,
+        keep: usize,
+    ) -> u32 {
+        let local = self.local.add(key, at, window, keep);
+        match self.cluster.swap(0, Ordering::Relaxed) {
+            0 => local,
+            c => c.max(local),
+        }
+    }
+
+    fn clear(&mut self, key: &stg_guard::CounterKey) {
+        self.local.clear(key);
+    }
+
+    fn expire(&mut self, now: Instant, window_of: &dyn Fn(&str) -> Option<Duration>) {
+        self.local.expire(now, window_of);
+    }
+
+    fn stats(&self) -> stg_guard::CounterStats {
+        self.local.stats()
+    }
+}
+
+/// Adds the failure to the cluster's window of its jail and scope (Redis); its count, or
+/// `None` (no Redis, an ignored source, Redis slow or down: counted locally).
+async fn count_in_cluster(
+    shared: &Shared,
+    engine: &Engine<ClusterCounters>,
+    ev: &Event,
+) -> Option<u32> {
+    let store = shared.bans.store.get()?;
+    let jail = engine.jails().iter().find(|j| j.name == ev.kind.jail())?;
+    let src = ev.source.to_canonical();
+    if jail.ignore.iter().any(|n| n.contains(&src)) {
+        return None;
+    }
+    let scope = jail.scope(ev.source).to_string();
+    let window = jail.findtime.as_millis() as u64;
+    let keep = jail.maxretry as usize;
+    let r = tokio::time::timeout(
+        Duration::from_millis(250),
+        store.count_failure(&jail.name, &scope, unix_ms(), window, keep),
+    )
+    .await;
+    match r {
+        Ok(Ok(c)) => c,
+        _ => {
+            metrics::counter!("stg_guard_share_errors_total").increment(1);
+            None
+        }
     }
 }
 

@@ -213,6 +213,34 @@ impl Bindings {
         }
     }
 
+    /// Counts a failure cluster-wide: `stg:fail:<jail>:<scope>` holds the failure times
+    /// (unix ms) of the window; the count within it, this one included. `None` on the
+    /// embedded store (each node counts alone).
+    pub async fn count_failure(
+        &self,
+        jail: &str,
+        scope: &str,
+        now_ms: u64,
+        window_ms: u64,
+        keep: usize,
+    ) -> Result<Option<u32>, StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Redis(s) => s
+                .count_failure(&format!("stg:fail:{jail}:{scope}"), now_ms, window_ms, keep)
+                .await
+                .map(Some),
+        }
+    }
+
+    /// Forgets a cluster-wide failure window (after its ban).
+    pub async fn clear_failures(&self, jail: &str, scope: &str) -> Result<(), StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis(s) => s.clear_failures(&format!("stg:fail:{jail}:{scope}")).await,
+        }
+    }
+
     /// The cluster's bans in force (scope, until unix ms): the resync of a node that starts
     /// or reconnects. Empty on the embedded store.
     pub async fn shared_bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {

@@ -262,6 +262,54 @@ impl RedisStore {
         })
     }
 
+    /// Adds a failure to `key`'s window (a sorted set of failure times, its latest `keep`)
+    /// and returns how many fall within `window_ms` before `now_ms`: one MULTI/EXEC.
+    pub(crate) async fn count_failure(
+        &self,
+        key: &str,
+        now_ms: u64,
+        window_ms: u64,
+        keep: usize,
+    ) -> Result<u32, StoreError> {
+        let member = format!("{now_ms}-{}", jitter());
+        with_conn!(self, conn, {
+            let (count,): (u32,) = redis::pipe()
+                .atomic()
+                .cmd("ZADD")
+                .arg(key)
+                .arg(now_ms)
+                .arg(&member)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(key)
+                .arg("-inf")
+                .arg(now_ms.saturating_sub(window_ms))
+                .ignore()
+                .cmd("ZREMRANGEBYRANK")
+                .arg(key)
+                .arg(0)
+                .arg(-(keep.max(1) as i64) - 1)
+                .ignore()
+                .cmd("ZCARD")
+                .arg(key)
+                .cmd("PEXPIRE")
+                .arg(key)
+                .arg(window_ms.max(1))
+                .ignore()
+                .query_async(conn)
+                .await?;
+            Ok(count)
+        })
+    }
+
+    /// Forgets a failure window.
+    pub(crate) async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
+        with_conn!(self, conn, {
+            redis::cmd("DEL").arg(key).exec_async(conn).await?;
+            Ok(())
+        })
+    }
+
     /// The bans in force at `now_ms` (expired ones are dropped from the set on the way).
     pub(crate) async fn bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
         with_conn!(self, conn, {

@@ -343,3 +343,53 @@ fn a_ban_on_one_node_holds_on_the_other() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One attacker spread over two nodes (as HAProxy spreads connections) is counted once:
+/// six failures on A and four on B ban nobody, the fifth on B bans it everywhere.
+#[test]
+fn failures_spread_over_nodes_are_counted_together() {
+    let redis = crate::harness::Redis::start();
+    let dir = crate::harness::temp_dir("guard-spread");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let (pa, pb) = (free_port(), free_port());
+    let with_redis = |port| {
+        config(port, &users_url, "").replace(
+            "[store]\n",
+            &format!("[store]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port),
+        )
+    };
+    let a = StgNode::start("guard-spread-a", &with_redis(pa));
+    let b = StgNode::start("guard-spread-b", &with_redis(pb));
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
+    let wrong = |to: SocketAddr, n: u32| {
+        let (mut s, mut nonce_) = challenge(to, "127.0.0.9").expect("served");
+        for i in 0..n {
+            let r = wrong_password(&mut s, "127.0.0.9", 2 + i, &nonce_).expect("answered");
+            nonce_ = nonce(&r);
+        }
+    };
+    wrong(a_addr, 6);
+    wrong(b_addr, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        challenge(a_addr, "127.0.0.9").is_some(),
+        "10 failures in all: no ban"
+    );
+    wrong(b_addr, 1);
+    crate::harness::wait_log(&b, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while challenge(a_addr, "127.0.0.9").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A does not enforce B's ban"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !a.log().contains("TRUCO_KO [127.0.0.9]"),
+        "B decided, A followed"
+    );
+}
