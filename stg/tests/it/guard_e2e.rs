@@ -258,13 +258,18 @@ fn stg_ban_list_rm_add_on_the_running_node() {
     assert!(ok && out.contains("\"127.0.0.12/32\""), "{out}");
 }
 
-/// Two nodes on one Redis: a ban decided on one is enforced by the other (the cluster's
-/// channel), a lift too; and how long a ban takes to reach the other node, over 1,000 bans
-/// (printed; the figure goes in the notes).
-#[test]
-fn a_ban_on_one_node_holds_on_the_other() {
+/// Two nodes (A, B) with the same users on one Redis, and their SIP addresses.
+fn two_nodes(
+    name: &str,
+) -> (
+    crate::harness::Redis,
+    StgNode,
+    StgNode,
+    SocketAddr,
+    SocketAddr,
+) {
     let redis = crate::harness::Redis::start();
-    let dir = crate::harness::temp_dir("guard-2nodes");
+    let dir = crate::harness::temp_dir(name);
     let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
     let (pa, pb) = (free_port(), free_port());
     let with_redis = |port| {
@@ -273,12 +278,18 @@ fn a_ban_on_one_node_holds_on_the_other() {
             &format!("[store]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port),
         )
     };
-    let a = StgNode::start("guard-node-a", &with_redis(pa));
-    let b = StgNode::start("guard-node-b", &with_redis(pb));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
-        format!("127.0.0.1:{pa}").parse().unwrap(),
-        format!("127.0.0.1:{pb}").parse().unwrap(),
-    );
+    let a = StgNode::start(&format!("{name}-a"), &with_redis(pa));
+    let b = StgNode::start(&format!("{name}-b"), &with_redis(pb));
+    let addr = |p: u16| format!("127.0.0.1:{p}").parse().unwrap();
+    (redis, a, b, addr(pa), addr(pb))
+}
+
+/// Two nodes on one Redis: a ban decided on one is enforced by the other (the cluster's
+/// channel), a lift too; and how long a ban takes to reach the other node, over 1,000 bans
+/// (printed; the figure goes in the notes).
+#[test]
+fn a_ban_on_one_node_holds_on_the_other() {
+    let (redis, a, b, a_addr, b_addr) = two_nodes("guard-2nodes");
     assert!(challenge(b_addr, "127.0.0.9").is_some());
     eleven_wrong(a_addr, "127.0.0.9");
     crate::harness::wait_log(&a, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
@@ -348,22 +359,7 @@ fn a_ban_on_one_node_holds_on_the_other() {
 /// six failures on A and four on B ban nobody, the fifth on B bans it everywhere.
 #[test]
 fn failures_spread_over_nodes_are_counted_together() {
-    let redis = crate::harness::Redis::start();
-    let dir = crate::harness::temp_dir("guard-spread");
-    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
-    let (pa, pb) = (free_port(), free_port());
-    let with_redis = |port| {
-        config(port, &users_url, "").replace(
-            "[store]\n",
-            &format!("[store]\nurl = \"redis://127.0.0.1:{}\"\n", redis.port),
-        )
-    };
-    let a = StgNode::start("guard-spread-a", &with_redis(pa));
-    let b = StgNode::start("guard-spread-b", &with_redis(pb));
-    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
-        format!("127.0.0.1:{pa}").parse().unwrap(),
-        format!("127.0.0.1:{pb}").parse().unwrap(),
-    );
+    let (_redis, a, b, a_addr, b_addr) = two_nodes("guard-spread");
     let wrong = |to: SocketAddr, n: u32| {
         let (mut s, mut nonce_) = challenge(to, "127.0.0.9").expect("served");
         for i in 0..n {
