@@ -701,3 +701,142 @@ fn two_devices_ring_one_answers_the_other_is_cancelled() {
         cancel.text
     );
 }
+
+/// The wake-up path's latency, measured on one clock (this process's): 1,000 devices
+/// register through stg (a fake PBX answers 200) with push parameters and go to sleep;
+/// the PBX calls each in turn; the time from the INVITE sent to the push arriving at the
+/// local FCM server. Then each device registers again on a new connection: the time from
+/// its REGISTER sent (and from its 200 received) to the waiting INVITE on the connection.
+/// Printed for the notes; bounded (two minutes), asserts only that every call woke.
+#[test]
+fn wake_up_latency_over_1000_calls() {
+    use std::io::{Read, Write};
+    const N: usize = 1000;
+    let fcm = FakeFcm::start(FcmOptions::default());
+    let pbx = crate::registrar_store::Pbx::start(3600);
+    let (port, inside) = (free_port(), free_port());
+    let cfg = format!(
+        "[sip]\nupstream = \"sip:{}\"\nmax_connections_per_source = 2000\n\n\
+         [registrar]\ndomains = [{{ name = \"example.com\", mode = \"through\" }}]\n\n{}\n\
+         [[sip.listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+         [[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{inside}\"\nside = \"inside\"\n",
+        pbx.addr,
+        fcm_config(&fcm, "90s")
+    );
+    let mut stg = StgNode::start("push-latency", &cfg);
+    let stg_tcp = addr(port);
+    let register = |i: usize, local: std::net::SocketAddr, cseq: u32| {
+        format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-r{i}-{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:u{i}@example.com>;tag=r{i}\r\nTo: <sip:u{i}@example.com>\r\n\
+             Call-ID: lat-reg-{i}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:u{i}@{local};transport=tcp;pn-provider=fcm;pn-prid=tok{i};pn-param=stg-test>;+sip.instance=\"<urn:uuid:00000000-0000-4000-8000-{i:012}>\"\r\n\
+             Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let read_until = |s: &mut std::net::TcpStream, what: &[u8]| -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while Instant::now() < deadline {
+            if buf.windows(what.len()).any(|w| w == what) {
+                return true;
+            }
+            if let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    return false;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        false
+    };
+    let started = Instant::now();
+    for i in 0..N {
+        let mut s = std::net::TcpStream::connect(stg_tcp).unwrap();
+        let local = s.local_addr().unwrap();
+        s.write_all(register(i, local, 1).as_bytes()).unwrap();
+        assert!(
+            read_until(&mut s, b"SIP/2.0 200"),
+            "device {i} not registered"
+        );
+        // Asleep: the connection is gone.
+    }
+    let pbx_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx_addr = pbx_sock.local_addr().unwrap();
+    let mut to_push = Vec::with_capacity(N);
+    for i in 0..N {
+        let inv = format!(
+            "INVITE sip:u{i}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {pbx_addr};branch=z9hG4bK-lat{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@example.com>;tag=c{i}\r\nTo: <sip:u{i}@example.com>\r\n\
+             Call-ID: lat-call-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{pbx_addr}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let sent = Instant::now();
+        pbx_sock.send_to(inv.as_bytes(), addr(inside)).unwrap();
+        let got = fcm.wait_for(i + 2, Duration::from_secs(5)); // + the OAuth2 token request
+        let push = got
+            .iter()
+            .find(|r| {
+                r.path.ends_with(":send") && r.json()["message"]["token"] == format!("tok{i}")
+            })
+            .unwrap_or_else(|| panic!("no push for device {i}"));
+        to_push.push(push.at.saturating_duration_since(sent));
+        assert!(started.elapsed() < Duration::from_secs(120), "too slow");
+    }
+    let mut to_invite = Vec::with_capacity(N);
+    let mut after_200 = Vec::with_capacity(N);
+    let mut keep = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut s = std::net::TcpStream::connect(stg_tcp).unwrap();
+        let local = s.local_addr().unwrap();
+        let t0 = Instant::now();
+        s.write_all(register(i, local, 2).as_bytes()).unwrap();
+        // The 200 and the INVITE may come in one read: one buffer, each stamped when seen.
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 8192]);
+        let (mut t200, mut tinv) = (None, None);
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        while tinv.is_none() && t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(n) = s.read(&mut chunk) {
+                assert!(n > 0, "device {i}: connection closed");
+                buf.extend_from_slice(&chunk[..n]);
+                let now = Instant::now();
+                if t200.is_none() && buf.windows(11).any(|w| w == b"SIP/2.0 200") {
+                    t200 = Some(now);
+                }
+                if buf.windows(11).any(|w| w == b"INVITE sip:") {
+                    tinv = Some(now);
+                }
+            }
+        }
+        let (Some(t200), Some(tinv)) = (t200, tinv) else {
+            panic!(
+                "device {i}: 200 {t200:?}, INVITE {tinv:?}\n{}",
+                String::from_utf8_lossy(&buf)
+            );
+        };
+        to_invite.push(tinv - t0);
+        after_200.push(tinv.saturating_duration_since(t200));
+        keep.push(s);
+        assert!(started.elapsed() < Duration::from_secs(120), "too slow");
+    }
+    let show = |name: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        eprintln!(
+            "{name}: p50 {:?}, p99 {:?}, max {:?} over {}",
+            v[v.len() / 2],
+            v[v.len() * 99 / 100],
+            v[v.len() - 1],
+            v.len()
+        );
+    };
+    show("INVITE sent -> push at FCM", &mut to_push);
+    show(
+        "re-REGISTER sent -> INVITE on the new connection",
+        &mut to_invite,
+    );
+    show("REGISTER's 200 received -> INVITE", &mut after_200);
+    assert!(stg.alive());
+}

@@ -135,15 +135,15 @@ impl RedisSrv {
 
 /// The PBX of `through` mode: a UDP socket that answers 200 to every REGISTER, echoing its
 /// Contacts with `;expires=<granted>`. Keeps the last REGISTER it got.
-struct Pbx {
-    addr: SocketAddr,
+pub(crate) struct Pbx {
+    pub(crate) addr: SocketAddr,
     registers: Arc<AtomicU64>,
     last: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Pbx {
-    fn start(granted: u32) -> Self {
+    pub(crate) fn start(granted: u32) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
