@@ -332,6 +332,9 @@ pub struct GuardSection {
     /// The failure that brings a source's count in the window to this bans it (SIP digest
     /// failures; the seed's "more than ten"). Default 11.
     pub sip_maxretry: u32,
+    /// Out-of-dialog requests answered 403/404/484/604 (a user scan such as `svwar`, over
+    /// TCP/TLS/WS: UDP can be spoofed) that ban the source. Default 20.
+    pub probe_maxretry: u32,
     /// The window failures are counted in. Default 10 min.
     pub findtime: Duration,
     /// A first ban's length; each repeat doubles it. Default 1 h.
@@ -348,6 +351,7 @@ impl Default for GuardSection {
             firewall: false,
             firewall_table: "stg".to_owned(),
             sip_maxretry: 11,
+            probe_maxretry: 20,
             findtime: Duration::from_secs(600),
             bantime: Duration::from_secs(3600),
             max_bantime: Duration::from_secs(7 * 86_400),

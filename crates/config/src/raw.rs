@@ -90,6 +90,7 @@ struct RawGuard {
     firewall: Option<bool>,
     firewall_table: Option<String>,
     sip_maxretry: Option<u32>,
+    probe_maxretry: Option<u32>,
     findtime: Option<Parse<Duration>>,
     bantime: Option<Parse<Duration>>,
     max_bantime: Option<Parse<Duration>>,
@@ -104,6 +105,10 @@ impl RawGuard {
         }
         g.firewall = self.firewall.unwrap_or(g.firewall);
         g.sip_maxretry = self.sip_maxretry.unwrap_or(g.sip_maxretry);
+        g.probe_maxretry = self.probe_maxretry.unwrap_or(g.probe_maxretry);
+        if g.probe_maxretry == 0 {
+            return Err(invalid("guard.probe_maxretry", "at least 1".to_owned()));
+        }
         set(&mut g.findtime, self.findtime);
         set(&mut g.bantime, self.bantime);
         set(&mut g.max_bantime, self.max_bantime);

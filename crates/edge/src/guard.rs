@@ -28,6 +28,9 @@ use crate::conn::Shared;
 /// engine keeps up with far more than an outsider can cause through digest exchanges).
 const EVENT_QUEUE: usize = 4096;
 
+/// The jail of user scans: out-of-dialog requests answered 403/404/484/604 (TCP, TLS, WS).
+pub(crate) const PROBE_JAIL: &str = "sipprobe";
+
 /// Most bans held in the process (each is a kernel set element too, with the firewall).
 const MAX_BANS: usize = 100_000;
 
@@ -254,7 +257,9 @@ pub(crate) async fn start(
     ignore.extend(cfg.sip.trusted_networks.iter().copied());
     ignore.extend(cfg.sip.load_balancers.iter().copied());
     let g = &cfg.guard;
-    let jails = Jail::defaults()
+    let mut jails = Jail::defaults();
+    jails.push(Jail::new(PROBE_JAIL, g.probe_maxretry));
+    let jails = jails
         .into_iter()
         .map(|mut j| {
             j.ignore.extend(ignore.iter().copied());
@@ -399,6 +404,7 @@ fn jail_label(jail: &str) -> &'static str {
         "portal" => "portal",
         "token" => "token",
         "probe" => "probe",
+        PROBE_JAIL => PROBE_JAIL,
         _ => "other",
     }
 }

@@ -665,6 +665,15 @@ impl Core {
                 );
                 crate::registrar::report(&self.shared, failure);
             }
+            Event::Probed { remote, .. } => {
+                self.shared.bans.failure(
+                    remote.ip(),
+                    stg_guard::Kind::External {
+                        jail: crate::guard::PROBE_JAIL.to_owned(),
+                    },
+                    None,
+                );
+            }
             Event::Dropped { remote, reason }
                 if tracing::enabled!(tracing::Level::DEBUG)
                     && self.shared.may_log("dropped messages", reason, remote.ip()) =>

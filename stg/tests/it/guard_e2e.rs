@@ -389,3 +389,102 @@ fn failures_spread_over_nodes_are_counted_together() {
         "B decided, A followed"
     );
 }
+
+/// A user scan over TCP (what `svwar` does, one extension after another): the PBX answers
+/// 404 to each; the 20th such answer bans the scanner.
+#[test]
+fn a_user_scan_over_tcp_is_banned_at_the_twentieth_unknown_user() {
+    // The PBX: 404 to every INVITE (and 200 to its ACKs' absence: nothing).
+    let pbx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pbx_addr = pbx.local_addr().unwrap();
+    pbx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let responder = std::thread::spawn(move || {
+        let mut buf = [0u8; 65535];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = pbx.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !req.starts_with("INVITE ") {
+                continue;
+            }
+            let mut out = String::from("SIP/2.0 404 Not Found\r\n");
+            for l in req.lines() {
+                let lower = l.to_ascii_lowercase();
+                if ["via:", "from:", "call-id:", "cseq:"]
+                    .iter()
+                    .any(|h| lower.starts_with(h))
+                {
+                    out.push_str(l);
+                    out.push_str("\r\n");
+                } else if lower.starts_with("to:") {
+                    out.push_str(l);
+                    out.push_str(";tag=pbx\r\n");
+                }
+            }
+            out.push_str("Content-Length: 0\r\n\r\n");
+            let _ = pbx.send_to(out.as_bytes(), from);
+        }
+    });
+    let port = free_port();
+    let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = format!(
+        "[sip]\nupstream = \"sip:{pbx_addr};transport=udp\"\n\n\
+         [[sip.listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+         [[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{}\"\nside = \"inside\"\n",
+        free_port()
+    );
+    let stg = StgNode::start("guard-scan", &cfg);
+    let mut s = try_connect_from("127.0.0.9", stg_addr).unwrap();
+    let scan = |s: &mut TcpStream, ext: u32| {
+        let m = format!(
+            "INVITE sip:{ext}@example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.9:5060;branch=z9hG4bK-scan{ext}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:scan@example.com>;tag=s{ext}\r\nTo: <sip:{ext}@example.com>\r\n\
+             Call-ID: scan-{ext}\r\nCSeq: 1 INVITE\r\nContact: <sip:scan@127.0.0.9:5060;transport=tcp>\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        s.write_all(m.as_bytes()).ok()?;
+        // 100 Trying, then the final (often in one read): the bytes up to the final.
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(i) = text.find("SIP/2.0 4").or_else(|| text.find("SIP/2.0 5")) {
+                return Some(text[i..].as_bytes().to_vec());
+            }
+            let n = std::io::Read::read(s, &mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    for ext in 100..119 {
+        let r = scan(&mut s, ext).expect("answered");
+        assert!(
+            r.starts_with(b"SIP/2.0 404"),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
+    }
+    assert!(
+        !stg.log().contains("TRUCO_KO [127.0.0.9]"),
+        "19 unknown users: no ban"
+    );
+    let _ = scan(&mut s, 119);
+    crate::harness::wait_log(
+        &stg,
+        "TRUCO_KO [127.0.0.9] stg sipprobe",
+        Duration::from_secs(5),
+    );
+    assert!(try_connect_from("127.0.0.9", stg_addr)
+        .map(|mut c| scan(&mut c, 120))
+        .ok()
+        .flatten()
+        .is_none());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    responder.join().unwrap();
+}

@@ -251,6 +251,15 @@ pub enum Event {
         /// The `Authorization` (or `Proxy-Authorization`) value sent.
         credentials: Bytes,
     },
+    /// A request from outside that was not in a dialog got an answer that says "no such
+    /// user" or "not for you" (403, 404, 484, 604), over a transport that cannot be spoofed:
+    /// what a user scan (`svwar`) collects, one answer at a time.
+    Probed {
+        /// Who asked.
+        remote: SocketAddr,
+        /// The answer.
+        status: StatusCode,
+    },
     /// A message was dropped on purpose.
     Dropped {
         /// Who sent it.
@@ -2219,7 +2228,23 @@ impl Proxy {
             return;
         }
         let (status, bytes) = final_of(&ctx, self.config.hide_products);
+        self.probe_event(ctx.inbound, ctx.request.to_tag().is_none(), status);
         self.respond(ctx.server, status, bytes, now);
+    }
+
+    /// A "no such user" answer to an outsider's out-of-dialog request, over a transport that
+    /// cannot be spoofed: one step of a user scan, for the guard.
+    fn probe_event(&mut self, inbound: Inbound, initial: bool, status: StatusCode) {
+        if matches!(status.0, 403 | 404 | 484 | 604)
+            && initial
+            && inbound.side == Side::Outside
+            && inbound.flow.transport != Transport::Udp
+        {
+            self.out.push_back(Output::Event(Event::Probed {
+                remote: inbound.flow.remote,
+                status,
+            }));
+        }
     }
 
     fn on_timer_c(&mut self, ctx_id: u64, now: Instant) {
@@ -2611,6 +2636,10 @@ impl Proxy {
                 let flow = ctx.inbound.flow;
                 self.transmit(flow, bytes);
             }
+        }
+        if let Some(c) = self.by_server.get(&id).and_then(|c| self.ctxs.get(c)) {
+            let (inbound, initial) = (c.inbound, c.request.to_tag().is_none());
+            self.probe_event(inbound, initial, status);
         }
         if !status.is_provisional() {
             self.uncount_server(id);

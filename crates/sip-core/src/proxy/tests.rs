@@ -1946,3 +1946,46 @@ fn a_scanners_request_is_dropped_unanswered_and_counted() {
         .build();
     assert!(!sent(&sim.input(pbx_udp(), m)).is_empty());
 }
+
+#[test]
+fn a_no_such_user_answer_over_tcp_is_reported_as_a_probe() {
+    let tcp_device = Inbound {
+        flow: Flow {
+            listener: ListenerId(0),
+            transport: Transport::Tcp,
+            remote: addr(DEVICE),
+            conn: Some(ConnId(3)),
+        },
+        side: Side::Outside,
+    };
+    let probed = |outs: &[Output]| {
+        events(outs)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Probed { .. }))
+            .count()
+    };
+    // Over TCP: the PBX's 404 to an out-of-dialog INVITE is a probe.
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite().via("SIP/2.0/TCP 192.168.1.10:5060;branch=z9hG4bK-p1");
+    let outs = sim.input(tcp_device, inv.build());
+    let fwd = sent(&outs)
+        .into_iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .expect("forwarded")
+        .1;
+    let outs = sim.input(pbx_udp(), answer(&fwd, 404));
+    assert_eq!(probed(&outs), 1);
+    // A busy callee is no probe; nor is a 404 over UDP (the source may be forged).
+    let mut sim = Sim::new(udp_upstream());
+    let inv = invite().via("SIP/2.0/TCP 192.168.1.10:5060;branch=z9hG4bK-p2");
+    let outs = sim.input(tcp_device, inv.build());
+    let fwd = sent(&outs)
+        .into_iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .unwrap()
+        .1;
+    assert_eq!(probed(&sim.input(pbx_udp(), answer(&fwd, 486))), 0);
+    let mut sim = Sim::new(udp_upstream());
+    let fwd = start_call(&mut sim, device(), &invite().realistic());
+    assert_eq!(probed(&sim.input(pbx_udp(), answer(&fwd, 404))), 0);
+}
