@@ -453,7 +453,7 @@ fn a_user_scan_over_tcp_is_banned_at_the_twentieth_unknown_user() {
         loop {
             let text = String::from_utf8_lossy(&buf).into_owned();
             if let Some(i) = text.find("SIP/2.0 4").or_else(|| text.find("SIP/2.0 5")) {
-                return Some(text[i..].as_bytes().to_vec());
+                return Some(text.as_bytes()[i..].to_vec());
             }
             let n = std::io::Read::read(s, &mut chunk).ok()?;
             if n == 0 {
