@@ -495,3 +495,35 @@ fn clock_time() -> String {
         day_ms % 1000
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attacker failing from many addresses fills the bans table at most to its cap: the
+    /// next ban is refused (counted by the caller), and expired bans make room again.
+    #[test]
+    fn the_bans_table_is_capped_and_expired_bans_make_room() {
+        let bans = Bans::default();
+        let now = crate::now();
+        let net =
+            |i: u32| IpNet::new(IpAddr::from((0xC000_0000u32 + i).to_be_bytes()), 32).unwrap();
+        for i in 0..MAX_BANS as u32 {
+            let until = if i < 10 {
+                now + Duration::from_millis(1)
+            } else {
+                now + Duration::from_secs(3600)
+            };
+            assert!(bans.insert(net(i), until), "ban {i}");
+        }
+        assert!(bans.banned(net(20).addr()));
+        std::thread::sleep(Duration::from_millis(5));
+        // Ten bans expired: ten new ones fit, the eleventh does not.
+        for i in 0..10u32 {
+            assert!(bans.insert(net(MAX_BANS as u32 + i), now + Duration::from_secs(60)));
+        }
+        assert!(!bans.insert(net(MAX_BANS as u32 + 10), now + Duration::from_secs(60)));
+        assert!(!bans.banned(net(MAX_BANS as u32 + 10).addr()));
+        assert!(bans.list().len() <= MAX_BANS);
+    }
+}

@@ -151,6 +151,24 @@ impl Scene {
             .any(|m| !m.sent && m.status() == Some(status))
     }
 
+    /// The caller heard `110 Push sent`, one push went through `provider` within 5 s
+    /// (`push_after`), then the app wakes ([`Self::wake_and_answer`]).
+    fn told_pushed_then_woken(self, provider: &str, push_after: Duration) {
+        wait_until(
+            5,
+            "the caller got no 110 Push sent",
+            || self.caller_got(110),
+            || self.caller.report(),
+        );
+        let metric = format!("stg_push_sent_total{{provider=\"{provider}\",result=\"sent\"}}");
+        assert_eq!(self.stg.counter(&metric), 1.0, "{}", self.stg.metrics());
+        assert!(
+            push_after < Duration::from_secs(5),
+            "pushed after {push_after:?}"
+        );
+        self.wake_and_answer();
+    }
+
     /// The app wakes and registers again over a new connection; it must get the call,
     /// answer it, and the caller hangs up.
     fn wake_and_answer(self) {
@@ -209,24 +227,7 @@ fn android_offline_is_pushed_and_called_on_its_new_connection() {
         !line.contains(TOKEN),
         "the device's token is not logged whole: {line}"
     );
-    wait_until(
-        5,
-        "the caller got no 110 Push sent",
-        || s.caller_got(110),
-        || s.caller.report(),
-    );
-    assert_eq!(
-        s.stg
-            .counter("stg_push_sent_total{provider=\"log\",result=\"sent\"}"),
-        1.0,
-        "{}",
-        s.stg.metrics()
-    );
-    assert!(
-        push_after < Duration::from_secs(5),
-        "pushed after {push_after:?}"
-    );
-    s.wake_and_answer();
+    s.told_pushed_then_woken("log", push_after);
 }
 
 /// The pushes FCM received (not the OAuth2 token requests).
@@ -268,24 +269,7 @@ fn android_offline_is_woken_through_fcm() {
         .starts_with("push-fcm-call-"));
     assert_eq!(m["data"]["from-uri"], "sip:caller@example.test");
     assert_eq!(fcm.tokens_issued(), 1, "one OAuth2 token");
-    wait_until(
-        5,
-        "the caller got no 110 Push sent",
-        || s.caller_got(110),
-        || s.caller.report(),
-    );
-    assert_eq!(
-        s.stg
-            .counter("stg_push_sent_total{provider=\"fcm\",result=\"sent\"}"),
-        1.0,
-        "{}",
-        s.stg.metrics()
-    );
-    assert!(
-        push_after < Duration::from_secs(5),
-        "pushed after {push_after:?}"
-    );
-    s.wake_and_answer();
+    s.told_pushed_then_woken("fcm", push_after);
 }
 
 #[test]

@@ -25,6 +25,23 @@ use crate::kamailio::Kamailio;
 use crate::sipp::{shared_scenario, Sipp, Transport};
 
 pub(crate) const DOMAIN: &str = "example.test";
+
+/// A scenario's last steps when the other side hangs up: the BYE, answered 200.
+const ANSWER_BYE: &str = r#"  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
 pub(crate) const PASSWORD: &str = "e2e-secret";
 
 pub(crate) fn addr(port: u16) -> SocketAddr {
@@ -346,23 +363,7 @@ pub(crate) fn device_scenario_with(
 "#,
         );
     } else {
-        s.push_str(
-            r#"  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#,
-        );
+        s.push_str(ANSWER_BYE);
     }
     s.push_str("</scenario>\n");
     s
@@ -442,24 +443,8 @@ pub(crate) fn caller_scenario(caller_bye: bool) -> String {
 "#
         ));
     } else {
-        s.push_str(
-            r#"  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <timewait milliseconds="500"/>
-"#,
-        );
+        s.push_str(ANSWER_BYE);
+        s.push_str("  <timewait milliseconds=\"500\"/>\n");
     }
     s.push_str("</scenario>\n");
     s
