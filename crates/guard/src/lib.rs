@@ -33,3 +33,24 @@ pub use engine::{
     Kind, MemoryCounters, Stats,
 };
 pub use ipnet::IpNet;
+
+/// How the roles outside the SIP core (web front, authentication service, log tails) report
+/// failures to the node's guard and ask whether a source is banned. The node implements it;
+/// a role built without a guard gets [`NoGuard`].
+pub trait Hook: Send + Sync + 'static {
+    /// Whether `ip` (the real client address, after PROXY protocol) is banned now.
+    fn banned(&self, ip: std::net::IpAddr) -> bool;
+    /// Counts one failure from `ip` in the jail of `kind`; `user` is the name tried, if any.
+    fn failure(&self, ip: std::net::IpAddr, kind: Kind, user: Option<&str>);
+}
+
+/// The guard of a node that has none: nobody is banned, nothing is counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoGuard;
+
+impl Hook for NoGuard {
+    fn banned(&self, _ip: std::net::IpAddr) -> bool {
+        false
+    }
+    fn failure(&self, _ip: std::net::IpAddr, _kind: Kind, _user: Option<&str>) {}
+}
