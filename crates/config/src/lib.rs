@@ -479,6 +479,9 @@ pub struct PushConfig {
     /// How long a MESSAGE is kept for a device that does not come back; also the expiry of
     /// message pushes. Default 7 days.
     pub message_delivery_timeout: Duration,
+    /// Most messages kept for one device (the oldest are kept; a further one is refused,
+    /// and its sender still had its 202). Default 100.
+    pub max_stored_messages: usize,
     /// Expiry of call pushes at the provider (APNs `apns-expiration`, FCM `ttl`): a device
     /// offline longer is not woken for a call long gone. Default 60 s; whole seconds.
     pub ttl: Duration,
@@ -498,6 +501,7 @@ impl Default for PushConfig {
             call_fork_timeout: Duration::from_secs(90),
             message_accept_timeout: Duration::from_secs(5),
             message_delivery_timeout: Duration::from_secs(7 * 86_400),
+            max_stored_messages: 100,
             ttl: Duration::from_secs(60),
             max_in_flight: 256,
             apns: ApnsConfig::default(),

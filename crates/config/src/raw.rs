@@ -712,6 +712,7 @@ struct RawPush {
     call_fork_timeout: Option<Parse<Duration>>,
     message_accept_timeout: Option<Parse<Duration>>,
     message_delivery_timeout: Option<Parse<Duration>>,
+    max_stored_messages: Option<usize>,
     ttl: Option<Parse<Duration>>,
     max_in_flight: Option<usize>,
     apns: RawApns,
@@ -798,6 +799,17 @@ impl RawPush {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
             }
+        }
+        if p.message_accept_timeout > Duration::from_secs(30) {
+            return Err(invalid(
+                "push.message_accept_timeout",
+                "must be at most 30 s: the sender gives up at 32 s (timer F) and would never \
+                 hear the 202",
+            ));
+        }
+        p.max_stored_messages = self.max_stored_messages.unwrap_or(p.max_stored_messages);
+        if p.max_stored_messages == 0 {
+            return Err(invalid("push.max_stored_messages", "must be at least 1"));
         }
         if p.ttl < Duration::from_secs(1) {
             return Err(invalid(

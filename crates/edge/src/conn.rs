@@ -78,6 +78,12 @@ pub(crate) enum CoreInput {
         id: stg_sip_core::proxy::PushId,
         outcome: stg_sip_core::proxy::PushOutcome,
     },
+    /// A kept message for a device that just bound here.
+    Deliver {
+        id: stg_sip_core::proxy::DeliveryId,
+        request: Bytes,
+        binding: stg_sip_core::proxy::Located,
+    },
 }
 
 /// What the per-source limits count as one source: an IPv4 address, or an IPv6 address cut
@@ -325,6 +331,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// The guard's bans, checked before anything else on every datagram and connection.
     pub(crate) bans: crate::guard::Bans,
+    /// Messages kept for sleeping devices (set when the node has a registrar).
+    pub(crate) messages: std::sync::OnceLock<crate::messages::Messages>,
 }
 
 impl Shared {
@@ -353,6 +361,7 @@ impl Shared {
             log: Mutex::new(LogThrottle::default()),
             next_conn: AtomicU64::new(1),
             bans: crate::guard::Bans::default(),
+            messages: std::sync::OnceLock::new(),
         }
     }
 

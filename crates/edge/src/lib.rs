@@ -25,6 +25,7 @@ mod admin;
 mod conn;
 mod guard;
 mod limits;
+mod messages;
 mod node;
 pub mod proxy_protocol;
 mod push;

@@ -232,6 +232,7 @@ impl Node {
             push: stg_sip_core::proxy::PushPolicy {
                 timeout: self.config.push.timeout,
                 call_fork_timeout: self.config.push.call_fork_timeout,
+                message_accept_timeout: self.config.push.message_accept_timeout,
             },
             hide_products: self.config.sip.hide_product_headers,
             drop_scanners: self.config.sip.drop_scanners,
@@ -273,6 +274,8 @@ impl Node {
         ));
         if let Some(r) = &registrar {
             r.start_watching(&shared);
+            let messages = crate::messages::Messages::start(r.bindings().clone(), &shared);
+            let _ = shared.messages.set(messages);
         }
         let store = registrar
             .as_ref()
@@ -333,7 +336,11 @@ impl Node {
         core.run(core_rx, drain, accept_stop, self.config.sip.drain_timeout)
             .await;
         // The core is done: connections close (a TLS close_notify, a WebSocket Close), and
-        // the tasks get a moment to finish before the process ends.
+        // the tasks get a moment to finish before the process ends (messages handed over to
+        // be kept are written).
+        if let Some(m) = after.messages.get() {
+            m.stop();
+        }
         after.close_all();
         after.tasks.close();
         if tokio::time::timeout(CLOSE_GRACE, after.tasks.wait())
@@ -476,6 +483,11 @@ impl Core {
             CoreInput::FlowClosed(flow) => self.proxy.handle_flow_closed(flow, now),
             CoreInput::Bound { aor, binding } => self.proxy.handle_bound(&aor, &binding, now),
             CoreInput::Pushed { id, outcome } => self.proxy.handle_pushed(id, outcome, now),
+            CoreInput::Deliver {
+                id,
+                request,
+                binding,
+            } => self.proxy.deliver(id, request, &binding, now),
         }
         self.flush();
     }
@@ -574,6 +586,15 @@ impl Core {
                         let outcome = crate::push::send(*p, &self.pusher, registrar, &self.shared);
                         if let Some((id, outcome)) = outcome {
                             self.proxy.handle_pushed(id, outcome, crate::now());
+                        }
+                    }
+                    Output::Store(m) => match self.shared.messages.get() {
+                        Some(messages) => messages.keep(m),
+                        None => tracing::warn!(aor = %m.aor, "message not kept: no store"),
+                    },
+                    Output::Delivered { id, status } => {
+                        if let Some(messages) = self.shared.messages.get() {
+                            messages.delivered(id, status);
                         }
                     }
                     Output::Event(e) => self.log_event(&e),

@@ -308,8 +308,14 @@ impl Registrar {
                 .send(CoreInput::Registered { id, answer })
                 .await;
             // Then calls waiting for this device (pushed) go out over its connection: after
-            // its 200, so the device hears its registration is done first.
-            for binding in bound {
+            // its 200, so the device hears its registration is done first. A device back on
+            // a new connection also gets the messages kept for it.
+            for (binding, fresh) in bound {
+                if fresh {
+                    if let Some(m) = shared2.messages.get() {
+                        m.bound(reg.aor.clone(), binding.clone());
+                    }
+                }
                 let aor = reg.aor.clone();
                 let _ = shared2
                     .core_tx
@@ -327,7 +333,7 @@ impl Registrar {
         r: &Registration,
         reg: &Register,
         granted: Option<&Message>,
-    ) -> (RegisterAnswer, Vec<Located>) {
+    ) -> (RegisterAnswer, Vec<(Located, bool)>) {
         let mode = mode_label(r.mode);
         let now = unix_now();
         // Only stg's own entry: a Path a device wrote itself names whatever it likes, and a
@@ -342,6 +348,16 @@ impl Registrar {
         let result = self
             .bindings
             .update(&reg.aor, |record| {
+                // Devices bound on this very connection already: a refresh, not a return.
+                let refreshed: Vec<String> = record
+                    .fields
+                    .iter()
+                    .filter(|(k, v)| {
+                        stg_registrar::Binding::decode(k, v)
+                            .is_ok_and(|b| b.conn_id.as_deref() == Some(&r.flow_token[..]))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 let mut rng = random_u64;
                 let applied = stg_registrar::apply(
                     &record.fields,
@@ -358,18 +374,21 @@ impl Registrar {
                     expire_at: applied.expire_at,
                     publish: Some(applied.publish.clone()),
                 };
-                Ok::<(Change, Applied), Reject>((change, applied))
+                Ok::<(Change, (Applied, Vec<String>)), Reject>((change, (applied, refreshed)))
             })
             .await;
         match result {
-            Ok(Ok(applied)) => {
+            Ok(Ok((applied, refreshed))) => {
                 count(mode, "ok");
                 let ok = answer(200, stg_registrar::ok_headers(reg, &applied, now));
                 let bound = applied
                     .bindings
                     .into_iter()
                     .filter(|b| b.conn_id.as_deref() == Some(&r.flow_token[..]))
-                    .map(located)
+                    .map(|b| {
+                        let fresh = !refreshed.contains(&b.key);
+                        (located(b), fresh)
+                    })
                     .collect();
                 (ok, bound)
             }
@@ -391,7 +410,7 @@ impl Registrar {
         r: &Registration,
         reg: &Register,
         shared: &Shared,
-    ) -> (RegisterAnswer, Vec<Located>) {
+    ) -> (RegisterAnswer, Vec<(Located, bool)>) {
         let domain = request_domain(&r.request);
         let realm = if self.realm.is_empty() {
             domain.clone()

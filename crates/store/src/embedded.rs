@@ -25,6 +25,10 @@ use crate::{glob, unix_now, Change, Health, Record, StoreError};
 
 const TABLE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("bindings");
 
+/// Messages kept for devices: key (device, sequence number), value = expiry (unix seconds,
+/// 8 bytes big-endian) then the request.
+const MESSAGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("messages");
+
 /// Format version byte at the start of each value.
 const FORMAT: u8 = 1;
 
@@ -56,6 +60,7 @@ impl Embedded {
             // Created up front so that readers never meet a missing table.
             let tx = db.begin_write().map_err(|e| e.to_string())?;
             tx.open_table(TABLE).map_err(|e| e.to_string())?;
+            tx.open_table(MESSAGES).map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())?;
             Ok(db)
         })
@@ -184,6 +189,109 @@ impl Embedded {
         Ok(true)
     }
 
+    /// Keeps `request` for `device` until `expires_at`, after the device's other messages;
+    /// false when the device has `max` already.
+    pub(crate) async fn keep_message(
+        &self,
+        device: &str,
+        expires_at: u64,
+        request: &[u8],
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let _serial = self.inner.write_lock.lock().await;
+        let device = device.to_string();
+        let mut value = Vec::with_capacity(8 + request.len());
+        value.extend_from_slice(&expires_at.to_be_bytes());
+        value.extend_from_slice(request);
+        let now = unix_now();
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let kept = {
+                let mut table = tx.open_table(MESSAGES)?;
+                let range = (device.as_str(), 0)..=(device.as_str(), u64::MAX);
+                let mut live = 0usize;
+                let mut expired = Vec::new();
+                let mut last = 0u64;
+                for item in table.range(range)? {
+                    let (k, v) = item?;
+                    let seq = k.value().1;
+                    last = seq;
+                    if message_expiry(v.value()).is_none_or(|t| t <= now) {
+                        expired.push(seq);
+                    } else {
+                        live += 1;
+                    }
+                }
+                for seq in expired {
+                    table.remove((device.as_str(), seq))?;
+                }
+                if live >= max {
+                    false
+                } else {
+                    table.insert((device.as_str(), last + 1), value.as_slice())?;
+                    true
+                }
+            };
+            tx.commit()?;
+            Ok(kept)
+        })
+        .await
+    }
+
+    /// The messages kept for `device` that have not expired, oldest first.
+    pub(crate) async fn kept_messages(
+        &self,
+        device: &str,
+        now: u64,
+    ) -> Result<Vec<crate::Kept>, StoreError> {
+        let device = device.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(MESSAGES)?;
+            let range = (device.as_str(), 0)..=(device.as_str(), u64::MAX);
+            let mut out = Vec::new();
+            for item in table.range(range)? {
+                let (k, v) = item?;
+                let v = v.value();
+                match message_expiry(v) {
+                    Some(t) if t > now => out.push(crate::Kept {
+                        handle: k.value().1.to_be_bytes().to_vec(),
+                        expires_at: t,
+                        request: v[8..].to_vec(),
+                    }),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Forgets one kept message; true if it was there.
+    pub(crate) async fn forget_message(
+        &self,
+        device: &str,
+        kept: &crate::Kept,
+    ) -> Result<bool, StoreError> {
+        let Ok(seq) = <[u8; 8]>::try_from(kept.handle.as_slice()) else {
+            return Ok(false);
+        };
+        let seq = u64::from_be_bytes(seq);
+        let _serial = self.inner.write_lock.lock().await;
+        let device = device.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write()?;
+            let removed = {
+                let mut table = tx.open_table(MESSAGES)?;
+                let removed = table.remove((device.as_str(), seq))?.is_some();
+                removed
+            };
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
     /// The stored hash and expiry of `aor`; an expired record reads as absent.
     async fn read(&self, aor: &str, now: u64) -> Result<(Record, Option<u64>), StoreError> {
         let key = aor.to_string();
@@ -241,6 +349,11 @@ impl Embedded {
             }
         }
     }
+}
+
+/// The expiry of a kept message's value; `None` if it is too short to hold one.
+fn message_expiry(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
 }
 
 /// The hash and expiry after `change`, with Redis' semantics (see [`Change`]).

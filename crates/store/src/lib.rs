@@ -42,6 +42,17 @@ pub struct Record {
     pub fields: BTreeMap<String, String>,
 }
 
+/// A message kept for a device ([`Bindings::keep_message`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// Names this message in the store (for [`Bindings::forget_message`]).
+    pub handle: Vec<u8>,
+    /// Unix seconds after which it is dropped.
+    pub expires_at: u64,
+    /// The request as it arrived from its sender.
+    pub request: Vec<u8>,
+}
+
 /// What one update writes. Applied in this order: `delete_all` (the whole key, including
 /// its expiry), then `set`, then `del`, then `expire_at`; then `publish` once the write has
 /// succeeded. A key whose last field is removed disappears (as a Redis hash does).
@@ -248,6 +259,46 @@ impl Bindings {
             Backend::Embedded(_) => Ok(Vec::new()),
             Backend::Redis(s) => s.bans(now_ms).await,
         }
+    }
+
+    /// Keeps a message for a device (`device` = `<aor>:<binding key>`) until `expires_at`
+    /// (unix seconds), after its other messages; `Ok(false)` when the device has `max`
+    /// already (the message is not kept). Redis: the list `stg:msg:<device>`; embedded: the
+    /// redb file. Either way it survives a restart.
+    pub async fn keep_message(
+        &self,
+        device: &str,
+        expires_at: u64,
+        request: &[u8],
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let r = match &self.inner {
+            Backend::Embedded(s) => s.keep_message(device, expires_at, request, max).await,
+            Backend::Redis(s) => s.keep_message(device, expires_at, request, max).await,
+        };
+        self.observe("keep_message", started, r)
+    }
+
+    /// The messages kept for `device` that have not expired at `now` (unix seconds), oldest
+    /// first.
+    pub async fn kept_messages(&self, device: &str, now: u64) -> Result<Vec<Kept>, StoreError> {
+        let started = Instant::now();
+        let r = match &self.inner {
+            Backend::Embedded(s) => s.kept_messages(device, now).await,
+            Backend::Redis(s) => s.kept_messages(device, now).await,
+        };
+        self.observe("kept_messages", started, r)
+    }
+
+    /// Forgets one kept message (delivered, or refused by the device); true if it was there.
+    pub async fn forget_message(&self, device: &str, kept: &Kept) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let r = match &self.inner {
+            Backend::Embedded(s) => s.forget_message(device, kept).await,
+            Backend::Redis(s) => s.forget_message(device, kept).await,
+        };
+        self.observe("forget_message", started, r)
     }
 
     /// "embedded" / "redis" / "redis+sentinel", for metrics labels and logs.

@@ -311,6 +311,91 @@ impl RedisStore {
     }
 
     /// The bans in force at `now_ms` (expired ones are dropped from the set on the way).
+    /// Appends a kept message to the device's list (`stg:msg:<device>`) unless it holds
+    /// `max` already; the list expires with its newest message. One script, so the cap
+    /// holds with several nodes writing.
+    pub(crate) async fn keep_message(
+        &self,
+        device: &str,
+        expires_at: u64,
+        request: &[u8],
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        const KEEP: &str = "if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
+            redis.call('RPUSH', KEYS[1], ARGV[1]) \
+            redis.call('EXPIREAT', KEYS[1], ARGV[3]) return 1";
+        let mut element = format!("{expires_at} {:016x}\n", jitter()).into_bytes();
+        element.extend_from_slice(request);
+        let key = format!("stg:msg:{device}");
+        with_conn!(self, conn, {
+            let kept: i64 = redis::cmd("EVAL")
+                .arg(KEEP)
+                .arg(1)
+                .arg(&key)
+                .arg(&element)
+                .arg(max)
+                .arg(expires_at)
+                .query_async(conn)
+                .await?;
+            Ok(kept == 1)
+        })
+    }
+
+    /// The device's kept messages, oldest first; expired ones are removed on the way.
+    pub(crate) async fn kept_messages(
+        &self,
+        device: &str,
+        now: u64,
+    ) -> Result<Vec<crate::Kept>, StoreError> {
+        let key = format!("stg:msg:{device}");
+        let raw: Vec<Vec<u8>> = with_conn!(self, conn, {
+            redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await
+        })?;
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for element in raw {
+            match parse_kept(&element) {
+                Some((t, request)) if t > now => out.push(crate::Kept {
+                    expires_at: t,
+                    request: request.to_vec(),
+                    handle: element,
+                }),
+                _ => expired.push(element),
+            }
+        }
+        for element in expired {
+            self.forget_element(&key, &element).await?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets one kept message; true if it was there.
+    pub(crate) async fn forget_message(
+        &self,
+        device: &str,
+        kept: &crate::Kept,
+    ) -> Result<bool, StoreError> {
+        self.forget_element(&format!("stg:msg:{device}"), &kept.handle)
+            .await
+    }
+
+    async fn forget_element(&self, key: &str, element: &[u8]) -> Result<bool, StoreError> {
+        with_conn!(self, conn, {
+            let n: i64 = redis::cmd("LREM")
+                .arg(key)
+                .arg(1)
+                .arg(element)
+                .query_async(conn)
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
     pub(crate) async fn bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
         with_conn!(self, conn, {
             let (_, live): ((), Vec<(String, u64)>) = redis::pipe()
@@ -626,6 +711,14 @@ fn sentinel_client(rest: &str) -> Result<SentinelClient, StoreError> {
 }
 
 /// A little randomness for retry spacing (no RNG dependency: std's hasher keys are random).
+/// A kept message's list element: `<expiry> <nonce>\n<request>`.
+fn parse_kept(element: &[u8]) -> Option<(u64, &[u8])> {
+    let nl = element.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&element[..nl]).ok()?;
+    let expiry = head.split(' ').next()?.parse().ok()?;
+    Some((expiry, &element[nl + 1..]))
+}
+
 fn jitter() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()

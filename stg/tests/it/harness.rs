@@ -162,6 +162,34 @@ impl StgNode {
         self.proc.wait_exit(timeout)
     }
 
+    /// Stops the node (SIGTERM: it drains) and starts it again on the same configuration,
+    /// data and ports; returns once `/health` answers. The new run logs to a file of its own.
+    pub(crate) fn restart(&mut self) {
+        self.signal("TERM");
+        assert!(
+            self.wait_exit(Duration::from_secs(30)).is_some(),
+            "stg did not stop:\n{}",
+            self.log()
+        );
+        let runs = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("stg"))
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stg"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.dir.join("stg.toml"))
+            .env("NO_COLOR", "1");
+        let log = self.dir.join(format!("stg-run{runs}.log"));
+        self.proc = Peer::spawn("stg", "(built by cargo)", cmd, &log);
+        self.wait_healthy();
+    }
+
     /// Is it still running?
     pub(crate) fn alive(&mut self) -> bool {
         self.proc.alive()

@@ -824,3 +824,192 @@ fn wake_up_latency_over_1000_calls() {
     show("REGISTER's 200 received -> INVITE", &mut after_200);
     assert!(stg.alive());
 }
+
+/// The PBX's side of a text conversation: `n` MESSAGEs to erin in one Call-ID (CSeq 1..n),
+/// one after the other, each answered 202 (she is asleep).
+fn pbx_messages(n: u32) -> String {
+    let mut s = String::from(
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<!DOCTYPE scenario SYSTEM \"sipp.dtd\">\n<scenario name=\"pbx-messages\">\n",
+    );
+    for i in 1..=n {
+        s.push_str(&format!(
+            r#"  <send retrans="500">
+    <![CDATA[
+
+      MESSAGE sip:[service]@{DOMAIN} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:pbx@{DOMAIN}>;tag=[pid]M
+      To: <sip:[service]@{DOMAIN}>
+      Call-ID: [call_id]
+      CSeq: {i} MESSAGE
+      Content-Type: text/plain
+      Content-Length: [len]
+
+      hello number {i}
+    ]]>
+  </send>
+  <recv response="202"/>
+"#
+        ));
+    }
+    s.push_str("</scenario>\n");
+    s
+}
+
+/// The app woken: it registers over a new connection, then takes `n` MESSAGEs (200 each).
+fn device_taking_messages(params: &str, n: u32) -> String {
+    let mut s = device_scenario_with(true, None, params, INSTANCE);
+    s.truncate(s.rfind("</scenario>").unwrap());
+    for _ in 0..n {
+        s.push_str(
+            r#"  <recv request="MESSAGE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]D
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#,
+        );
+    }
+    s.push_str("</scenario>\n");
+    s
+}
+
+#[test]
+fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_order() {
+    let (port, inside) = (free_port(), free_port());
+    let dir = crate::harness::temp_dir("messages-kept");
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let c = node_config(
+        port,
+        inside,
+        &users_url,
+        "[push]\nmessage_accept_timeout = \"1s\"\n",
+    );
+    let mut stg = StgNode::start("messages-kept", &c);
+    let dir = stg.dir.clone();
+
+    // The app registers with its push parameters and sleeps (its connection closes).
+    let asleep = dir.join("asleep.xml");
+    std::fs::write(
+        &asleep,
+        device_scenario_with(true, None, &push_params(), INSTANCE),
+    )
+    .unwrap();
+    let mut first = Sipp::start(
+        &dir,
+        "asleep",
+        &asleep,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &["-s", "erin", "-au", "erin", "-ap", PASSWORD],
+    );
+    first.expect_success(Duration::from_secs(15));
+
+    // Three messages from the PBX: each pushed, answered 202 after a second, kept.
+    let cid = format!("messages-kept-{}-%u", std::process::id());
+    let pbx_sf = dir.join("pbx.xml");
+    std::fs::write(&pbx_sf, pbx_messages(3)).unwrap();
+    let mut pbx = Sipp::start(
+        &dir,
+        "pbx",
+        &pbx_sf,
+        Transport::Udp,
+        addr(free_port()),
+        Some(addr(inside)),
+        &["-s", "erin", "-cid_str", &cid],
+    );
+    let ps = pbx.wait(Duration::from_secs(20));
+    assert!(
+        ps.success(),
+        "pbx {ps}\n{}\n--- stg:\n{}",
+        pbx.report(),
+        stg.log()
+    );
+    stg.wait_counter(
+        "stg_messages_total{result=\"kept\"}",
+        3.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        count(&stg.log(), "push (log only"),
+        3,
+        "one push per message"
+    );
+
+    // stg restarts (drained by SIGTERM): the messages are in its store.
+    stg.restart();
+    assert!(stg.metric("stg_messages_total{result=\"kept\"}").is_none());
+
+    // The app wakes and registers on a new connection: it gets the three, in order.
+    let woken = dir.join("woken.xml");
+    std::fs::write(&woken, device_taking_messages(&push_params(), 3)).unwrap();
+    let mut device = Sipp::start(
+        &dir,
+        "woken",
+        &woken,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &[
+            "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", &cid,
+        ],
+    );
+    let ds = device.wait(Duration::from_secs(20));
+    assert!(
+        ds.success(),
+        "device {ds}\n{}\n--- stg:\n{}",
+        device.report(),
+        stg.log()
+    );
+    let bodies: Vec<String> = device
+        .messages()
+        .iter()
+        .filter(|m| !m.sent && m.is("MESSAGE"))
+        .map(|m| m.text.lines().last().unwrap_or("").trim().to_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["hello number 1", "hello number 2", "hello number 3"],
+        "in the order they were sent"
+    );
+    stg.wait_counter(
+        "stg_messages_total{result=\"delivered\"}",
+        3.0,
+        Duration::from_secs(5),
+    );
+    // Delivered means forgotten: a further registration on yet another connection gets none.
+    let again = dir.join("again.xml");
+    std::fs::write(
+        &again,
+        device_scenario_with(true, None, &push_params(), INSTANCE),
+    )
+    .unwrap();
+    let mut third = Sipp::start(
+        &dir,
+        "again",
+        &again,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &["-s", "erin", "-au", "erin", "-ap", PASSWORD],
+    );
+    third.expect_success(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stg.counter("stg_messages_total{result=\"delivered\"}"),
+        3.0,
+        "nothing delivered twice"
+    );
+    assert!(stg.alive(), "stg died");
+}

@@ -42,6 +42,9 @@ pub struct PushPolicy {
     pub timeout: Duration,
     /// How long a call may wait, from its arrival, for pushed devices to come back.
     pub call_fork_timeout: Duration,
+    /// How long a message waits, from its arrival, for pushed devices before its sender is
+    /// answered 202 and the devices' copies are kept ([`Output::Store`]).
+    pub message_accept_timeout: Duration,
 }
 
 impl Default for PushPolicy {
@@ -49,9 +52,14 @@ impl Default for PushPolicy {
         Self {
             timeout: Duration::from_secs(5),
             call_fork_timeout: Duration::from_secs(90),
+            message_accept_timeout: Duration::from_secs(5),
         }
     }
 }
+
+/// The branch number of a message's accept timer in `late_timers` (the fork deadline is
+/// `u32::MAX`; branches are far fewer than either).
+pub(super) const MESSAGE_ACCEPT: u32 = u32::MAX - 1;
 
 /// How a binding's device can be woken ([`Located::wake`](super::Located::wake)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,7 +213,8 @@ impl Proxy {
             .map(|(b, br)| (b as u32, br.ghost, br.cancel_reason.clone()));
         // An iOS app pushed for this call (VoIP) that has not been sent anything since: it
         // must be shown the call even when the call is over.
-        let owed = ctx.pushed.contains(key)
+        let owed = ctx.request.method() == Some(Method::Invite)
+            && ctx.pushed.contains(key)
             && binding.wake.is_some_and(|w| w.deliver_cancel)
             && !ctx.branches.iter().any(|br| mine(br) && br.ghost);
         let (ghost, cancel_reason) = match parked {
@@ -284,7 +293,7 @@ impl Proxy {
             .request
             .response(status, Some("Push sent"), None, Some(&ctx.top_via), &[]);
         let server = ctx.server;
-        self.respond(server, status, resp, now);
+        self.reply(server, status, resp, now);
     }
 
     /// The location answer for a call the PBX routed along a device's Path: the binding
@@ -410,6 +419,11 @@ impl Proxy {
         // pn-timeout, a connection lost after a minute of ringing) gets a chance to wake.
         let deadline = (ctx.created + fork_timeout).max(now + fork_timeout.min(MIN_WAKE_WAIT));
         ctx.late = Some(deadline);
+        if ctx.request.method() == Some(Method::Message) && !ctx.final_sent {
+            let at = (ctx.created + self.config.push.message_accept_timeout).min(deadline);
+            ctx.accept_at = Some(at);
+            self.late_timers.insert((at, ctx_id, MESSAGE_ACCEPT));
+        }
         if let Some(aor) = &ctx.aor {
             self.late_by_aor
                 .entry(aor.clone())
@@ -423,6 +437,12 @@ impl Proxy {
     /// and the branch parked until the device is back; else the branch ends with `status`.
     /// Returns whether it was parked.
     pub(super) fn unreachable(&mut self, ctx_id: u64, b: u32, now: Instant) -> bool {
+        if self.message_kept_later(ctx_id, b) {
+            // The sender has its answer: the device is woken if it can be, and its copy kept.
+            self.push_branch(ctx_id, b, now);
+            self.keep_message(ctx_id, b);
+            return false;
+        }
         let open = self
             .ctxs
             .get(&ctx_id)
@@ -473,6 +493,8 @@ impl Proxy {
             self.late_timers.remove(&(at, ctx_id, b));
             if b == u32::MAX {
                 self.on_fork_timeout(ctx_id, now);
+            } else if b == MESSAGE_ACCEPT {
+                self.on_message_accept(ctx_id, now);
             } else {
                 self.on_push_timer(ctx_id, b, now);
             }

@@ -43,6 +43,7 @@
 mod flow_token;
 mod late;
 mod routing;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +53,7 @@ use routing::{unreachable_status, Route, Target};
 pub use routing::{
     Authorization, Located, OpId, RegisterAnswer, RegistrarDomain, RegistrarMode, Registration,
 };
+pub use stored::{DeliveryId, StoredMessage};
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
@@ -222,6 +224,16 @@ pub enum Output {
     },
     /// Wake a device with a push and answer with [`Proxy::handle_pushed`].
     Push(Box<PushRequest>),
+    /// Keep a message for a device that could not take it now; hand it back with
+    /// [`Proxy::deliver`] when the device binds on this node again.
+    Store(Box<StoredMessage>),
+    /// How a [`Proxy::deliver`] ended: the final status (2xx: the device took it).
+    Delivered {
+        /// The delivery's id.
+        id: DeliveryId,
+        /// The final status.
+        status: StatusCode,
+    },
     /// Something worth a log line.
     Event(Event),
 }
@@ -463,10 +475,20 @@ struct Plan {
     loop_hash: u64,
 }
 
+/// Who hears a context's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplyTo {
+    /// The request's server transaction.
+    Server(ServerTxId),
+    /// The shell: a stored message's delivery ([`Output::Delivered`]).
+    Stored(DeliveryId),
+}
+
 /// A response context (RFC 3261 §16.7).
 #[derive(Debug)]
 struct Ctx {
-    server: ServerTxId,
+    /// Who hears the answer: the server transaction, or the shell for a stored message.
+    server: ReplyTo,
     request: Message,
     inbound: Inbound,
     /// Where responses go (RFC 3261 §18.2.2); minted into every branch for RFC 6026.
@@ -513,6 +535,10 @@ struct Ctx {
     /// A call the PBX routed along a device's Path (through mode): the flow it names; only
     /// that device's binding is a target.
     path_flow: Option<Flow>,
+    /// A message waiting for pushed devices: when its sender is answered 202.
+    accept_at: Option<Instant>,
+    /// Binding keys whose copy of the message was handed to the shell to keep.
+    stored: Vec<Bytes>,
 }
 
 /// What a pending resolution is for.
@@ -1074,7 +1100,6 @@ impl Proxy {
         routing: Routing,
         now: Instant,
     ) {
-        let tag = self.new_tag();
         if m.method() == Some(Method::Invite) {
             let trying = m.response(StatusCode::TRYING, None, None, Some(&top_via), &[]);
             // Over UDP from outside, not even the 100 may be larger than the request.
@@ -1098,40 +1123,7 @@ impl Proxy {
             loop_hash: routing.loop_hash,
         };
         let route = self.route_request(&m, inbound, &mut plan, routing.route_flow);
-        let ctx_id = self.next_id;
-        self.next_id += 1;
-        let ctx = Ctx {
-            server: id,
-            inbound,
-            reply,
-            top_via,
-            to_tag: Bytes::from(tag),
-            plan,
-            branches: Vec::new(),
-            best: None,
-            final_sent: false,
-            cancelled: false,
-            timer_c: None,
-            giving_up: false,
-            big: m.raw().len() > UDP_SIZE_LIMIT,
-            request: m,
-            waiting: None,
-            registration: None,
-            contacts: None,
-            path: None,
-            held: None,
-            strip_credentials: false,
-            created: now,
-            aor: None,
-            late: None,
-            pushed: Vec::new(),
-            told_pushed: false,
-            push_failed: Vec::new(),
-            end_reason: None,
-            path_flow: None,
-        };
-        self.ctxs.insert(ctx_id, ctx);
-        self.by_server.insert(id, ctx_id);
+        let ctx_id = self.new_ctx(ReplyTo::Server(id), inbound, reply, m, top_via, plan, now);
         match route {
             Route::Target(t) => self.add_branch(ctx_id, t, BranchSpec::default(), now),
             Route::Locate(aor) => {
@@ -1167,6 +1159,60 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// A new response context for request `m`; its id.
+    #[allow(clippy::too_many_arguments)]
+    fn new_ctx(
+        &mut self,
+        server: ReplyTo,
+        inbound: Inbound,
+        reply: Flow,
+        m: Message,
+        top_via: Bytes,
+        plan: Plan,
+        now: Instant,
+    ) -> u64 {
+        let ctx_id = self.next_id;
+        self.next_id += 1;
+        let tag = self.new_tag();
+        let ctx = Ctx {
+            server,
+            inbound,
+            reply,
+            top_via,
+            to_tag: Bytes::from(tag),
+            plan,
+            branches: Vec::new(),
+            best: None,
+            final_sent: false,
+            cancelled: false,
+            timer_c: None,
+            giving_up: false,
+            big: m.raw().len() > UDP_SIZE_LIMIT,
+            request: m,
+            waiting: None,
+            registration: None,
+            contacts: None,
+            path: None,
+            held: None,
+            strip_credentials: false,
+            created: now,
+            aor: None,
+            late: None,
+            pushed: Vec::new(),
+            told_pushed: false,
+            push_failed: Vec::new(),
+            end_reason: None,
+            path_flow: None,
+            accept_at: None,
+            stored: Vec::new(),
+        };
+        self.ctxs.insert(ctx_id, ctx);
+        if let ReplyTo::Server(id) = server {
+            self.by_server.insert(id, ctx_id);
+        }
+        ctx_id
     }
 
     /// The shell's answer to an [`Output::Authorize`].
@@ -1395,7 +1441,7 @@ impl Proxy {
                         };
                         ctx.final_sent = true;
                         let server = ctx.server;
-                        self.respond(server, status, bytes, now);
+                        self.reply(server, status, bytes, now);
                         self.maybe_finish(ctx_id, now);
                     }
                     _ => self.answer_own(ctx_id, status, &headers, now),
@@ -1445,13 +1491,14 @@ impl Proxy {
         };
         ctx.final_sent = true;
         let server = ctx.server;
-        match bytes {
-            Some(b) => self.respond(server, status, b, now),
-            None => {
+        match (bytes, server) {
+            (Some(b), _) => self.reply(server, status, b, now),
+            (None, ReplyTo::Server(server)) => {
                 self.stats_drop("amplification");
                 self.uncount_server(server);
                 self.tx.server_transport_error(server, now);
             }
+            (None, ReplyTo::Stored(_)) => {}
         }
         self.maybe_finish(ctx_id, now);
     }
@@ -2026,7 +2073,7 @@ impl Proxy {
                     .get(&ctx_id)
                     .is_some_and(|c| c.inbound.side == Side::Outside);
                 let bytes = self.relayed(outward, &m);
-                self.respond(server, status, bytes, now);
+                self.reply(server, status, bytes, now);
             }
             return;
         }
@@ -2076,7 +2123,7 @@ impl Proxy {
             br.state = BranchState::Done;
         }
         if status.is_success() {
-            if let Some(id) = sent_id {
+            if let (Some(id), ReplyTo::Server(server)) = (sent_id, server) {
                 let outward = self
                     .ctxs
                     .get(&ctx_id)
@@ -2093,10 +2140,15 @@ impl Proxy {
                 self.emit_registration(ctx_id, Some(m), now);
                 return;
             }
+            // Every 2xx of an INVITE goes on (RFC 3261 §16.7 step 5); a non-INVITE has one
+            // final (a message answered 202 already, delivered later after all).
+            let forward = !ctx.final_sent || ctx.request.method() == Some(Method::Invite);
             ctx.final_sent = true;
-            let outward = ctx.inbound.side == Side::Outside;
-            let bytes = self.relayed(outward, &m);
-            self.respond(server, status, bytes, now);
+            if forward {
+                let outward = ctx.inbound.side == Side::Outside;
+                let bytes = self.relayed(outward, &m);
+                self.reply(server, status, bytes, now);
+            }
             self.cancel_others(ctx_id, b, Some(late::COMPLETED_ELSEWHERE), now);
             self.maybe_finish(ctx_id, now);
             return;
@@ -2194,7 +2246,7 @@ impl Proxy {
                 if let Some(c) = self.ctxs.get_mut(&ctx_id) {
                     c.final_sent = true;
                 }
-                self.respond(server, status, bytes, now);
+                self.reply(server, status, bytes, now);
             }
             return;
         }
@@ -2207,13 +2259,18 @@ impl Proxy {
         if let Some(t) = ctx.late {
             self.late_timers.remove(&(t, ctx_id, u32::MAX));
         }
+        if let Some(t) = ctx.accept_at {
+            self.late_timers.remove(&(t, ctx_id, late::MESSAGE_ACCEPT));
+        }
         for (i, br) in ctx.branches.iter().enumerate() {
             if let Some(t) = br.push_at {
                 self.late_timers.remove(&(t, ctx_id, i as u32));
             }
         }
         self.forget_late(ctx_id, ctx.aor.as_deref());
-        self.by_server.remove(&ctx.server);
+        if let ReplyTo::Server(id) = ctx.server {
+            self.by_server.remove(&id);
+        }
         let mut flows = Vec::new();
         for br in &ctx.branches {
             if let BranchState::Sent(id) = br.state {
@@ -2229,7 +2286,7 @@ impl Proxy {
         }
         let (status, bytes) = final_of(&ctx, self.config.hide_products);
         self.probe_event(ctx.inbound, ctx.request.to_tag().is_none(), status);
-        self.respond(ctx.server, status, bytes, now);
+        self.reply(ctx.server, status, bytes, now);
     }
 
     /// A "no such user" answer to an outsider's out-of-dialog request, over a transport that
@@ -2317,7 +2374,7 @@ impl Proxy {
                     &[],
                 );
                 let server = ctx.server;
-                self.respond(server, StatusCode::REQUEST_TIMEOUT, resp, now);
+                self.reply(server, StatusCode::REQUEST_TIMEOUT, resp, now);
             }
         }
         // A call whose only branches were parked has nothing left to wait for.
@@ -2454,6 +2511,7 @@ impl Proxy {
             return;
         };
         let n = ctx.branches.len() as u32;
+        let invite = ctx.request.method() == Some(Method::Invite);
         let mut parked = Vec::new();
         if let Some(r) = reason {
             ctx.end_reason = Some(Bytes::from_static(r));
@@ -2467,7 +2525,7 @@ impl Proxy {
             }
             if matches!(br.state, BranchState::Parked) {
                 // An iOS app woken for this call must still be told it is over.
-                if br.wake.is_some_and(|w| w.deliver_cancel) {
+                if invite && br.wake.is_some_and(|w| w.deliver_cancel) {
                     br.ghost = true;
                 } else {
                     parked.push(i as u32);
@@ -2475,6 +2533,11 @@ impl Proxy {
             }
         }
         for b in parked {
+            // A message another device took is still every device's: a sleeping one's copy
+            // is kept for it.
+            if self.message_kept_later(ctx_id, b) {
+                self.keep_message(ctx_id, b);
+            }
             self.unpark(ctx_id, b, late::Unpark::Silently, now);
         }
         for b in (0..n).filter(|&b| b != keep) {
@@ -2622,6 +2685,18 @@ impl Proxy {
     }
 
     // === helpers ===
+
+    /// Answers a context: through its server transaction, or (a stored message's delivery)
+    /// by telling the shell the final status.
+    fn reply(&mut self, to: ReplyTo, status: StatusCode, bytes: Bytes, now: Instant) {
+        match to {
+            ReplyTo::Server(id) => self.respond(id, status, bytes, now),
+            ReplyTo::Stored(id) if !status.is_provisional() => {
+                self.out.push_back(Output::Delivered { id, status });
+            }
+            ReplyTo::Stored(_) => {}
+        }
+    }
 
     fn respond(&mut self, id: ServerTxId, status: StatusCode, bytes: Bytes, now: Instant) {
         bump(&mut self.stats.responses_out, class_label(status));

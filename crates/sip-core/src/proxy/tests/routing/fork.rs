@@ -999,3 +999,287 @@ fn review_a_merged_request_482_on_the_new_branch_does_not_end_the_call() {
         codes(&to(&outs, PBX))
     );
 }
+
+// === text messages: accepted, kept, delivered later ===
+
+fn pbx_message(n: u32) -> Bytes {
+    req("MESSAGE", "sip:alice@example.com")
+        .via(&format!(
+            "SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bK-pbx-msg-{n}"
+        ))
+        .from("<sip:bob@example.com>;tag=pbx")
+        .to("<sip:alice@example.com>")
+        .call_id(&format!("msg-{n}@pbx"))
+        .build()
+}
+
+fn stores(outs: &[Output]) -> Vec<crate::proxy::StoredMessage> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Store(m) => Some((**m).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn delivered(outs: &[Output]) -> Vec<(crate::proxy::DeliveryId, u16)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Delivered { id, status } => Some((*id, status.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The PBX sends message `n` to alice, whose only device is `targets`.
+fn message(sim: &mut Sim, n: u32, targets: &[Located]) -> Vec<Output> {
+    let outs = sim.input(pbx_tcp(), pbx_message(n));
+    assert!(sent(&outs).is_empty(), "no 100 for a MESSAGE");
+    let l = locates(&outs);
+    assert_eq!(l.len(), 1);
+    sim.located(l[0].0, Ok(targets))
+}
+
+/// Message 1 to the phone, whose connection 5 is gone: pushed, waiting.
+fn message_to_sleeping_phone(sim: &mut Sim, wake: Option<Wake>) -> PushRequest {
+    let outs = message(
+        sim,
+        1,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), wake)],
+    );
+    let (_, _, r) = tracked_send(&outs);
+    let outs = sim.send_failed(r);
+    let p = pushes(&outs);
+    assert_eq!(p.len(), 1, "pushed at once");
+    assert_eq!(p[0].request.method(), Some(Method::Message));
+    let outs = sim.pushed(&p[0], PushOutcome::Sent);
+    assert!(to(&outs, PBX).is_empty(), "no 110 for a message");
+    p.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_message_for_a_sleeping_device_is_answered_202_at_the_accept_timeout_and_kept() {
+    let mut sim = sim();
+    message_to_sleeping_phone(&mut sim, android());
+    let outs = sim.wait_ms(4_900);
+    assert!(to(&outs, PBX).is_empty(), "not before 5 s");
+    let outs = sim.wait_ms(200);
+    assert_eq!(codes(&to(&outs, PBX)), [202]);
+    let kept = stores(&outs);
+    assert_eq!(kept.len(), 1, "the phone's copy is kept");
+    assert_eq!(kept[0].aor, AOR);
+    assert_eq!(&kept[0].key[..], b"phone");
+    assert_eq!(kept[0].request.call_id(), b"msg-1@pbx");
+    assert_eq!(
+        kept[0].request.raw(),
+        &pbx_message(1)[..],
+        "as the sender sent it"
+    );
+    sim.settle();
+    assert_idle(&sim);
+    // The phone comes back later: the core has nothing for it (the shell delivers).
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls("203.0.113.7:40100", 7),
+        android(),
+    ));
+    assert!(
+        sent(&outs).is_empty(),
+        "{}",
+        describe_msgs(&to(&outs, PHONE))
+    );
+}
+
+#[test]
+fn a_device_back_before_the_accept_timeout_takes_the_message_live() {
+    let mut sim = sim();
+    message_to_sleeping_phone(&mut sim, android());
+    sim.wait_ms(2_000);
+    let back = tls("203.0.113.7:40100", 7);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, back, android()));
+    let m = to(&outs, "203.0.113.7:40100");
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].method(), Some(Method::Message));
+    assert_eq!(m[0].request_uri_bytes(), PHONE_CONTACT_2.as_bytes());
+    let outs = sim.input(back, answer(&m[0], 200));
+    assert_eq!(codes(&to(&outs, PBX)), [200]);
+    let outs = sim.wait_ms(10_000);
+    assert!(stores(&outs).is_empty() && to(&outs, PBX).is_empty());
+    assert_idle(&sim);
+}
+
+#[test]
+fn when_one_device_takes_a_message_the_sleeping_ones_copy_is_kept() {
+    let mut sim = sim();
+    let outs = message(
+        &mut sim,
+        1,
+        &[
+            binding("phone", PHONE_CONTACT, tls(PHONE, 5), android()),
+            binding("tablet", TABLET_CONTACT, tls(TABLET, 6), None),
+        ],
+    );
+    let to_tablet = to(&outs, TABLET);
+    assert_eq!(to_tablet.len(), 1);
+    let phone_send = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Transmit {
+                flow,
+                on_fail: Some(r),
+                ..
+            } if flow.remote == addr(PHONE) => Some(*r),
+            _ => None,
+        })
+        .expect("sent to the phone");
+    let outs = sim.send_failed(phone_send);
+    let p = pushes(&outs);
+    assert_eq!(p.len(), 1);
+    sim.pushed(&p[0], PushOutcome::Sent);
+    let outs = sim.input(tls(TABLET, 6), answer(&to_tablet[0], 200));
+    assert_eq!(
+        codes(&to(&outs, PBX)),
+        [200],
+        "the tablet's answer goes back"
+    );
+    let kept = stores(&outs);
+    assert_eq!(kept.len(), 1, "the phone's copy is kept");
+    assert_eq!(&kept[0].key[..], b"phone");
+    let outs = sim.wait_ms(10_000);
+    assert!(to(&outs, PBX).is_empty(), "no 202 after the 200");
+    assert!(stores(&outs).is_empty(), "kept once");
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_device_silent_after_the_202_has_its_copy_kept_when_it_times_out() {
+    // The phone's connection looks alive but the phone does not read it (asleep).
+    let mut sim = sim();
+    let outs = message(
+        &mut sim,
+        1,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    assert_eq!(to(&outs, PHONE).len(), 1);
+    let mut all = sim.wait_ms(5_100);
+    let p = pushes(&all);
+    assert_eq!(p.len(), 1, "pushed at the push timeout");
+    all.extend(sim.pushed(&p[0], PushOutcome::Sent));
+    all.extend(sim.wait_ms(1_000));
+    assert_eq!(codes(&to(&all, PBX)), [202], "accepted at 5 s");
+    assert!(stores(&all).is_empty(), "the live branch may still take it");
+    // Timer F: the phone never answered; its copy is kept, no second final to the PBX.
+    let outs = sim.wait_ms(40_000);
+    assert!(to(&outs, PBX).is_empty());
+    let kept = stores(&outs);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(&kept[0].key[..], b"phone");
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_message_is_never_delivered_as_a_ghost_to_an_ios_device() {
+    let mut sim = sim();
+    message_to_sleeping_phone(&mut sim, ios_voip());
+    let outs = sim.wait_ms(5_100);
+    assert_eq!(stores(&outs).len(), 1);
+    sim.settle();
+    assert_idle(&sim);
+    let outs = sim.bound(&binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls("203.0.113.7:40100", 7),
+        ios_voip(),
+    ));
+    assert!(
+        sent(&outs).is_empty(),
+        "no INVITE-then-CANCEL for a message"
+    );
+}
+
+/// A kept message handed back by the shell for the phone on its new connection 7.
+fn deliver(sim: &mut Sim, id: u64, n: u32, on: Inbound) -> Vec<Output> {
+    sim.proxy.deliver(
+        crate::proxy::DeliveryId(id),
+        pbx_message(n),
+        &binding("phone", PHONE_CONTACT_2, on, android()),
+        sim.now,
+    );
+    drain(&mut sim.proxy)
+}
+
+#[test]
+fn a_kept_message_goes_over_the_devices_new_connection_and_its_answer_to_the_shell() {
+    let mut sim = sim();
+    let back = tls("203.0.113.7:40100", 7);
+    let outs = deliver(&mut sim, 9, 1, back);
+    let (flow, m) = only(&outs);
+    assert_eq!(flow, back.flow, "exactly the device's new connection");
+    assert_eq!(m.method(), Some(Method::Message));
+    assert_eq!(m.request_uri_bytes(), PHONE_CONTACT_2.as_bytes());
+    assert_eq!(m.call_id(), b"msg-1@pbx", "the sender's message");
+    assert_eq!(m.via_count(), 2, "stg's Via on top of the sender's");
+    assert_eq!(header(&m, "Max-Forwards"), ["69"]);
+    let outs = sim.input(back, answer(&m, 200));
+    assert!(
+        sent(&outs).is_empty(),
+        "the answer goes nowhere on the wire"
+    );
+    assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(9), 200)]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_delivery_that_fails_is_reported_and_never_pushes() {
+    let mut sim = sim();
+    let back = tls("203.0.113.7:40100", 7);
+    let outs = deliver(&mut sim, 3, 1, back);
+    let (_, _, r) = tracked_send(&outs);
+    let outs = sim.send_failed(r);
+    assert!(pushes(&outs).is_empty());
+    assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(3), 480)]);
+    // A device that answers with a refusal: reported as it is.
+    let outs = deliver(&mut sim, 4, 2, back);
+    let (_, m) = only(&outs);
+    let outs = sim.input(back, answer(&m, 415));
+    assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(4), 415)]);
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_delivery_for_a_device_connected_elsewhere_sends_nothing() {
+    let mut sim = sim();
+    let mut b = binding(
+        "phone",
+        PHONE_CONTACT_2,
+        tls("203.0.113.7:40100", 7),
+        android(),
+    );
+    b.conn = Some("another-nodes-token".into());
+    sim.proxy
+        .deliver(crate::proxy::DeliveryId(1), pbx_message(1), &b, sim.now);
+    let outs = drain(&mut sim.proxy);
+    assert!(sent(&outs).is_empty());
+    assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(1), 480)]);
+    // Garbage from the store is refused, not sent.
+    sim.proxy.deliver(
+        crate::proxy::DeliveryId(2),
+        Bytes::from_static(b"INVITE nonsense"),
+        &binding(
+            "phone",
+            PHONE_CONTACT_2,
+            tls("203.0.113.7:40100", 7),
+            android(),
+        ),
+        sim.now,
+    );
+    let outs = drain(&mut sim.proxy);
+    assert!(sent(&outs).is_empty());
+    assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(2), 400)]);
+    assert_idle(&sim);
+}
