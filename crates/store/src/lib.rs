@@ -6,6 +6,9 @@
 //!   registrar (`stg-registrar`); this crate only stores hashes, atomically. Two backends:
 //!   an embedded redb file (the default, one node, nothing external) and Redis (plain or
 //!   behind Sentinel, shared by several nodes).
+//! - Messages kept for sleeping devices ([`Bindings::keep_message`]) live beside the
+//!   bindings, in the same backend: a Redis list per device (`stg:msg:<aor>:<key>`) or a
+//!   table of the redb file, in arrival order, capped per device, expiring.
 //! - [`Users`] holds the HA1 digests per (user, realm, algorithm) in SQL through sqlx:
 //!   SQLite by default, MariaDB or PostgreSQL by URL; the schema is in `migrations/`.
 //!

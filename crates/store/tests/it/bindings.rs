@@ -198,11 +198,53 @@ async fn semantics(b: &Bindings) {
     assert!(b.scan("nobody@*", 100).await.unwrap().is_empty());
 }
 
+/// Kept messages: per device, in order, capped, expired ones skipped, forgotten one by one.
+async fn kept_messages(b: &Bindings) {
+    let (phone, tablet) = ("erin@example.com:<urn:uuid:1>", "erin@example.com:tablet");
+    let later = now() + 3600;
+    for i in 1..=3 {
+        let m = format!("MESSAGE {i}");
+        assert!(b.keep_message(phone, later, m.as_bytes(), 3).await.unwrap());
+    }
+    assert!(
+        !b.keep_message(phone, later, b"MESSAGE 4", 3).await.unwrap(),
+        "the device's cap"
+    );
+    assert!(b.keep_message(tablet, later, b"other", 3).await.unwrap());
+    let kept = b.kept_messages(phone, now()).await.unwrap();
+    let bodies: Vec<&[u8]> = kept.iter().map(|k| &k.request[..]).collect();
+    assert_eq!(bodies, [&b"MESSAGE 1"[..], b"MESSAGE 2", b"MESSAGE 3"]);
+    assert!(kept.iter().all(|k| k.expires_at == later));
+    assert!(b.forget_message(phone, &kept[1]).await.unwrap());
+    assert!(!b.forget_message(phone, &kept[1]).await.unwrap(), "once");
+    let left: Vec<Vec<u8>> = b
+        .kept_messages(phone, now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.request)
+        .collect();
+    assert_eq!(left, [b"MESSAGE 1".to_vec(), b"MESSAGE 3".to_vec()]);
+    // After their expiry they are gone, and they no longer count against the cap.
+    assert!(b.kept_messages(phone, later + 1).await.unwrap().is_empty());
+    assert_eq!(b.kept_messages(tablet, now()).await.unwrap().len(), 1);
+    let soon = now() + 1;
+    let dev = "erin@example.com:short";
+    for _ in 0..2 {
+        assert!(b.keep_message(dev, soon, b"x", 2).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Reading drops the expired ones (Redis keeps them in the list until then).
+    assert!(b.kept_messages(dev, now()).await.unwrap().is_empty());
+    assert!(b.keep_message(dev, later, b"y", 2).await.unwrap());
+}
+
 #[tokio::test]
 async fn embedded_semantics() {
     let b = embedded().await;
     assert_eq!(b.kind(), "embedded");
     semantics(&b).await;
+    kept_messages(&b).await;
 }
 
 #[tokio::test]
@@ -213,6 +255,15 @@ async fn redis_semantics() {
         .unwrap();
     assert_eq!(b.kind(), "redis");
     semantics(&b).await;
+    kept_messages(&b).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("stg:msg:erin@example.com:tablet")
+        .query(&mut server.conn())
+        .unwrap();
+    assert!(
+        ttl > 3000,
+        "the list expires with its newest message: {ttl}"
+    );
 }
 
 #[tokio::test]
