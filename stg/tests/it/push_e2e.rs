@@ -433,13 +433,18 @@ fn woken_then_cancelled(params: &str) -> String {
 }
 
 /// A device that registers (`instance`), rings when called, and is told the call is over
-/// (CANCEL, 200, 487, ACK).
+/// (CANCEL, 200, 487, ACK). The 487 answers the INVITE, so it carries the INVITE's Vias (all
+/// of them, captured when it arrived), not the CANCEL's.
 fn rings_then_cancelled(params: &str, instance: &str) -> String {
     let register = device_scenario_with(true, None, params, instance);
     let head = register.trim_end().trim_end_matches("</scenario>");
     format!(
         r#"{head}
-  <recv request="INVITE"/>
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="Via:[^[:cntrl:]]*([[:cntrl:]]+Via:[^[:cntrl:]]*)*" search_in="msg" check_it="true" assign_to="vias"/>
+    </action>
+  </recv>
   <send>
     <![CDATA[
 
@@ -471,7 +476,7 @@ fn rings_then_cancelled(params: &str, instance: &str) -> String {
     <![CDATA[
 
       SIP/2.0 487 Request Terminated
-      [last_Via:]
+      [$vias]
       [last_From:]
       [last_To:];tag=[pid]D
       [last_Call-ID:]
@@ -936,11 +941,12 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
         pbx.report(),
         stg.log()
     );
-    stg.wait_counter(
+    let kept = stg.wait_counter(
         "stg_messages_total{result=\"kept\"}",
         3.0,
         Duration::from_secs(5),
     );
+    assert_eq!(kept, 3.0, "{}", stg.log());
     assert_eq!(
         count(&stg.log(), "push (log only"),
         3,
@@ -983,11 +989,12 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
         ["hello number 1", "hello number 2", "hello number 3"],
         "in the order they were sent"
     );
-    stg.wait_counter(
+    let delivered = stg.wait_counter(
         "stg_messages_total{result=\"delivered\"}",
         3.0,
         Duration::from_secs(5),
     );
+    assert_eq!(delivered, 3.0, "{}", stg.log());
     // Delivered means forgotten: a further registration on yet another connection gets none.
     let again = dir.join("again.xml");
     std::fs::write(
@@ -1012,4 +1019,161 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
         "nothing delivered twice"
     );
     assert!(stg.alive(), "stg died");
+}
+
+/// A node for one live device: TCP outside on `port`, the PBX inside, local registrar,
+/// push to the log, and `extra` (in `[push]`).
+fn live_device_node(name: &str, push: &str) -> (StgNode, u16, u16) {
+    let (port, inside) = (free_port(), free_port());
+    let dir = crate::harness::temp_dir(name);
+    let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    let c = node_config(port, inside, &users_url, &format!("[push]\n{push}"));
+    (StgNode::start(name, &c), port, inside)
+}
+
+/// Starts SIPp as erin's device (TCP to `port`) with scenario `xml`, and waits until stg
+/// has its binding.
+fn device_registered(stg: &StgNode, port: u16, label: &str, xml: &str, cid: &str) -> Sipp {
+    let before = stg.counter("stg_registrar_registers_total{mode=\"local\",result=\"ok\"}");
+    let sf = stg.dir.join(format!("{label}.xml"));
+    std::fs::write(&sf, xml).unwrap();
+    let device = Sipp::start(
+        &stg.dir,
+        label,
+        &sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &[
+            "-s", "erin", "-au", "erin", "-ap", PASSWORD, "-cid_str", cid,
+        ],
+    );
+    let now = stg.wait_counter(
+        "stg_registrar_registers_total{mode=\"local\",result=\"ok\"}",
+        before + 1.0,
+        Duration::from_secs(10),
+    );
+    assert!(
+        now > before,
+        "{label} did not register:\n{}",
+        device.report()
+    );
+    device
+}
+
+/// The PBX calling erin on the inside listener with scenario `xml`.
+fn pbx_calls(stg: &StgNode, inside: u16, xml: &str, cid: &str) -> Sipp {
+    let sf = stg.dir.join("caller.xml");
+    std::fs::write(&sf, xml).unwrap();
+    Sipp::start(
+        &stg.dir,
+        "caller",
+        &sf,
+        Transport::Udp,
+        addr(free_port()),
+        Some(addr(inside)),
+        &["-s", "erin", "-cid_str", cid],
+    )
+}
+
+#[test]
+fn a_device_that_rings_then_vanishes_is_pushed_and_answers_on_its_new_connection() {
+    let (stg, port, inside) = live_device_node("rang-vanished", "");
+    let cid = format!("rang-vanished-{}-%u", std::process::id());
+    // The device rings, then its app is killed (the scenario ends: the connection closes).
+    let register = device_scenario_with(true, None, &push_params(), INSTANCE);
+    let ringer_xml = format!(
+        r#"{}
+  <recv request="INVITE"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]D
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#,
+        register.trim_end().trim_end_matches("</scenario>")
+    );
+    let mut ringer = device_registered(&stg, port, "ringer", &ringer_xml, &cid);
+    let caller_xml = caller_scenario(true).replace(
+        "  <recv response=\"110\" optional=\"true\"/>\n  <recv response=\"180\" optional=\"true\"/>\n",
+        "  <recv response=\"180\"/>\n  <recv response=\"110\"/>\n  <recv response=\"180\" optional=\"true\"/>\n",
+    );
+    assert!(
+        caller_xml.contains("<recv response=\"110\"/>"),
+        "scenario edited"
+    );
+    let mut caller = pbx_calls(&stg, inside, &caller_xml, &cid);
+    ringer.expect_success(Duration::from_secs(10));
+    wait_until(
+        10,
+        "no push after the connection closed under the ringing call",
+        || count(&stg.log(), "push (log only") >= 1,
+        || format!("{}\n{}", stg.log(), caller.report()),
+    );
+    // The woken app registers on a new connection and takes the call there.
+    // Its REGISTERs share the call's Call-ID (SIPp maps the INVITE by it): CSeq goes on from
+    // the first run's, or the registrar refuses them as out of order (RFC 3261 §10.3).
+    let woken_xml = device_scenario_with(true, false, &push_params(), INSTANCE)
+        .replace("CSeq: 1 REGISTER", "CSeq: 11 REGISTER")
+        .replace("CSeq: 2 REGISTER", "CSeq: 12 REGISTER");
+    let mut woken = device_registered(&stg, port, "woken", &woken_xml, &cid);
+    let cs = caller.wait(Duration::from_secs(20));
+    let ws = woken.wait(Duration::from_secs(10));
+    assert!(
+        cs.success() && ws.success(),
+        "caller {cs}, woken {ws}\n{}\n{}\n--- stg:\n{}",
+        caller.report(),
+        woken.report(),
+        stg.log()
+    );
+    assert_eq!(count(&stg.log(), "push (log only"), 1, "pushed once");
+}
+
+#[test]
+fn the_callers_cancel_stops_a_pending_push() {
+    let (stg, port, inside) = live_device_node("cancel-no-push", "timeout = \"1s\"\n");
+    let cid = format!("cancel-no-push-{}-%u", std::process::id());
+    // The device is connected and rings, but nobody answers; the PBX gives up at once.
+    let mut device = device_registered(
+        &stg,
+        port,
+        "ringing",
+        &rings_then_cancelled(&push_params(), INSTANCE),
+        &cid,
+    );
+    let caller_xml = cancelling_caller().replace(
+        "  <recv response=\"110\"/>\n",
+        "  <recv response=\"180\"/>\n",
+    );
+    let mut caller = pbx_calls(&stg, inside, &caller_xml, &cid);
+    let cs = caller.wait(Duration::from_secs(10));
+    let ds = device.wait(Duration::from_secs(10));
+    assert!(
+        cs.success() && ds.success(),
+        "caller {cs}, device {ds}\n{}\n{}\n--- stg:\n{}",
+        caller.report(),
+        device.report(),
+        stg.log()
+    );
+    // The push timer (1 s) would have fired by now: the CANCEL stopped it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&stg.log(), "push (log only"),
+        0,
+        "no push after the caller's CANCEL:\n{}",
+        stg.log()
+    );
+    assert!(
+        !caller.messages().iter().any(|m| m.status() == Some(110)),
+        "no 110 Push sent"
+    );
 }
