@@ -1179,3 +1179,135 @@ fn flexisip_record_is_routed_along_its_path() {
         .unwrap();
     assert_eq!(status(&caller.join().unwrap()), 486);
 }
+
+// === 5. a REGISTER flood against a stalled store ===
+
+/// Redis stops answering (SIGSTOP) while REGISTERs pour in: at most 512 wait for the store
+/// (`MAX_STORE_OPS`), every other one is answered 503 with Retry-After at once and counted,
+/// memory stays put, and when Redis answers again (SIGCONT) registering works without a
+/// restart of stg.
+#[test]
+fn a_register_flood_against_a_stalled_store_is_capped_and_answered_503() {
+    let redis = RedisSrv::start();
+    let pbx = Pbx::start(3600);
+    let node = Node::start(
+        &temp_dir("regstore-flood"),
+        Ports::new(),
+        pbx.addr,
+        &format!("{}{}", through("example.com"), store_section(&redis.url())),
+    );
+    let dev = Device::new();
+    let warm = dev
+        .register("warm", "example.com", "flood-warm", 1)
+        .header("Contact", &dev.contact("warm", "flood-warm"))
+        .header("Expires", "3600");
+    assert_eq!(
+        status(&dev.transact(node.outside, &warm)),
+        200,
+        "{}",
+        node.log()
+    );
+    let signal = |sig: &str| redis.proc.as_ref().unwrap().signal(sig);
+    signal("STOP");
+    let admin: SocketAddr = format!("127.0.0.1:{}", node.ports.admin).parse().unwrap();
+    let metric = |name: &str| {
+        http_get(admin, "/metrics")
+            .and_then(|m| crate::harness::metric_in(&m, name))
+            .unwrap_or(0.0)
+    };
+    let rss_before = stg_testkit::procfs::rss_kib(node.proc.pid()).unwrap_or(0);
+    // 1,520 REGISTERs of distinct AORs from 8 addresses (each under its per-source budget
+    // of 200 requests awaiting an answer), sent without waiting: UDP, no retransmission.
+    const PER_SOURCE: usize = 190;
+    let devices: Vec<Device> = (2..10)
+        .map(|k| {
+            let sock = UdpSocket::bind(format!("127.0.0.{k}:0")).unwrap();
+            let local = sock.local_addr().unwrap();
+            Device { sock, local }
+        })
+        .collect();
+    let n = PER_SOURCE * devices.len();
+    for (k, d) in devices.iter().enumerate() {
+        for i in 0..PER_SOURCE {
+            let user = format!("flood{k}-{i}");
+            let m = d
+                .register(&user, "example.com", &format!("flood-{k}-{i}"), 1)
+                .header("Contact", &d.contact(&user, &format!("flood-{k}-{i}")))
+                .header("Expires", "3600");
+            d.sock.send_to(&m.build(), node.outside).unwrap();
+        }
+    }
+    let mut unavailable = 0;
+    let mut retry_after = 0;
+    let mut other = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for d in &devices {
+        d.sock.set_nonblocking(true).unwrap();
+    }
+    // Until every refused REGISTER has its answer, or 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unavailable < n - 512 && Instant::now() < deadline {
+        let mut got = false;
+        for d in &devices {
+            while let Ok((len, _)) = d.sock.recv_from(&mut buf) {
+                got = true;
+                let r = buf[..len].to_vec();
+                match status_code(&r) {
+                    Some(503) => {
+                        unavailable += 1;
+                        if !header_values(&r, "Retry-After").is_empty() {
+                            retry_after += 1;
+                        }
+                    }
+                    s => other.push(s),
+                }
+            }
+        }
+        if !got {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for d in &devices {
+        d.sock.set_nonblocking(false).unwrap();
+    }
+    let overloaded =
+        metric("stg_registrar_registers_total{mode=\"through\",result=\"overloaded\"}");
+    let rss_after = stg_testkit::procfs::rss_kib(node.proc.pid()).unwrap_or(0);
+    signal("CONT");
+    assert!(
+        overloaded >= (n - 512) as f64 - 10.0,
+        "at most 512 REGISTERs wait for the store: {overloaded} refused as overloaded\n{}",
+        node.log()
+    );
+    assert!(
+        unavailable as f64 >= overloaded,
+        "each refused one is answered 503 ({unavailable} 503s, {overloaded} overloaded, others {other:?})"
+    );
+    assert_eq!(retry_after, unavailable, "every 503 says when to come back");
+    assert!(
+        !other.contains(&Some(200)),
+        "no 200 while the store cannot keep the binding"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory held while the store stalls: {rss_before} → {rss_after} KiB"
+    );
+    // Redis answers again: a new registration goes through, stg was not restarted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let m = dev
+            .register("after", "example.com", &format!("flood-after-{i}"), 1)
+            .header("Contact", &dev.contact("after", "flood-after"))
+            .header("Expires", "3600");
+        if status(&dev.transact(node.outside, &m)) == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after SIGCONT:\n{}",
+            node.log()
+        );
+    }
+}
