@@ -311,9 +311,9 @@ impl Registrar {
             // its 200, so the device hears its registration is done first. A device back on
             // a new connection also gets the messages kept for it.
             for (binding, fresh) in bound {
-                if fresh {
+                if binding.wake.is_some() {
                     if let Some(m) = shared2.messages.get() {
-                        m.bound(reg.aor.clone(), binding.clone());
+                        m.bound(reg.aor.clone(), binding.clone(), fresh);
                     }
                 }
                 let aor = reg.aor.clone();

@@ -310,7 +310,6 @@ impl RedisStore {
         })
     }
 
-    /// The bans in force at `now_ms` (expired ones are dropped from the set on the way).
     /// Appends a kept message to the device's list (`stg:msg:<device>`) unless it holds
     /// `max` already; the list expires with its newest message. One script, so the cap
     /// holds with several nodes writing.
@@ -396,6 +395,7 @@ impl RedisStore {
         })
     }
 
+    /// The bans in force at `now_ms` (expired ones are dropped from the set on the way).
     pub(crate) async fn bans(&self, now_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
         with_conn!(self, conn, {
             let (_, live): ((), Vec<(String, u64)>) = redis::pipe()
@@ -710,7 +710,6 @@ fn sentinel_client(rest: &str) -> Result<SentinelClient, StoreError> {
     b.build().map_err(|e| bad(&e.to_string()))
 }
 
-/// A little randomness for retry spacing (no RNG dependency: std's hasher keys are random).
 /// A kept message's list element: `<expiry> <nonce>\n<request>`.
 fn parse_kept(element: &[u8]) -> Option<(u64, &[u8])> {
     let nl = element.iter().position(|&b| b == b'\n')?;
@@ -719,6 +718,7 @@ fn parse_kept(element: &[u8]) -> Option<(u64, &[u8])> {
     Some((expiry, &element[nl + 1..]))
 }
 
+/// A little randomness for retry spacing (no RNG dependency: std's hasher keys are random).
 fn jitter() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()

@@ -203,7 +203,12 @@ impl Proxy {
             bump(&mut self.stats.fork, "late_branch_capped");
             return;
         }
-        let over = ctx.cancelled || ctx.final_sent;
+        // A message answered 202 (or taken by another device) is still this device's until
+        // it takes it or its copy is kept: it goes out over the new connection too.
+        let message_owed = ctx.request.method() == Some(Method::Message)
+            && !ctx.stored.contains(key)
+            && !ctx.took.contains(key);
+        let over = ctx.cancelled || (ctx.final_sent && !message_owed);
         let parked = ctx
             .branches
             .iter()

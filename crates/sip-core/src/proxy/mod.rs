@@ -539,6 +539,8 @@ struct Ctx {
     accept_at: Option<Instant>,
     /// Binding keys whose copy of the message was handed to the shell to keep.
     stored: Vec<Bytes>,
+    /// Binding keys that answered 2xx (a message they took is not kept for them).
+    took: Vec<Bytes>,
 }
 
 /// What a pending resolution is for.
@@ -1207,6 +1209,7 @@ impl Proxy {
             path_flow: None,
             accept_at: None,
             stored: Vec::new(),
+            took: Vec::new(),
         };
         self.ctxs.insert(ctx_id, ctx);
         if let ReplyTo::Server(id) = server {
@@ -1673,9 +1676,18 @@ impl Proxy {
             return;
         };
         let ghost = ctx.branches.get(b as usize).is_some_and(|br| br.ghost);
+        // A message still owed to a device goes out after its sender's 202 (stored.rs).
+        let owed = ctx.request.method() == Some(Method::Message)
+            && ctx
+                .branches
+                .get(b as usize)
+                .and_then(|br| br.key.as_ref())
+                .is_some_and(|k| !ctx.stored.contains(k) && !ctx.took.contains(k));
         if !ghost
             && (ctx.cancelled
-                || ctx.final_sent && !ctx.request.method().is_some_and(|m| m == Method::Invite))
+                || ctx.final_sent
+                    && !owed
+                    && !ctx.request.method().is_some_and(|m| m == Method::Invite))
         {
             self.branch_failed(ctx_id, b, StatusCode::REQUEST_TERMINATED, now);
             return;
@@ -2121,6 +2133,9 @@ impl Proxy {
                 sent_id = Some(id);
             }
             br.state = BranchState::Done;
+            if let (true, Some(k)) = (status.is_success(), &br.key) {
+                ctx.took.push(k.clone());
+            }
         }
         if status.is_success() {
             if let (Some(id), ReplyTo::Server(server)) = (sent_id, server) {

@@ -170,7 +170,14 @@ impl Proxy {
         ) else {
             return;
         };
-        if ctx.stored.contains(&key) {
+        // Kept once; never for a device that took it, nor while another branch of the same
+        // device (its new connection) may still deliver it live.
+        let live_elsewhere = ctx.branches.iter().enumerate().any(|(i, br)| {
+            i as u32 != b
+                && br.key.as_ref() == Some(&key)
+                && matches!(br.state, BranchState::Sent(_) | BranchState::Resolving)
+        });
+        if ctx.stored.contains(&key) || ctx.took.contains(&key) || live_elsewhere {
             return;
         }
         ctx.stored.push(key.clone());

@@ -233,7 +233,7 @@ async fn kept_messages(b: &Bindings) {
     for _ in 0..2 {
         assert!(b.keep_message(dev, soon, b"x", 2).await.unwrap());
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     // Reading drops the expired ones (Redis keeps them in the list until then).
     assert!(b.kept_messages(dev, now()).await.unwrap().is_empty());
     assert!(b.keep_message(dev, later, b"y", 2).await.unwrap());

@@ -1283,3 +1283,60 @@ fn a_delivery_for_a_device_connected_elsewhere_sends_nothing() {
     assert_eq!(delivered(&outs), [(crate::proxy::DeliveryId(2), 400)]);
     assert_idle(&sim);
 }
+
+#[test]
+fn a_device_back_after_the_202_takes_the_message_on_its_new_connection_and_nothing_is_kept() {
+    // The phone's old connection looks alive but is not read: pushed at 5 s, the PBX has
+    // its 202; the phone binds again at 7 s, before the old branch's timer F.
+    let mut sim = sim();
+    message(
+        &mut sim,
+        1,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    let outs = sim.wait_ms(5_100);
+    assert_eq!(pushes(&outs).len(), 1);
+    assert_eq!(codes(&to(&outs, PBX)), [202]);
+    sim.wait_ms(2_000);
+    let back = tls("203.0.113.7:40100", 7);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, back, android()));
+    let m = to(&outs, "203.0.113.7:40100");
+    assert_eq!(m.len(), 1, "the message goes out on the new connection");
+    assert_eq!(m[0].method(), Some(Method::Message));
+    let outs = sim.input(back, answer(&m[0], 200));
+    assert!(to(&outs, PBX).is_empty(), "the PBX had its final answer");
+    // The old branch times out: the phone took the message, nothing is kept.
+    let outs = sim.wait_ms(40_000);
+    assert!(
+        stores(&outs).is_empty(),
+        "not kept for a device that took it"
+    );
+    assert!(to(&outs, PBX).is_empty());
+    sim.settle();
+    assert_idle(&sim);
+}
+
+#[test]
+fn a_device_back_after_the_202_that_vanishes_again_has_its_copy_kept_once() {
+    let mut sim = sim();
+    message(
+        &mut sim,
+        1,
+        &[binding("phone", PHONE_CONTACT, tls(PHONE, 5), android())],
+    );
+    sim.wait_ms(7_000);
+    let back = tls("203.0.113.7:40100", 7);
+    let outs = sim.bound(&binding("phone", PHONE_CONTACT_2, back, android()));
+    let (_, _, r) = tracked_send(&outs);
+    // The new connection fails too, while the old branch still waits for timer F.
+    let outs = sim.send_failed(r);
+    assert!(
+        stores(&outs).is_empty(),
+        "the old branch may still deliver it"
+    );
+    let outs = sim.wait_ms(40_000);
+    let kept = stores(&outs);
+    assert_eq!(kept.len(), 1, "kept when no branch of the device is left");
+    sim.settle();
+    assert_idle(&sim);
+}
