@@ -35,8 +35,17 @@ pub(crate) enum BanCommand {
         #[arg(long)]
         no_check_all: bool,
     },
-    /// The bans in force on the running node: scope and seconds left.
+    /// The bans in force on the running node: scope, seconds left, jail.
     List {
+        /// Only the bans of this jail (`manual`: operators', `remote`: other nodes').
+        #[arg(long)]
+        jail: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per jail: sources failing now, failures and bans since start, bans in force.
+    Status {
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -74,19 +83,49 @@ fn node_inner(
     use crate::reg_cmd::{admin_addr, enc, http, Fail};
     let addr = admin_addr(config)?;
     match cmd {
-        BanCommand::List { json } => {
-            let v = http(addr, "GET", "/guard/bans")?;
+        BanCommand::List { jail, json } => {
+            let path = match &jail {
+                Some(j) => format!("/guard/bans?jail={}", enc(j)),
+                None => "/guard/bans".to_owned(),
+            };
+            let v = http(addr, "GET", &path)?;
             if json {
                 println!("{v}");
             } else {
                 for b in v["bans"].as_array().into_iter().flatten() {
                     println!(
-                        "{}\t{}s",
+                        "{}\t{}s\t{}",
                         b["scope"].as_str().unwrap_or("?"),
-                        b["left"].as_u64().unwrap_or(0)
+                        b["left"].as_u64().unwrap_or(0),
+                        b["jail"].as_str().unwrap_or("?")
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        BanCommand::Status { json } => {
+            let v = http(addr, "GET", "/guard/status")?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            // fail2ban-client's words: currently failed, total failed, currently / total banned.
+            println!(
+                "{:<12} {:>9} {:>9} {:>8} {:>8}",
+                "jail", "failing", "failures", "banned", "bans"
+            );
+            let num = |x: &serde_json::Value| x.as_u64().map_or("-".to_owned(), |n| n.to_string());
+            for j in v["jails"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:>9} {:>9} {:>8} {:>8}",
+                    j["jail"].as_str().unwrap_or("?"),
+                    num(&j["failing"]),
+                    num(&j["failures"]),
+                    num(&j["banned"]),
+                    num(&j["bans"])
+                );
+            }
+            println!("banned now: {}", num(&v["banned"]));
             Ok(ExitCode::SUCCESS)
         }
         BanCommand::Add { ip, duration } => {

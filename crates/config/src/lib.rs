@@ -341,6 +341,50 @@ pub struct GuardSection {
     pub bantime: Duration,
     /// The longest ban a repeat offender gets. Default 7 days.
     pub max_bantime: Duration,
+    /// `[[guard.logs]]`: external log files followed, each with its filter and jail.
+    pub logs: Vec<GuardLog>,
+    /// Where filter names of `logs` and `syslog_filters` are looked up (as `NAME` or
+    /// `NAME.conf`). Default `/etc/fail2ban/filter.d`.
+    pub filter_dir: PathBuf,
+    /// How often each followed log is checked. Default 250 ms.
+    pub tail_poll: Duration,
+    /// The syslog intake (UDP and TCP on this address), for `TRUCO_KO` lines of other
+    /// hosts. Default none.
+    pub syslog_listen: Option<SocketAddr>,
+    /// Sources the intake accepts; others are dropped and counted. Default loopback.
+    pub syslog_allowed: Vec<IpNet>,
+    /// Filters every syslog message goes through. Default `["truco-ko"]`.
+    pub syslog_filters: Vec<String>,
+    /// The jail of syslog failures. Default `truco`.
+    pub syslog_jail: String,
+    /// The syslog failure that bans. Default 11.
+    pub syslog_maxretry: u32,
+    /// Most TCP connections to the intake at once. Default 64.
+    pub syslog_max_connections: usize,
+    /// Where each ban's `TRUCO_KO [<ip>] stg <jail> <time>` line is sent as a syslog
+    /// datagram (the local syslog socket); None (`""`) for nowhere. Default `/dev/log`.
+    pub ban_syslog: Option<PathBuf>,
+}
+
+/// `[[guard.logs]]`: one external log file and what to look for in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardLog {
+    /// The file (followed across rotation by rename and by truncation).
+    pub path: PathBuf,
+    /// A fail2ban filter: a path, a name in `guard.filter_dir`, or a built-in (`truco-ko`),
+    /// with fail2ban's options (`sshd.conf[mode=aggressive]`).
+    pub filter: String,
+    /// The jail its failures count in (created with the values below).
+    pub jail: String,
+    /// The failure that bans. Default 11.
+    pub maxretry: u32,
+    /// Default `guard.findtime`.
+    pub findtime: Option<Duration>,
+    /// Default `guard.bantime`.
+    pub bantime: Option<Duration>,
+    /// A file without a saved position is read from its start (its old failures count by
+    /// their dates) rather than from its end. Default false.
+    pub from_start: bool,
 }
 
 impl Default for GuardSection {
@@ -355,6 +399,22 @@ impl Default for GuardSection {
             findtime: Duration::from_secs(600),
             bantime: Duration::from_secs(3600),
             max_bantime: Duration::from_secs(7 * 86_400),
+            logs: Vec::new(),
+            filter_dir: PathBuf::from("/etc/fail2ban/filter.d"),
+            tail_poll: Duration::from_millis(250),
+            syslog_listen: None,
+            syslog_allowed: vec![
+                IpNet::V4(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::V6(ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    128,
+                )),
+            ],
+            syslog_filters: vec!["truco-ko".to_owned()],
+            syslog_jail: "truco".to_owned(),
+            syslog_maxretry: 11,
+            syslog_max_connections: 64,
+            ban_syslog: Some(PathBuf::from("/dev/log")),
         }
     }
 }

@@ -94,7 +94,41 @@ struct RawGuard {
     findtime: Option<Parse<Duration>>,
     bantime: Option<Parse<Duration>>,
     max_bantime: Option<Parse<Duration>>,
+    logs: Option<Vec<RawGuardLog>>,
+    filter_dir: Option<Parse<PathBuf>>,
+    tail_poll: Option<Parse<Duration>>,
+    syslog_listen: Option<Parse<Option<SocketAddr>>>,
+    syslog_allowed: Option<Vec<Parse<IpNet>>>,
+    syslog_filters: Option<Vec<String>>,
+    syslog_jail: Option<String>,
+    syslog_maxretry: Option<u32>,
+    syslog_max_connections: Option<usize>,
+    ban_syslog: Option<Parse<Option<PathBuf>>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[guard.logs]] table")]
+struct RawGuardLog {
+    path: Parse<PathBuf>,
+    filter: String,
+    jail: String,
+    maxretry: Option<u32>,
+    findtime: Option<Parse<Duration>>,
+    bantime: Option<Parse<Duration>>,
+    from_start: Option<bool>,
+}
+
+/// A jail name: it becomes a metric label value and a word of the `TRUCO_KO` line.
+fn jail_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The node's own jails; a log or the syslog intake cannot take their names.
+const BUILTIN_JAILS: &[&str] = &["sip", "portal", "token", "probe", "sipprobe", "manual"];
 
 impl RawGuard {
     fn convert(self) -> Result<crate::GuardSection, Invalid> {
@@ -138,6 +172,95 @@ impl RawGuard {
                 ));
             }
             g.firewall_table = t;
+        }
+        set(&mut g.filter_dir, self.filter_dir);
+        set(&mut g.tail_poll, self.tail_poll);
+        if g.tail_poll < Duration::from_millis(10) || g.tail_poll > Duration::from_secs(60) {
+            return Err(invalid("guard.tail_poll", "10ms to 60s".to_owned()));
+        }
+        set(&mut g.syslog_listen, self.syslog_listen);
+        if let Some(v) = self.syslog_allowed {
+            g.syslog_allowed = v.into_iter().map(|Parse(n)| n).collect();
+        }
+        if let Some(f) = self.syslog_filters {
+            g.syslog_filters = f;
+        }
+        if let Some(j) = self.syslog_jail {
+            g.syslog_jail = j;
+        }
+        if !jail_name_ok(&g.syslog_jail) || BUILTIN_JAILS.contains(&g.syslog_jail.as_str()) {
+            return Err(invalid(
+                "guard.syslog_jail",
+                format!(
+                    "{:?}: 1 to 32 letters, digits, '_' or '-', not one of {BUILTIN_JAILS:?}",
+                    g.syslog_jail
+                ),
+            ));
+        }
+        g.syslog_maxretry = self.syslog_maxretry.unwrap_or(g.syslog_maxretry);
+        if g.syslog_maxretry == 0 {
+            return Err(invalid("guard.syslog_maxretry", "at least 1".to_owned()));
+        }
+        g.syslog_max_connections = self
+            .syslog_max_connections
+            .unwrap_or(g.syslog_max_connections);
+        set(&mut g.ban_syslog, self.ban_syslog);
+        for (i, l) in self.logs.unwrap_or_default().into_iter().enumerate() {
+            let key = |k: &str| format!("guard.logs[{i}].{k}");
+            if !jail_name_ok(&l.jail) || BUILTIN_JAILS.contains(&l.jail.as_str()) {
+                return Err(invalid(
+                    key("jail"),
+                    format!(
+                        "{:?}: 1 to 32 letters, digits, '_' or '-', not one of {BUILTIN_JAILS:?}",
+                        l.jail
+                    ),
+                ));
+            }
+            if l.filter.trim().is_empty() {
+                return Err(invalid(key("filter"), "a filter name or file".to_owned()));
+            }
+            let log = crate::GuardLog {
+                path: l.path.0,
+                filter: l.filter,
+                jail: l.jail,
+                maxretry: l.maxretry.unwrap_or(11),
+                findtime: l.findtime.map(|Parse(d)| d),
+                bantime: l.bantime.map(|Parse(d)| d),
+                from_start: l.from_start.unwrap_or(false),
+            };
+            if log.maxretry == 0 {
+                return Err(invalid(key("maxretry"), "at least 1".to_owned()));
+            }
+            if log.findtime.is_some_and(|d| d.is_zero()) || log.bantime.is_some_and(|d| d.is_zero())
+            {
+                return Err(invalid(
+                    key("findtime"),
+                    "findtime and bantime above zero".to_owned(),
+                ));
+            }
+            if g.logs.iter().any(|o: &crate::GuardLog| o.path == log.path) {
+                return Err(invalid(
+                    key("path"),
+                    "this file is already followed".to_owned(),
+                ));
+            }
+            // Several logs may feed one jail: it is created once, so they must agree on it.
+            if let Some(o) = g.logs.iter().find(|o| o.jail == log.jail) {
+                if (o.maxretry, o.findtime, o.bantime) != (log.maxretry, log.findtime, log.bantime)
+                {
+                    return Err(invalid(
+                        key("jail"),
+                        format!(
+                            "jail {:?} is defined with other values by an earlier log",
+                            log.jail
+                        ),
+                    ));
+                }
+            }
+            if log.jail == g.syslog_jail && g.syslog_listen.is_some() {
+                return Err(invalid(key("jail"), "the syslog intake's jail".to_owned()));
+            }
+            g.logs.push(log);
         }
         Ok(g)
     }

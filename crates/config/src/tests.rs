@@ -831,3 +831,77 @@ fn push_errors_name_their_key() {
         "unknown key",
     );
 }
+
+// === guard inputs ===
+
+#[test]
+fn guard_logs_and_syslog_intake() {
+    let c = parse(
+        "[guard]\nsyslog_listen = \"127.0.0.1:5514\"\nsyslog_allowed = [\"10.0.0.0/8\"]\n\
+         [[guard.logs]]\npath = \"/var/log/auth.log\"\nfilter = \"sshd[mode=aggressive]\"\n\
+         jail = \"ssh\"\nmaxretry = 5\nfindtime = \"1m\"\n\
+         [[guard.logs]]\npath = \"/var/log/auth.log.other\"\nfilter = \"sshd\"\njail = \"ssh\"\n\
+         maxretry = 5\nfindtime = \"1m\"\n",
+    );
+    let g = &c.guard;
+    assert_eq!(g.syslog_listen, Some("127.0.0.1:5514".parse().unwrap()));
+    assert_eq!(
+        g.syslog_allowed,
+        vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(g.logs.len(), 2);
+    assert_eq!(g.logs[0].filter, "sshd[mode=aggressive]");
+    assert_eq!(
+        (
+            g.logs[0].maxretry,
+            g.logs[0].findtime,
+            g.logs[0].bantime,
+            g.logs[0].from_start
+        ),
+        (5, Some(Duration::from_secs(60)), None, false)
+    );
+    assert_eq!(
+        parse("[[guard.logs]]\npath = \"/x\"\nfilter = \"truco-ko\"\njail = \"x\"\n")
+            .guard
+            .logs[0]
+            .maxretry,
+        11
+    );
+    let log =
+        |extra: &str| format!("[[guard.logs]]\npath = \"/x\"\nfilter = \"truco-ko\"\n{extra}");
+    assert_invalid(&log("jail = \"sip\"\n"), "guard.logs[0].jail", "not one of");
+    assert_invalid(&log("jail = \"a b\"\n"), "guard.logs[0].jail", "letters");
+    assert_invalid(
+        &log("jail = \"x\"\nmaxretry = 0\n"),
+        "guard.logs[0].maxretry",
+        "at least 1",
+    );
+    assert_invalid(
+        &format!("{}{}", log("jail = \"x\"\n"), log("jail = \"y\"\n")),
+        "guard.logs[1].path",
+        "already followed",
+    );
+    assert_invalid(
+        &format!(
+            "{}[[guard.logs]]\npath = \"/y\"\nfilter = \"truco-ko\"\njail = \"x\"\nmaxretry = 3\n",
+            log("jail = \"x\"\n")
+        ),
+        "guard.logs[1].jail",
+        "other values",
+    );
+    assert_invalid(
+        &log("jail = \"x\"\nfilte = 1\n"),
+        "guard.logs[0].filte",
+        "unknown key",
+    );
+    assert_invalid(
+        "[guard]\nsyslog_jail = \"probe\"\n",
+        "guard.syslog_jail",
+        "not one of",
+    );
+    assert_invalid(
+        "[guard]\ntail_poll = \"1ms\"\n",
+        "guard.tail_poll",
+        "10ms to 60s",
+    );
+}

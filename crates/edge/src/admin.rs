@@ -6,7 +6,10 @@
 //!   (`user@host`) matching a Redis glob, sorted;
 //! - `GET /registrar/aor/<aor>`: the AOR's raw hash, `{field: value}` (`{}` when absent);
 //! - `DELETE /registrar/aor/<aor>[?field=F]`: `{"removed": bool}`;
-//! - `GET /guard/bans`: `{"bans": [{"scope": "192.0.2.7/32", "left": secs}, ..]}`;
+//! - `GET /guard/bans[?jail=J]`: `{"bans": [{"scope": "192.0.2.7/32", "left": secs,
+//!   "jail": "sip"}, ..]}` (`jail`: `manual`, `remote` from another node, `?` unknown);
+//! - `GET /guard/status`: `{"jails": [{"jail", "failing", "failures", "banned", "bans"}],
+//!   "banned": n}` (sources failing now, failures and bans since start, bans in force);
 //! - `PUT /guard/bans/<ip or prefix>?for=SECS` (default 3600): ban;
 //! - `DELETE /guard/bans/<ip or prefix>`: `{"removed": bool}`.
 //!
@@ -142,6 +145,13 @@ async fn respond(
         return Reply::text("400 Bad Request", "bad request line\n");
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path == "/guard/status" {
+        if method != "GET" {
+            return Reply::text("405 Method Not Allowed", "GET only\n");
+        }
+        let bans = shared.bans.list();
+        return Reply::json("200 OK", &shared.bans.status.json(&bans));
+    }
     if let Some(rest) = path.strip_prefix("/guard/bans") {
         return bans(method, rest, query, shared);
     }
@@ -187,11 +197,23 @@ fn bans(method: &str, rest: &str, query: &str, shared: &crate::conn::Shared) -> 
         if method != "GET" {
             return Reply::text("405 Method Not Allowed", "GET only\n");
         }
+        let want = parse_query(query)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == "jail")
+            .map(|(_, v)| v);
         let list: Vec<serde_json::Value> = shared
             .bans
             .list()
             .into_iter()
-            .map(|(n, left)| json!({ "scope": n.to_string(), "left": left.as_secs() }))
+            .map(|(n, left)| {
+                let jail = shared.bans.status.jail_of(n).unwrap_or_else(|| "?".to_owned());
+                (n, left, jail)
+            })
+            .filter(|(_, _, jail)| want.as_ref().is_none_or(|w| w == jail))
+            .map(|(n, left, jail)| {
+                json!({ "scope": n.to_string(), "left": left.as_secs(), "jail": jail })
+            })
             .collect();
         return Reply::json("200 OK", &json!({ "bans": list }));
     }

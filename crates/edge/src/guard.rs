@@ -42,6 +42,8 @@ pub(crate) struct Bans {
     firewall: OnceLock<Arc<stg_firewall::Firewall>>,
     /// The cluster's store (Redis): bans decided here are published, others' arrive.
     store: OnceLock<stg_store::Bindings>,
+    /// Jails' figures, who banned what, ban lines to syslog (`guard_inputs`).
+    pub(crate) status: crate::guard_inputs::Status,
 }
 
 impl Bans {
@@ -121,6 +123,7 @@ impl Bans {
             return false;
         }
         self.share(scope, Some(duration), "manual");
+        self.status.banned("manual", scope);
         tracing::warn!(target: "stg::guard", "TRUCO_KO [{}] stg manual {}", scope.addr(), clock_time());
         tracing::warn!(target: "stg::guard", "[manual] Ban {scope}");
         shared.close_from(|a| scope.contains(&a.to_canonical()));
@@ -199,6 +202,7 @@ impl Bans {
         }
         metrics::counter!("stg_guard_bans_received_total").increment(1);
         if self.insert(scope, until) {
+            self.status.banned("remote", scope);
             self.to_firewall(stg_firewall::Change::Ban {
                 net: scope,
                 timeout: left,
@@ -273,7 +277,9 @@ pub(crate) async fn start(
             }
             j
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut jails = jails;
+    jails.extend(crate::guard_inputs::jails(g, &ignore));
     let guard_cfg = GuardConfig {
         jails,
         node: cfg.node.id.clone().unwrap_or_else(|| "stg".to_owned()),
@@ -325,7 +331,9 @@ pub(crate) async fn start(
         }
     }
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let _ = shared.bans.events.set(tx);
+    let _ = shared.bans.events.set(tx.clone());
+    crate::guard_inputs::start(shared, tx).await?;
+    shared.bans.status.record(engine.jail_stats());
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -341,7 +349,9 @@ pub(crate) async fn start(
                     if let Some(c) = counted {
                         cluster_count.store(c.max(1), Ordering::Relaxed);
                     }
-                    let Some(d) = engine.failure(now, &ev) else { continue };
+                    let decided = engine.failure(now, &ev);
+                    shared.bans.status.record(engine.jail_stats());
+                    let Some(d) = decided else { continue };
                     if counted.is_some() {
                         if let Some(store) = shared.bans.store.get().cloned() {
                             let (jail, scope) = (d.jail.clone(), d.scope.to_string());
@@ -354,6 +364,7 @@ pub(crate) async fn start(
                 }
                 _ = tick.tick() => {
                     engine.tick(crate::now());
+                    shared.bans.status.record(engine.jail_stats());
                     shared.bans.expire();
                     ticks += 1;
                     if ticks.is_multiple_of(3) {
@@ -377,6 +388,7 @@ fn ban(
         return;
     }
     metrics::counter!("stg_guard_bans_total", "jail" => jail_label(&d.jail)).increment(1);
+    shared.bans.status.banned(&d.jail, d.scope);
     let ip = d.scope.addr();
     let time = clock_time();
     // The operators' convention (the seed's fail2ban filters read it), then fail2ban's own.
@@ -442,6 +454,10 @@ impl stg_guard::CounterStore for ClusterCounters {
 
     fn stats(&self) -> stg_guard::CounterStats {
         self.local.stats()
+    }
+
+    fn live(&self, jail: &str) -> Option<usize> {
+        self.local.live(jail)
     }
 }
 

@@ -24,6 +24,7 @@
 mod admin;
 mod conn;
 mod guard;
+mod guard_inputs;
 mod limits;
 mod messages;
 mod node;

@@ -253,6 +253,11 @@ pub trait CounterStore {
     fn expire(&mut self, now: Instant, window_of: &dyn Fn(&str) -> Option<Duration>);
     /// Figures for metrics.
     fn stats(&self) -> CounterStats;
+    /// How many scopes of `jail` have failures counted now, when the store knows it
+    /// (`stg ban status`).
+    fn live(&self, _jail: &str) -> Option<usize> {
+        None
+    }
 }
 
 /// In-process counters: a bounded table of the latest failure times per key.
@@ -265,6 +270,8 @@ pub struct MemoryCounters {
     max: usize,
     evictions: u64,
     expired: u64,
+    /// Live counters per jail.
+    per_jail: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -283,6 +290,13 @@ impl MemoryCounters {
             max: max.max(1),
             evictions: 0,
             expired: 0,
+            per_jail: HashMap::new(),
+        }
+    }
+
+    fn forget(per_jail: &mut HashMap<String, usize>, jail: &str) {
+        if let Some(n) = per_jail.get_mut(jail) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -307,9 +321,11 @@ impl CounterStore for MemoryCounters {
                 };
                 if self.entries.get(&old).is_some_and(|e| e.seq == s) {
                     self.entries.remove(&old);
+                    Self::forget(&mut self.per_jail, &old.jail);
                     self.evictions += 1;
                 }
             }
+            *self.per_jail.entry(key.jail.clone()).or_default() += 1;
         }
         let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             times: VecDeque::new(),
@@ -332,16 +348,24 @@ impl CounterStore for MemoryCounters {
     }
 
     fn clear(&mut self, key: &CounterKey) {
-        self.entries.remove(key);
+        if self.entries.remove(key).is_some() {
+            Self::forget(&mut self.per_jail, &key.jail);
+        }
     }
 
     fn expire(&mut self, now: Instant, window_of: &dyn Fn(&str) -> Option<Duration>) {
         let before = self.entries.len();
+        let per_jail = &mut self.per_jail;
         self.entries.retain(|k, e| {
             let w = window_of(&k.jail).unwrap_or(Duration::ZERO);
-            e.times
+            let keep = e
+                .times
                 .back()
-                .is_some_and(|t| now.saturating_duration_since(*t) < w)
+                .is_some_and(|t| now.saturating_duration_since(*t) < w);
+            if !keep {
+                Self::forget(per_jail, &k.jail);
+            }
+            keep
         });
         self.expired += (before - self.entries.len()) as u64;
         self.compact();
@@ -354,6 +378,23 @@ impl CounterStore for MemoryCounters {
             expired: self.expired,
         }
     }
+
+    fn live(&self, jail: &str) -> Option<usize> {
+        Some(self.per_jail.get(jail).copied().unwrap_or(0))
+    }
+}
+
+/// One jail's figures (`stg ban status`, as fail2ban's `status <jail>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JailStats {
+    /// The jail.
+    pub name: String,
+    /// Scopes with failures counted now (`None`: the counter store cannot tell).
+    pub failing: Option<usize>,
+    /// Failures counted since start.
+    pub failures: u64,
+    /// Bans decided since start.
+    pub bans: u64,
 }
 
 /// Engine figures for metrics.
@@ -392,6 +433,8 @@ pub struct Engine<C: CounterStore = MemoryCounters> {
     max_offenders: usize,
     node: String,
     stats: Stats,
+    /// Per jail (same order as `jails`): failures counted, bans decided.
+    totals: Vec<(u64, u64)>,
 }
 
 impl Engine<MemoryCounters> {
@@ -406,12 +449,13 @@ impl<C: CounterStore> Engine<C> {
     /// An engine over another counter store (a cluster-wide one).
     pub fn with_counters(config: GuardConfig, counters: C) -> Self {
         Self {
-            jails: config.jails,
             counters,
             offenders: HashMap::new(),
             max_offenders: config.max_entries.max(1),
             node: config.node,
             stats: Stats::default(),
+            totals: vec![(0, 0); config.jails.len()],
+            jails: config.jails,
         }
     }
 
@@ -423,10 +467,11 @@ impl<C: CounterStore> Engine<C> {
     /// Counts one failure; returns the ban it decides, if any.
     pub fn failure(&mut self, now: Instant, ev: &Event) -> Option<Decision> {
         let name = ev.kind.jail();
-        let Some(jail) = self.jails.iter().find(|j| j.name == name) else {
+        let Some(ji) = self.jails.iter().position(|j| j.name == name) else {
             self.stats.unknown_jail += 1;
             return None;
         };
+        let jail = &self.jails[ji];
         if jail.ignores(ev.source) {
             self.stats.ignored += 1;
             return None;
@@ -444,6 +489,7 @@ impl<C: CounterStore> Engine<C> {
             return None;
         }
         self.stats.failures += 1;
+        self.totals[ji].0 += 1;
         let count = self
             .counters
             .add(&key, ev.at, jail.findtime, jail.maxretry as usize);
@@ -504,6 +550,7 @@ impl<C: CounterStore> Engine<C> {
             },
         );
         self.stats.bans += 1;
+        self.totals[ji].1 += 1;
         Some(decision)
     }
 
@@ -520,6 +567,20 @@ impl<C: CounterStore> Engine<C> {
                 .map_or(Duration::ZERO, |i| i.forget_after);
             o.banned_until > now || now.saturating_duration_since(o.last_ban) < forget
         });
+    }
+
+    /// Each jail's figures, in configuration order.
+    pub fn jail_stats(&self) -> Vec<JailStats> {
+        self.jails
+            .iter()
+            .zip(&self.totals)
+            .map(|(j, &(failures, bans))| JailStats {
+                name: j.name.clone(),
+                failing: self.counters.live(&j.name),
+                failures,
+                bans,
+            })
+            .collect()
     }
 
     /// Figures for metrics.
@@ -723,6 +784,26 @@ mod tests {
             assert_eq!(e.failure(at, &ev(&last, Kind::SipAuth, at)), None);
         }
         assert!(e.failure(at, &ev(&last, Kind::SipAuth, at)).is_some());
+    }
+
+    #[test]
+    fn jail_stats_count_failing_sources_failures_and_bans() {
+        let t = t0();
+        let mut e = engine();
+        for i in 0..11 {
+            let at = t + Duration::from_millis(i);
+            e.failure(at, &ev("192.0.2.20", Kind::SipAuth, at));
+        }
+        e.failure(t, &ev("192.0.2.21", Kind::SipAuth, t));
+        e.failure(t, &ev("192.0.2.22", Kind::Probe, t));
+        let s = e.jail_stats();
+        let sip = s.iter().find(|j| j.name == "sip").unwrap();
+        // The banned source's counter went with its ban: one source is failing now.
+        assert_eq!((sip.failing, sip.failures, sip.bans), (Some(1), 12, 1));
+        let probe = s.iter().find(|j| j.name == "probe").unwrap();
+        assert_eq!((probe.failing, probe.failures, probe.bans), (Some(1), 1, 0));
+        e.tick(t + Duration::from_secs(3600));
+        assert!(e.jail_stats().iter().all(|j| j.failing == Some(0)));
     }
 
     #[test]

@@ -27,10 +27,12 @@
 
 mod engine;
 pub mod f2b;
+pub mod syslog;
+pub mod tail;
 
 pub use engine::{
     CounterKey, CounterStats, CounterStore, Decision, Engine, Event, GuardConfig, Increment, Jail,
-    Kind, MemoryCounters, Stats,
+    JailStats, Kind, MemoryCounters, Stats,
 };
 pub use ipnet::IpNet;
 

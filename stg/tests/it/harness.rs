@@ -53,7 +53,12 @@ impl StgNode {
 
     /// [`Self::start`] with a log level and a wrapper command.
     pub(crate) fn start_with(name: &str, config: &str, opts: StgOpts<'_>) -> Self {
-        let dir = temp_dir(name);
+        Self::start_in(temp_dir(name), config, opts)
+    }
+
+    /// [`Self::start_with`] in a given directory: a node started again in the directory of
+    /// a stopped one finds its data dir (a restart).
+    pub(crate) fn start_in(dir: PathBuf, config: &str, opts: StgOpts<'_>) -> Self {
         let admin_port = free_port();
         let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let full = format!(

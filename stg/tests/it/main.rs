@@ -8,6 +8,7 @@ mod cli;
 mod cli_registrar;
 mod dns;
 mod guard_e2e;
+mod guard_inputs;
 // Shared helpers: not every test module uses every one of them.
 #[allow(dead_code)]
 mod harness;
