@@ -1,6 +1,7 @@
-//! `stg user add|passwd|rm|list`: SIP digest credentials of local-mode registrar domains, in
-//! the SQL database of `[store] users_url` (SQLite in `node.data_dir` by default). Each
-//! user gets one HA1 per algorithm (MD5 and SHA-256) for its realm; the password itself is
+//! `stg user add|passwd|rm|list`: credentials of local-mode registrar domains and of the
+//! portal, in the SQL database of `[store] users_url` (SQLite in `node.data_dir` by default).
+//! Each user gets one HA1 per algorithm (MD5 and SHA-256) for its realm, and an argon2id hash
+//! of the same password for portal logins (cost from `[portal]`); the password itself is
 //! never stored nor printed.
 
 use std::io::BufRead;
@@ -79,7 +80,9 @@ async fn run_inner(config: &Config, command: UserCommand) -> Result<(), Fail> {
             check("user", &a.user)?;
             let realm = realm_of(config, a.realm.as_deref())?;
             let password = password(&a.password)?;
-            Some((realm, password))
+            // One hash, tens of milliseconds: blocking this command's runtime is harmless.
+            let phc = portal_hash(config, &password)?;
+            Some((realm, password, phc))
         }
         UserCommand::Rm { user, realm } => {
             check("user", user)?;
@@ -101,11 +104,11 @@ async fn run_inner(config: &Config, command: UserCommand) -> Result<(), Fail> {
 async fn exec(
     users: &Users,
     command: UserCommand,
-    prepared: Option<(String, String)>,
+    prepared: Option<(String, String, String)>,
 ) -> Result<(), Fail> {
     let db = |e: stg_store::StoreError| (exit::UNAVAILABLE, e.to_string());
     match (command, prepared) {
-        (UserCommand::Add(a), Some((realm, pw))) => {
+        (UserCommand::Add(a), Some((realm, pw, phc))) => {
             if exists(users, &a.user, &realm).await? {
                 return Err((
                     1,
@@ -115,18 +118,18 @@ async fn exec(
                     ),
                 ));
             }
-            store(users, &a.user, &realm, &pw).await?;
-            println!("added {} in realm {realm} (MD5, SHA-256)", a.user);
+            store(users, &a.user, &realm, &pw, &phc).await?;
+            println!("added {} in realm {realm} (MD5, SHA-256, portal)", a.user);
             Ok(())
         }
-        (UserCommand::Passwd(a), Some((realm, pw))) => {
+        (UserCommand::Passwd(a), Some((realm, pw, phc))) => {
             if !exists(users, &a.user, &realm).await? {
                 return Err((
                     1,
                     format!("no user {} in realm {realm} (use `stg user add`)", a.user),
                 ));
             }
-            store(users, &a.user, &realm, &pw).await?;
+            store(users, &a.user, &realm, &pw, &phc).await?;
             println!("changed the password of {} in realm {realm}", a.user);
             Ok(())
         }
@@ -175,14 +178,20 @@ async fn exists(users: &Users, user: &str, realm: &str) -> Result<bool, Fail> {
         .any(|(u, r)| u == user && r == realm))
 }
 
-/// Stores the user's HA1 for every algorithm (MD5 and SHA-256).
-async fn store(users: &Users, user: &str, realm: &str, password: &str) -> Result<(), Fail> {
+/// Stores the user's HA1 for every algorithm (MD5 and SHA-256) and the portal hash.
+async fn store(
+    users: &Users,
+    user: &str,
+    realm: &str,
+    password: &str,
+    phc: &str,
+) -> Result<(), Fail> {
     let ha1s: Vec<(&str, String)> = [Algorithm::Md5, Algorithm::Sha256]
         .into_iter()
         .map(|a| (a.name(), stg_auth::ha1(a, user, realm, password)))
         .collect();
     users
-        .set(user, realm, &ha1s)
+        .set_with_password(user, realm, &ha1s, Some(phc))
         .await
         .map_err(|e| (exit::UNAVAILABLE, e.to_string()))
 }
@@ -221,6 +230,20 @@ fn check(what: &str, v: &str) -> Result<(), Fail> {
         ));
     }
     Ok(())
+}
+
+/// The argon2id hash of `password` for portal logins, at the cost `[portal]` sets.
+fn portal_hash(config: &Config, password: &str) -> Result<String, Fail> {
+    let p = &config.portal;
+    let params = stg_auth::PasswordParams {
+        m_kib: p.argon2_memory_kib,
+        t: p.argon2_iterations,
+        p: p.argon2_parallelism,
+    };
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|e| (exit::SOFTWARE, format!("no randomness for the salt: {e}")))?;
+    stg_auth::hash_password(password, &salt, params).map_err(|e| (exit::USAGE, e.to_string()))
 }
 
 fn password(p: &PasswordArgs) -> Result<String, Fail> {

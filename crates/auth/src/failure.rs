@@ -27,6 +27,8 @@ pub enum FailReason {
     UnknownUser,
     /// The credentials are for another realm than the one challenged.
     WrongRealm,
+    /// Portal: the password does not match the stored argon2 hash.
+    WrongPassword,
     /// The response does not match the stored HA1: a wrong password.
     WrongResponse,
     /// Valid credentials of one user for another user's identity (a REGISTER for someone
@@ -47,6 +49,7 @@ impl FailReason {
             Self::PbxRejected => "pbx_rejected",
             Self::ReplayedNonce => "replayed_nonce",
             Self::UnknownUser => "unknown_user",
+            Self::WrongPassword => "wrong_password",
             Self::WrongRealm => "wrong_realm",
             Self::WrongResponse => "wrong_response",
         }
@@ -70,7 +73,7 @@ impl fmt::Display for FailReason {
 pub struct AuthFailure {
     /// Source address of the request (after PROXY protocol, i.e. the real client).
     pub ip: IpAddr,
-    /// Which service refused: `"sip"` here, `"web"` for the portal.
+    /// Which service refused: `"sip"`, `"portal"` (login), `"token"` (a protected route).
     pub service: &'static str,
     /// A [`FailReason::as_str`] token (or another crate's own token).
     pub reason: &'static str,
@@ -89,6 +92,27 @@ impl AuthFailure {
             service: "sip",
             reason: reason.as_str(),
             user: user.chars().take(Self::MAX_USER).collect(),
+        }
+    }
+
+    /// A failed portal login: `TRUCO_KO <ip> portal <reason> <user>`, the reason being
+    /// [`FailReason::WrongPassword`] or [`FailReason::UnknownUser`] (the answer is the same
+    /// for both; only the log tells them apart).
+    pub fn portal(ip: IpAddr, reason: FailReason, user: &str) -> Self {
+        Self {
+            service: "portal",
+            ..Self::sip(ip, reason, user)
+        }
+    }
+
+    /// A protected route reached with a token we never issued (forged, tampered with,
+    /// garbage): `TRUCO_KO <ip> token invalido -`, the seed's wording.
+    pub fn invalid_token(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            service: "token",
+            reason: "invalido",
+            user: String::new(),
         }
     }
 }
@@ -161,6 +185,17 @@ mod tests {
     }
 
     #[test]
+    fn portal_lines() {
+        let f = AuthFailure::portal(ip(), FailReason::WrongPassword, "bob");
+        assert_eq!(
+            f.to_string(),
+            "TRUCO_KO 192.0.2.7 portal wrong_password bob"
+        );
+        let f = AuthFailure::invalid_token(ip());
+        assert_eq!(f.to_string(), "TRUCO_KO 192.0.2.7 token invalido -");
+    }
+
+    #[test]
     fn user_is_capped() {
         let long = "x".repeat(1000);
         let f = AuthFailure::sip(ip(), FailReason::WrongResponse, &long);
@@ -185,8 +220,10 @@ mod tests {
             PbxRejected,
             ReplayedNonce,
             UnknownUser,
+            WrongPassword,
             WrongRealm,
             WrongResponse,
+            WrongIdentity,
         ] {
             let s = r.as_str();
             assert!(

@@ -1,5 +1,6 @@
 //! Authentication for stg, sans-IO: SIP digest (RFC 3261 §22, RFC 7616 with RFC 8760's
-//! SHA-256) for the local registrar and for requests a domain wants authenticated, and the
+//! SHA-256) for the local registrar and for requests a domain wants authenticated, the
+//! portal's argon2id passwords ([`password`]) and signed session tokens ([`token`]), and the
 //! [`AuthFailure`] event that every failed attempt becomes.
 //!
 //! # How it fits
@@ -12,7 +13,9 @@
 //! counts, so the log and the ban counter cannot drift.
 //!
 //! # Invariants
-//! - No clock, no RNG, no I/O: `now` and the random part of each nonce are arguments.
+//! - No clock, no RNG, no I/O: `now` and the random part of each nonce, salt and token id
+//!   are arguments. Argon2 hashing is CPU work that blocks for tens of milliseconds: the
+//!   caller runs it off its async runtime, a bounded number at a time.
 //! - Issuing a nonce costs no memory (it carries its time and a MAC); only nonces that were
 //!   used successfully are remembered, in a table bounded by [`DigestConfig::max_nonces`].
 //!   A nonce that was forgotten is answered [`Verdict::Stale`], never accepted twice.
@@ -24,6 +27,8 @@
 mod credentials;
 mod digest;
 mod failure;
+pub mod password;
+pub mod token;
 
 use std::fmt::Write as _;
 
@@ -32,6 +37,8 @@ use stg_sip_msg::Message;
 pub use credentials::Credentials;
 pub use digest::{Digest, DigestConfig, Verdict};
 pub use failure::{AuthFailure, FailReason};
+pub use password::{hash_password, PasswordCheck, PasswordError, PasswordParams, Passwords};
+pub use token::{Session, TokenError, TokenKey};
 
 /// A digest algorithm (RFC 7616 §3.3, RFC 8760 §2). The `-sess` variants are not offered:
 /// SIP clients rarely implement them and they add nothing against an offline guess.

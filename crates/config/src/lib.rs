@@ -53,6 +53,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub push: PushConfig,
     pub guard: GuardSection,
+    pub portal: PortalConfig,
 }
 
 /// `[node]`: who this node is.
@@ -416,6 +417,81 @@ impl Default for GuardSection {
             syslog_max_connections: 64,
             ban_syslog: Some(PathBuf::from("/dev/log")),
         }
+    }
+}
+
+/// `[portal]`: the authentication service (the Sercen role): login page and API, session
+/// tokens, the token check for internal services. It has no listener of its own: the web
+/// front serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalConfig {
+    /// The realm whose users log in (the users table is per realm). "": the same default as
+    /// `stg user add` (`registrar.realm`, else the first registrar domain that is not `*`),
+    /// and when there is none, whichever realm the user has a portal password in. Default "".
+    pub realm: String,
+    /// Where a browser goes after logging in: a path on this site (never another site: no
+    /// open redirect). Default `/`.
+    pub landing_page: String,
+    /// How long a session token is accepted. Default 8 h (a working day).
+    pub token_lifetime: Duration,
+    /// The session cookie's name (an RFC 6265 token). Default `stg_session`.
+    pub cookie_name: String,
+    /// The token signing secret (at least 32 bytes, the whole file), created 0600 with 32
+    /// random bytes when missing; copy it to every node of a cluster so that any node
+    /// accepts a token issued by another. Default `<node.data_dir>/portal.key`.
+    pub key_file: Option<PathBuf>,
+    /// argon2id memory cost of new password hashes, KiB. Default 19456 (19 MiB).
+    pub argon2_memory_kib: u32,
+    /// argon2id passes. Default 2.
+    pub argon2_iterations: u32,
+    /// argon2id lanes. Default 1.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (each holds a core and `argon2_memory_kib` for tens
+    /// of milliseconds). Default 1: a login flood cannot take the SIP core's CPU.
+    pub max_hashing: usize,
+    /// Logins waiting for a hashing slot; beyond it a login is answered 503 at once.
+    /// Default 64.
+    pub max_waiting: usize,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            realm: String::new(),
+            landing_page: "/".to_owned(),
+            token_lifetime: Duration::from_secs(8 * 3600),
+            cookie_name: "stg_session".to_owned(),
+            key_file: None,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_hashing: 1,
+            max_waiting: 64,
+        }
+    }
+}
+
+impl Config {
+    /// The token signing secret's file: `portal.key_file`, else `<node.data_dir>/portal.key`.
+    pub fn portal_key_file(&self) -> PathBuf {
+        self.portal
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("portal.key"))
+    }
+
+    /// The realm of portal logins (see [`PortalConfig::realm`]); `None`: any realm.
+    pub fn portal_realm(&self) -> Option<String> {
+        Some(self.portal.realm.clone())
+            .filter(|r| !r.is_empty())
+            .or_else(|| Some(self.registrar.realm.clone()).filter(|r| !r.is_empty()))
+            .or_else(|| {
+                self.registrar
+                    .domains
+                    .iter()
+                    .find(|d| d.name != "*")
+                    .map(|d| d.name.clone())
+            })
     }
 }
 

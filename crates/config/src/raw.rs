@@ -57,6 +57,7 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         store: raw.store.convert()?,
         push: raw.push.convert()?,
         guard: raw.guard.convert()?,
+        portal: raw.portal.convert()?,
     })
 }
 
@@ -80,6 +81,88 @@ struct RawConfig {
     store: RawStore,
     push: RawPush,
     guard: RawGuard,
+    portal: RawPortal,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "the [portal] table")]
+struct RawPortal {
+    realm: Option<String>,
+    landing_page: Option<String>,
+    token_lifetime: Option<Parse<Duration>>,
+    cookie_name: Option<String>,
+    key_file: Option<Parse<Option<PathBuf>>>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    argon2_parallelism: Option<u32>,
+    max_hashing: Option<usize>,
+    max_waiting: Option<usize>,
+}
+
+impl RawPortal {
+    fn convert(self) -> Result<crate::PortalConfig, Invalid> {
+        let mut p = crate::PortalConfig::default();
+        if let Some(r) = self.realm {
+            p.realm = r.trim().to_owned();
+        }
+        if let Some(l) = self.landing_page {
+            p.landing_page = l.trim().to_owned();
+        }
+        // A path on this site: "//host" and "/\\host" are other sites to browsers.
+        let l = &p.landing_page;
+        if !l.starts_with('/')
+            || l.starts_with("//")
+            || l.starts_with("/\\")
+            || l.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(invalid(
+                "portal.landing_page",
+                format!("{l:?} is not a path on this site (write e.g. \"/\" or \"/app/\")"),
+            ));
+        }
+        set(&mut p.token_lifetime, self.token_lifetime);
+        if p.token_lifetime < Duration::from_secs(60) {
+            return Err(invalid("portal.token_lifetime", "at least 1m"));
+        }
+        if let Some(c) = self.cookie_name {
+            p.cookie_name = c.trim().to_owned();
+        }
+        let cookie_ok = !p.cookie_name.is_empty()
+            && p.cookie_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        if !cookie_ok {
+            return Err(invalid(
+                "portal.cookie_name",
+                "letters, digits and !#$%&'*+-.^_`|~ only (an RFC 6265 token)",
+            ));
+        }
+        set(&mut p.key_file, self.key_file);
+        p.argon2_memory_kib = self.argon2_memory_kib.unwrap_or(p.argon2_memory_kib);
+        p.argon2_iterations = self.argon2_iterations.unwrap_or(p.argon2_iterations);
+        p.argon2_parallelism = self.argon2_parallelism.unwrap_or(p.argon2_parallelism);
+        // argon2's own bounds (m >= 8 KiB per lane), and ours: one login must not take
+        // more than 256 MiB, 16 passes or 8 cores.
+        if !(1..=8).contains(&p.argon2_parallelism) {
+            return Err(invalid("portal.argon2_parallelism", "from 1 to 8"));
+        }
+        if !(1..=16).contains(&p.argon2_iterations) {
+            return Err(invalid("portal.argon2_iterations", "from 1 to 16"));
+        }
+        let min_m = 8 * p.argon2_parallelism;
+        if !(min_m..=256 * 1024).contains(&p.argon2_memory_kib) {
+            return Err(invalid(
+                "portal.argon2_memory_kib",
+                format!("from {min_m} (8 per lane) to 262144 (256 MiB)"),
+            ));
+        }
+        p.max_hashing = self.max_hashing.unwrap_or(p.max_hashing);
+        if p.max_hashing == 0 {
+            return Err(invalid("portal.max_hashing", "at least 1"));
+        }
+        p.max_waiting = self.max_waiting.unwrap_or(p.max_waiting);
+        Ok(p)
+    }
 }
 
 #[derive(Default, Deserialize)]

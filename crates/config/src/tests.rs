@@ -1,5 +1,5 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::text::FromText;
@@ -904,4 +904,84 @@ fn guard_logs_and_syslog_intake() {
         "guard.tail_poll",
         "10ms to 60s",
     );
+
+// === [portal] ===
+
+#[test]
+fn portal_section() {
+    let c = parse(
+        "[node]\ndata_dir = \"/srv/stg\"\n[portal]\nlanding_page = \"/app/\"\n\
+         token_lifetime = \"30m\"\ncookie_name = \"sid\"\nargon2_memory_kib = 65536\n\
+         max_hashing = 2\nmax_waiting = 0\n",
+    );
+    assert_eq!(c.portal.landing_page, "/app/");
+    assert_eq!(c.portal.token_lifetime, Duration::from_secs(1800));
+    assert_eq!(c.portal.cookie_name, "sid");
+    assert_eq!(c.portal.argon2_memory_kib, 65536);
+    assert_eq!((c.portal.max_hashing, c.portal.max_waiting), (2, 0));
+    assert_eq!(c.portal_key_file(), Path::new("/srv/stg/portal.key"));
+    let c = parse("[portal]\nkey_file = \"/etc/stg/portal.key\"\n");
+    assert_eq!(c.portal_key_file(), Path::new("/etc/stg/portal.key"));
+
+    // The realm: explicit, else the registrar's, else the first named domain, else any.
+    assert_eq!(parse("").portal_realm(), None);
+    let named = "[registrar]\ndomains = [{ name = \"*\", mode = \"through\" }, \
+                 { name = \"example.org\", mode = \"local\" }]\n";
+    assert_eq!(parse(named).portal_realm().as_deref(), Some("example.org"));
+    let c = parse(&format!("{named}realm = \"r\"\n"));
+    assert_eq!(c.portal_realm().as_deref(), Some("r"));
+    let c = parse(&format!("{named}realm = \"r\"\n[portal]\nrealm = \"p\"\n"));
+    assert_eq!(c.portal_realm().as_deref(), Some("p"));
+}
+
+#[test]
+fn portal_bad_values_name_their_key() {
+    for (text, key, fragment) in [
+        (
+            "landing_page = \"https://evil.example/\"",
+            "portal.landing_page",
+            "not a path",
+        ),
+        (
+            "landing_page = \"//evil.example/\"",
+            "portal.landing_page",
+            "not a path",
+        ),
+        (
+            "landing_page = \"/\\\\evil.example/\"",
+            "portal.landing_page",
+            "not a path",
+        ),
+        (
+            "token_lifetime = \"5s\"",
+            "portal.token_lifetime",
+            "at least",
+        ),
+        ("cookie_name = \"a b\"", "portal.cookie_name", "RFC 6265"),
+        ("cookie_name = \"\"", "portal.cookie_name", "RFC 6265"),
+        (
+            "argon2_memory_kib = 4",
+            "portal.argon2_memory_kib",
+            "from 8",
+        ),
+        (
+            "argon2_memory_kib = 1000000",
+            "portal.argon2_memory_kib",
+            "262144",
+        ),
+        (
+            "argon2_iterations = 0",
+            "portal.argon2_iterations",
+            "from 1",
+        ),
+        (
+            "argon2_parallelism = 9",
+            "portal.argon2_parallelism",
+            "from 1",
+        ),
+        ("max_hashing = 0", "portal.max_hashing", "at least 1"),
+        ("cookie = \"x\"", "portal.cookie", "unknown key"),
+    ] {
+        assert_invalid(&format!("[portal]\n{text}\n"), key, fragment);
+    }
 }

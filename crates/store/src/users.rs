@@ -1,4 +1,7 @@
-//! SIP digest credentials in SQL: one HA1 per (user, realm, algorithm), in table `stg_users`.
+//! Credentials in SQL, table `stg_users`: one SIP digest HA1 per (user, realm, algorithm),
+//! and the portal's argon2id password hash (a PHC string) per (user, realm), repeated on each
+//! of the user's rows in that realm (migration 0002). One table for SIP and the portal: `stg
+//! user add|passwd` writes both from one password.
 //!
 //! One sqlx `AnyPool` serves SQLite, MariaDB/MySQL and PostgreSQL; the SQL differs only in
 //! placeholders (`?` or `$n`) and in the schema's collation, so each dialect has its own
@@ -17,7 +20,7 @@ use crate::{record_op, StoreError};
 /// How long a query waits for a pooled connection (or a new one) before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// SIP digest credentials. Cheap to clone (a pool handle).
+/// SIP digest credentials and portal password hashes. Cheap to clone (a pool handle).
 #[derive(Clone)]
 pub struct Users {
     pool: AnyPool,
@@ -108,15 +111,34 @@ impl Users {
     }
 
     /// Adds or replaces a user's HA1s for a realm (the caller computes them): afterwards the
-    /// user has exactly the algorithms in `ha1s` for that realm.
+    /// user has exactly the algorithms in `ha1s` for that realm, and no portal password
+    /// ([`set_with_password`](Self::set_with_password) keeps one).
     pub async fn set(
         &self,
         user: &str,
         realm: &str,
         ha1s: &[(&str, String)],
     ) -> Result<(), StoreError> {
+        self.set_with_password(user, realm, ha1s, None).await
+    }
+
+    /// As [`set`](Self::set), and the portal password hash (an argon2id PHC string) of the
+    /// user in that realm, in the same transaction. `ha1s` must not be empty when a hash is
+    /// given: the hash lives on the HA1 rows.
+    pub async fn set_with_password(
+        &self,
+        user: &str,
+        realm: &str,
+        ha1s: &[(&str, String)],
+        password_hash: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if password_hash.is_some() && ha1s.is_empty() {
+            return Err(StoreError::Config(
+                "a portal password needs at least one HA1 row to live on".into(),
+            ));
+        }
         let started = Instant::now();
-        let r = self.set_inner(user, realm, ha1s).await;
+        let r = self.set_inner(user, realm, ha1s, password_hash).await;
         record_op("sql", "set", started, r.as_ref().err());
         r
     }
@@ -126,6 +148,7 @@ impl Users {
         user: &str,
         realm: &str,
         ha1s: &[(&str, String)],
+        password_hash: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let del = self.sql("DELETE FROM stg_users WHERE username = ? AND realm = ?");
@@ -135,19 +158,76 @@ impl Users {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let ins =
-            self.sql("INSERT INTO stg_users (username, realm, algorithm, ha1) VALUES (?, ?, ?, ?)");
+        let ins = self.sql(
+            "INSERT INTO stg_users (username, realm, algorithm, ha1, password_hash) \
+             VALUES (?, ?, ?, ?, ?)",
+        );
         for (algorithm, ha1) in ha1s {
             sqlx::query(&ins)
                 .bind(user)
                 .bind(realm)
                 .bind(*algorithm)
                 .bind(ha1.as_str())
+                .bind(password_hash)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    }
+
+    /// The portal password hash (argon2id PHC string) of `user` in `realm`; with no realm,
+    /// in whichever realm the user has one, and an error if several realms hold different
+    /// ones (the operator sets `portal.realm`). `None`: no such user, or no portal password.
+    pub async fn password_hash(
+        &self,
+        user: &str,
+        realm: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let started = Instant::now();
+        let r = self.password_hash_inner(user, realm).await;
+        record_op("sql", "password_hash", started, r.as_ref().err());
+        r
+    }
+
+    async fn password_hash_inner(
+        &self,
+        user: &str,
+        realm: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let rows = match realm {
+            Some(realm) => {
+                let sql = self.sql(
+                    "SELECT DISTINCT password_hash FROM stg_users \
+                     WHERE username = ? AND realm = ? AND password_hash IS NOT NULL LIMIT 2",
+                );
+                sqlx::query(&sql)
+                    .bind(user)
+                    .bind(realm)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                let sql = self.sql(
+                    "SELECT DISTINCT password_hash FROM stg_users \
+                     WHERE username = ? AND password_hash IS NOT NULL LIMIT 2",
+                );
+                sqlx::query(&sql).bind(user).fetch_all(&self.pool).await
+            }
+        }
+        .map_err(map_err)?;
+        match rows.as_slice() {
+            [] => Ok(None),
+            [row] => column(row, 0).map(Some),
+            _ => Err(StoreError::Corrupt(format!(
+                "user {user:?} has different portal passwords{} (set portal.realm, or run \
+                 `stg user passwd` for each realm)",
+                match realm {
+                    Some(r) => format!(" in realm {r:?}"),
+                    None => " in several realms".to_owned(),
+                }
+            ))),
+        }
     }
 
     /// Removes a user's credentials for one realm, or for every realm with `None`: the
@@ -267,21 +347,42 @@ impl MigrationSource<'static> for Embedded {
     ) -> futures_core_box::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>
     {
         let files: &[(i64, &str, &str)] = match self.0 {
-            Dialect::MySql => &[(
-                1,
-                "users",
-                include_str!("../migrations/mysql/0001_users.sql"),
-            )],
-            Dialect::Postgres => &[(
-                1,
-                "users",
-                include_str!("../migrations/postgres/0001_users.sql"),
-            )],
-            Dialect::Sqlite => &[(
-                1,
-                "users",
-                include_str!("../migrations/sqlite/0001_users.sql"),
-            )],
+            Dialect::MySql => &[
+                (
+                    1,
+                    "users",
+                    include_str!("../migrations/mysql/0001_users.sql"),
+                ),
+                (
+                    2,
+                    "password_hash",
+                    include_str!("../migrations/mysql/0002_password_hash.sql"),
+                ),
+            ],
+            Dialect::Postgres => &[
+                (
+                    1,
+                    "users",
+                    include_str!("../migrations/postgres/0001_users.sql"),
+                ),
+                (
+                    2,
+                    "password_hash",
+                    include_str!("../migrations/postgres/0002_password_hash.sql"),
+                ),
+            ],
+            Dialect::Sqlite => &[
+                (
+                    1,
+                    "users",
+                    include_str!("../migrations/sqlite/0001_users.sql"),
+                ),
+                (
+                    2,
+                    "password_hash",
+                    include_str!("../migrations/sqlite/0002_password_hash.sql"),
+                ),
+            ],
         };
         let migrations = files
             .iter()

@@ -167,6 +167,20 @@ fn user_add_passwd_rm_list_in_sqlite() {
         expect("alice", "sip.example.com", "n3w-pw")
     );
     assert_eq!(ha1s("alice"), both, "passwd changes only its realm");
+    // The portal's argon2id hash of the same password, per realm, on each of its rows.
+    let phcs = shell(&format!(
+        "sqlite3 '{}' \"SELECT DISTINCT realm, password_hash FROM stg_users WHERE username = 'alice' ORDER BY realm\"",
+        db.display()
+    ));
+    let phcs: Vec<&str> = phcs.lines().collect();
+    assert_eq!(phcs.len(), 2, "{phcs:?}");
+    for (line, realm) in phcs.iter().zip(["other.org", "sip.example.com"]) {
+        let hash = line.strip_prefix(&format!("{realm}|")).unwrap_or_default();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{line}"
+        );
+    }
 
     let list = ok_json(&stg(&cfg, &["user", "list", "--json"]));
     assert_eq!(

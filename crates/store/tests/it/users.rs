@@ -90,6 +90,64 @@ async fn exercise(url: &str) {
         None
     );
 
+    // Portal passwords (migration 0002): one argon2 PHC string per (user, realm).
+    let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
+    let phc2 = "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNo";
+    assert_eq!(users.password_hash("alice", None).await.unwrap(), None);
+    let both = [("MD5", md5.clone()), ("SHA-256", sha.clone())];
+    users
+        .set_with_password("carol", "example.org", &both, Some(phc))
+        .await
+        .unwrap();
+    let hash = |user: &'static str, realm: Option<&'static str>| {
+        let users = users.clone();
+        async move { users.password_hash(user, realm).await }
+    };
+    assert_eq!(
+        hash("carol", Some("example.org")).await.unwrap().as_deref(),
+        Some(phc)
+    );
+    assert_eq!(hash("carol", None).await.unwrap().as_deref(), Some(phc));
+    assert_eq!(hash("Carol", None).await.unwrap(), None);
+    assert_eq!(hash("carol", Some("other.example")).await.unwrap(), None);
+    assert_eq!(
+        users.ha1("carol", "example.org", "MD5").await.unwrap(),
+        Some(md5.clone())
+    );
+    // The same password in a second realm: still one answer without a realm.
+    let one = [("MD5", md5.clone())];
+    users
+        .set_with_password("carol", "other.example", &one, Some(phc))
+        .await
+        .unwrap();
+    assert_eq!(hash("carol", None).await.unwrap().as_deref(), Some(phc));
+    // Different ones: only a realm tells which.
+    users
+        .set_with_password("carol", "other.example", &one, Some(phc2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        hash("carol", None).await,
+        Err(stg_store::StoreError::Corrupt(_))
+    ));
+    assert_eq!(
+        hash("carol", Some("other.example"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(phc2)
+    );
+    // `set` replaces the realm's rows as a whole, portal password included.
+    users.set("carol", "other.example", &one).await.unwrap();
+    assert_eq!(hash("carol", Some("other.example")).await.unwrap(), None);
+    assert_eq!(hash("carol", None).await.unwrap().as_deref(), Some(phc));
+    // A hash needs a row to live on.
+    assert!(users
+        .set_with_password("dave", "example.org", &[], Some(phc))
+        .await
+        .is_err());
+    assert_eq!(users.remove("carol", None).await.unwrap(), 3);
+
     assert_eq!(users.remove("alice", Some("example.org")).await.unwrap(), 1);
     assert_eq!(users.remove("alice", Some("example.org")).await.unwrap(), 0);
     assert_eq!(users.remove("40004*01", None).await.unwrap(), 1);
