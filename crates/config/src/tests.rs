@@ -904,6 +904,7 @@ fn guard_logs_and_syslog_intake() {
         "guard.tail_poll",
         "10ms to 60s",
     );
+}
 
 // === [portal] ===
 
