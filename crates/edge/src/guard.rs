@@ -28,6 +28,9 @@ use crate::conn::Shared;
 /// engine keeps up with far more than an outsider can cause through digest exchanges).
 const EVENT_QUEUE: usize = 4096;
 
+/// Most `[jail] Found <ip>` lines a second (the rest are counted in one line).
+const FOUND_LINES: u32 = 50;
+
 /// The jail of user scans: out-of-dialog requests answered 403/404/484/604 (TCP, TLS, WS).
 pub(crate) const PROBE_JAIL: &str = "sipprobe";
 
@@ -338,6 +341,8 @@ pub(crate) async fn start(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         let mut ticks = 0u64;
+        let found_epoch = crate::now();
+        let (mut found_second, mut found_lines, mut found_suppressed) = (0u64, 0u32, 0u64);
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -346,6 +351,22 @@ pub(crate) async fn start(
                     // Counted cluster-wide first (an attacker spread over the nodes by
                     // HAProxy is one attacker); locally when Redis does not answer.
                     let counted = count_in_cluster(&shared, &engine, &ev).await;
+                    // fail2ban's own line for each failure it counts (the seed's acceptance
+                    // table reads it), at most FOUND_LINES a second: a spread attack must not
+                    // turn into a log flood.
+                    let second = now.duration_since(found_epoch).as_secs();
+                    if second != found_second {
+                        if found_suppressed > 0 {
+                            tracing::info!(target: "stg::guard", suppressed = found_suppressed, "more failures counted than logged");
+                        }
+                        (found_second, found_lines, found_suppressed) = (second, 0, 0);
+                    }
+                    if found_lines < FOUND_LINES {
+                        found_lines += 1;
+                        tracing::info!(target: "stg::guard", "[{}] Found {} - {}", ev.kind.jail(), ev.source, clock_time());
+                    } else {
+                        found_suppressed += 1;
+                    }
                     if let Some(c) = counted {
                         cluster_count.store(c.max(1), Ordering::Relaxed);
                     }

@@ -103,6 +103,12 @@ fn the_eleventh_wrong_password_bans_the_source_everywhere_but_the_ignored() {
     let log =
         crate::harness::wait_log(&stg, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
     assert!(log.contains("[sip] Ban 127.0.0.9/32"), "{log}");
+    // fail2ban's own per-failure line, as the seed's acceptance table reads it.
+    assert_eq!(
+        log.matches("[sip] Found 127.0.0.9 - ").count(),
+        11,
+        "one Found line per failure: {log}"
+    );
     assert!(
         read_sip(&mut s, Duration::from_secs(2)).is_err(),
         "the banned source's open connection is closed"
