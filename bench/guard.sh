@@ -6,7 +6,7 @@
 # sources; stop and start of stg with 10,000 bans in its nftables sets.
 #   bench/guard.sh [LATENCY_LINES] [BURST_LINES]   (defaults 200 and 10000; fail2ban gets
 #   the burst capped at 2000: at its rate more would take minutes; STG_BIN=path skips the
-#   release build)
+#   release build; STG_TAIL_POLL=50ms sets stg's guard.tail_poll; STG_ONLY=1 skips fail2ban)
 # Needs root (ip netns, nft), the fail2ban package (its service stays stopped: only a
 # fail2ban-server with a private configuration runs, inside the namespace) and python3.
 # "decided" is read from each tool's own log ("[jail] Ban <ip>", its timestamp against the
@@ -136,6 +136,8 @@ start_stg
 echo "stg start with $(n_set) bans (to /health): $started s; $(grep -o 'bans=[0-9]*' "$work/stg/out.log" | tail -1) restored"
 kill -TERM "$stg_pid"; wait "$stg_pid" || true
 
+[ -n "${STG_ONLY:-}" ] && exit 0
+
 # --- fail2ban (a private configuration: its own socket, database in memory, inside $ns) ---
 conf=$work/f2b
 cp -a /etc/fail2ban "$conf"
@@ -171,7 +173,7 @@ echo "== fail2ban $(fail2ban-server -V | head -1): ${lat_lines} lines at 20/s" >
 python3 "$work/measure.py" "$work/f2b.log" "$work/f2b.out" "$lat_lines" 20 f2b-table "$ns" 0
 echo "== fail2ban: burst of $f2b_burst lines" >&2
 python3 "$work/measure.py" "$work/f2b.log" "$work/f2b.out" "$f2b_burst" 0 f2b-table "$ns" 100000
-nb=$(inns nft -j list ruleset | grep -o '"10\.[0-9.]*"' | sort -u | wc -l)
+nb=$(inns nft -j list table inet f2b-table | grep -o '"10\.[0-9.]*"' | sort -u | wc -l)
 t0=$(date +%s.%N)
 inns fail2ban-client -c "$conf" -s "$work/f2b.sock" stop >/dev/null 2>&1 || true
 while kill -0 "$f2b_pid" 2>/dev/null; do sleep 0.05; done
