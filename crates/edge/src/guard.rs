@@ -31,6 +31,44 @@ const EVENT_QUEUE: usize = 4096;
 /// Most `[jail] Found <ip>` lines a second (the rest are counted in one line).
 const FOUND_LINES: u32 = 50;
 
+/// Changes waiting for the firewall task; beyond, they are counted and stg's own listeners
+/// still enforce the ban.
+const FIREWALL_QUEUE: usize = 65_536;
+
+/// Applies the kernel changes in batches (one `nft` run per batch, never one per address):
+/// a burst of bans gathers into one run, a lone ban waits at most the batcher's delay.
+async fn firewall_batches(
+    fw: Arc<stg_firewall::Firewall>,
+    mut rx: mpsc::Receiver<stg_firewall::Change>,
+) {
+    let mut batcher = stg_firewall::Batcher::new(stg_firewall::BatchConfig::default());
+    loop {
+        let due = batcher.poll_timeout();
+        tokio::select! {
+            c = rx.recv() => {
+                let Some(c) = c else { return };
+                let now = crate::now();
+                let mut refused = !batcher.handle_change(c, now);
+                while let Ok(c) = rx.try_recv() {
+                    refused |= !batcher.handle_change(c, now);
+                }
+                if refused {
+                    metrics::counter!("stg_guard_firewall_errors_total").increment(1);
+                }
+            }
+            () = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if due.is_some() => {}
+        }
+        while let Some(batch) = batcher.poll_batch(crate::now()) {
+            let fw = fw.clone();
+            let r = tokio::task::spawn_blocking(move || fw.apply(&batch)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                metrics::counter!("stg_guard_firewall_errors_total").increment(1);
+                tracing::error!(result = ?r.map(|x| x.map(|_| ())), "guard: nftables not updated (stg itself is)");
+            }
+        }
+    }
+}
+
 /// The jail of user scans: out-of-dialog requests answered 403/404/484/604 (TCP, TLS, WS).
 pub(crate) const PROBE_JAIL: &str = "sipprobe";
 
@@ -42,7 +80,8 @@ const MAX_BANS: usize = 100_000;
 pub(crate) struct Bans {
     by_scope: RwLock<HashMap<IpNet, Instant>>,
     events: OnceLock<mpsc::Sender<Event>>,
-    firewall: OnceLock<Arc<stg_firewall::Firewall>>,
+    /// Changes for the kernel's sets, batched by [`firewall_batches`].
+    firewall: OnceLock<mpsc::Sender<stg_firewall::Change>>,
     /// The cluster's store (Redis): bans decided here are published, others' arrive.
     store: OnceLock<stg_store::Bindings>,
     /// Jails' figures, who banned what, ban lines to syslog (`guard_inputs`).
@@ -227,15 +266,13 @@ impl Bans {
     }
 
     fn to_firewall(&self, change: stg_firewall::Change) {
-        let Some(fw) = self.firewall.get().cloned() else {
+        let Some(tx) = self.firewall.get() else {
             return;
         };
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = fw.apply(&[change]) {
-                metrics::counter!("stg_guard_firewall_errors_total").increment(1);
-                tracing::error!(error = %e, "guard: nftables not updated (stg itself is)");
-            }
-        });
+        if tx.try_send(change).is_err() {
+            // `nft` does not keep up: the ban holds in stg's own listeners all the same.
+            metrics::counter!("stg_guard_firewall_errors_total").increment(1);
+        }
     }
 
     fn expire(&self) {
@@ -318,7 +355,9 @@ pub(crate) async fn start(
             }
         }
         tracing::info!(table = %cfg.guard.firewall_table, bans = kept.len(), "guard: nftables table ready, bans restored");
-        let _ = shared.bans.firewall.set(fw.clone());
+        let (ftx, frx) = mpsc::channel(FIREWALL_QUEUE);
+        let _ = shared.bans.firewall.set(ftx);
+        tokio::spawn(firewall_batches(fw.clone(), frx));
         Some(fw)
     } else {
         None

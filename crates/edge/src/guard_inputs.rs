@@ -32,9 +32,9 @@ use tokio::sync::mpsc;
 
 use crate::conn::Shared;
 
-/// Most reads of one file in one poll round (64 KiB each): a huge backlog is read over
+/// Most reads of one file in one poll round (64 KiB each, 4 MiB): a backlog is read over
 /// several rounds, and the other tasks run in between.
-const READS_PER_ROUND: usize = 256;
+const READS_PER_ROUND: usize = 64;
 
 /// Syslog messages queued between the TCP connections and the matcher.
 const SYSLOG_QUEUE: usize = 1024;
@@ -358,7 +358,9 @@ async fn follow(
         let now = worker.matcher.now.0;
         for (ip, user, ago) in worker.matcher.found.drain(..) {
             let at = now.checked_sub(Duration::from_secs(ago)).unwrap_or(now);
-            send(&tx, ip, &jail, user, at, "log");
+            // Waits while the engine's queue is full: a backlog is read at the engine's
+            // pace, and the file keeps what is not read yet.
+            send(&tx, event(ip, &jail, user, at, "log")).await;
         }
         let s = worker.tail.stats();
         metrics::counter!("stg_guard_tail_lines_total", "jail" => jail.clone())
@@ -386,24 +388,21 @@ async fn follow(
     }
 }
 
-fn send(
-    tx: &mpsc::Sender<Event>,
-    ip: IpAddr,
-    jail: &str,
-    user: Option<String>,
-    at: Instant,
-    input: &'static str,
-) {
+fn event(ip: IpAddr, jail: &str, user: Option<String>, at: Instant, input: &'static str) -> Event {
     metrics::counter!("stg_guard_input_failures_total", "input" => input).increment(1);
-    let ev = Event {
+    Event {
         source: ip,
         kind: Kind::External {
             jail: jail.to_owned(),
         },
         user,
         at,
-    };
-    if tx.try_send(ev).is_err() {
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Event>, ev: Event) {
+    if tx.send(ev).await.is_err() {
+        // The guard task has ended: the node is stopping.
         metrics::counter!("stg_guard_events_dropped_total").increment(1);
     }
 }
@@ -444,20 +443,27 @@ impl Intake {
                         continue;
                     }
                     let data = buf[..n].to_vec();
-                    self.message(from.ip(), &data);
+                    if let Some(ev) = self.message(from.ip(), &data) {
+                        send(&self.tx, ev).await;
+                    }
                 }
-                Some((ip, frame)) = frames.recv() => self.message(ip, &frame),
+                Some((ip, frame)) = frames.recv() => {
+                    if let Some(ev) = self.message(ip, &frame) {
+                        send(&self.tx, ev).await;
+                    }
+                }
             }
         }
     }
 
-    fn message(&mut self, from: IpAddr, data: &[u8]) {
+    /// A message's failure, if any: one per message, whichever filter sees it first.
+    fn message(&mut self, from: IpAddr, data: &[u8]) -> Option<Event> {
         let m = match syslog::parse(data) {
             Ok(m) => m,
             Err(e) => {
                 syslog_metric("malformed");
                 tracing::debug!(%from, error = %e, "guard: syslog message refused");
-                return;
+                return None;
             }
         };
         syslog_metric("accepted");
@@ -477,10 +483,9 @@ impl Intake {
                 continue;
             };
             let user = f.ticket.get("user").map(str::to_owned);
-            send(&self.tx, ip, &self.jail, user, now, "syslog");
-            // One failure per message, whichever filter saw it first.
-            break;
+            return Some(event(ip, &self.jail, user, now, "syslog"));
         }
+        None
     }
 }
 
