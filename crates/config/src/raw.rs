@@ -27,7 +27,7 @@ pub(crate) struct Invalid {
     pub(crate) message: String,
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         message: message.into(),
@@ -57,11 +57,12 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         store: raw.store.convert()?,
         push: raw.push.convert()?,
         guard: raw.guard.convert()?,
+        web: raw.web.convert()?,
     })
 }
 
 /// Replaces `slot` with the value the file gave, if it gave one.
-fn set<T>(slot: &mut T, value: Option<Parse<T>>) {
+pub(crate) fn set<T>(slot: &mut T, value: Option<Parse<T>>) {
     if let Some(Parse(value)) = value {
         *slot = value;
     }
@@ -80,6 +81,7 @@ struct RawConfig {
     store: RawStore,
     push: RawPush,
     guard: RawGuard,
+    web: crate::web::RawWeb,
 }
 
 #[derive(Default, Deserialize)]

@@ -323,8 +323,9 @@ pub(crate) struct Shared {
     table: Mutex<Table>,
     log: Mutex<LogThrottle>,
     next_conn: AtomicU64,
-    /// The guard's bans, checked before anything else on every datagram and connection.
-    pub(crate) bans: crate::guard::Bans,
+    /// The guard's bans, checked before anything else on every datagram and connection; the
+    /// node's other roles (the web front) check and feed them too.
+    pub(crate) bans: Arc<crate::guard::Bans>,
 }
 
 impl Shared {
@@ -352,8 +353,14 @@ impl Shared {
             table: Mutex::new(Table::default()),
             log: Mutex::new(LogThrottle::default()),
             next_conn: AtomicU64::new(1),
-            bans: crate::guard::Bans::default(),
+            bans: Arc::default(),
         }
+    }
+
+    /// The same, sharing `bans` (made before the node runs, so other roles can hold them).
+    pub(crate) fn with_bans(mut self, bans: Arc<crate::guard::Bans>) -> Self {
+        self.bans = bans;
+        self
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
