@@ -20,3 +20,4 @@ mod sipp;
 mod torture;
 mod transports;
 mod uas;
+mod web;
