@@ -5,8 +5,11 @@
 //! costs one `accept` and a reset, never a TLS handshake.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -14,7 +17,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use stg_net::tls::TlsStore;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -194,16 +197,100 @@ async fn connection(
     let _ = sock.set_nodelay(true);
     let peer = Peer { client, secure };
     let permit = Arc::new(permit);
+    let first = config.header_timeout;
     if secure {
         match stg_net::tls::accept_http(&tls, sock, config.tls_handshake_timeout).await {
-            Ok(tls) => serve(tls, peer, permit, &ctx, &stop).await,
+            Ok(tls) => serve(FirstRead::new(tls, first), peer, permit, &ctx, &stop).await,
             Err(e) => {
                 metrics::counter!("stg_web_tls_handshake_failures_total").increment(1);
                 tracing::debug!(client = %client, error = %e, "web: TLS handshake failed");
             }
         }
     } else {
-        serve(sock, peer, permit, &ctx, &stop).await;
+        serve(FirstRead::new(sock, first), peer, permit, &ctx, &stop).await;
+    }
+}
+
+/// A connection whose first bytes must arrive within a deadline: hyper reads the first
+/// bytes to tell HTTP/1.1 from HTTP/2 without a timer of its own (its `header_read_timeout`
+/// starts only after), so a client that completes TLS and stays silent would hold the
+/// connection for ever.
+struct FirstRead<IO> {
+    io: IO,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> FirstRead<IO> {
+    fn new(io: IO, within: Duration) -> Self {
+        Self {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstRead<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                metrics::counter!("stg_web_connections_refused_total", "reason" => "silent")
+                    .increment(1);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request in time",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRead<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -259,6 +346,28 @@ pub(crate) fn http_builder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_and_a_talking_one_kept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let mut silent = FirstRead::new(server, Duration::from_secs(10));
+        let mut buf = [0u8; 8];
+        let err = silent.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut talking = FirstRead::new(server, Duration::from_secs(10));
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(talking.read(&mut buf).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"ET").await.unwrap();
+        assert_eq!(
+            talking.read(&mut buf).await.unwrap(),
+            2,
+            "no deadline after the first bytes"
+        );
+    }
 
     #[test]
     fn caps_in_all_and_per_source_are_given_back() {

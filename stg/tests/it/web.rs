@@ -382,8 +382,27 @@ fn seed_rows_of_the_web_front() {
 #[test]
 fn one_hundred_and_one_probes_ban_the_source() {
     let rt = rt();
-    let web = Web::start("web-probe", "");
+    let web = Web::start("web-probe", "header_timeout = \"1s\"");
     rt.block_on(async {
+        // Slowloris: TLS done, then silence; and a head never finished. Both are closed.
+        let mut silent = web.connect(None, &[b"http/1.1"]).await.unwrap();
+        let mut half = web.connect(None, &[b"http/1.1"]).await.unwrap();
+        half.write_all(b"GET /vivait HTTP/1.1\r\nHost: stg")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        for s in [&mut silent, &mut half] {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            let closed = match n {
+                Ok(Ok(0) | Err(_)) => true,
+                Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                Err(_) => false,
+            };
+            assert!(
+                closed,
+                "a slow client is not closed within the header timeout"
+            );
+        }
         let tls = web
             .connect(Some("203.0.113.50"), &[b"http/1.1"])
             .await
