@@ -244,6 +244,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let web_config = config.clone();
         let node = match stg_edge::Node::bind(config).await {
             Ok(n) => n,
             Err(e) => {
@@ -255,20 +256,55 @@ fn run(path: Option<&Path>) -> ExitCode {
                 });
             }
         };
+        let web = match stg_web::WebFront::bind(&web_config).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("stg: {e}");
+                return ExitCode::from(match e {
+                    stg_web::WebError::Bind { .. } => exit::OSERR,
+                    _ => exit::CONFIG,
+                });
+            }
+        };
+        // One certificate store for SIP and the web front, reloaded as one on SIGHUP.
+        let tls = match (node.tls(), &web) {
+            (Some(t), _) => Some(t),
+            (None, Some(_)) => match stg_edge::tls::TlsStore::load(&web_config) {
+                Ok(t) => Some(std::sync::Arc::new(t)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("stg: tls: {e}");
+                    return ExitCode::from(exit::CONFIG);
+                }
+            },
+            (None, None) => None,
+        };
         for l in node.listeners() {
             tracing::info!(transport = %l.transport, address = %l.local, side = ?l.side, "listening");
+        }
+        if let Some(w) = &web {
+            let (https, http) = w.local_addrs();
+            tracing::info!(https = ?https, http = ?http, "web front listening");
         }
         if let Some(a) = node.admin_addr() {
             tracing::info!(address = %a, "admin listening (GET /metrics, /health)");
         }
         tracing::info!(config = %source, "stg started");
         let drain = CancellationToken::new();
-        spawn_signal_handlers(drain.clone(), node.tls());
+        spawn_signal_handlers(drain.clone(), tls.clone());
+        let web_task = match (web, tls) {
+            (Some(w), Some(tls)) => {
+                let (guard, drain) = (node.guard(), drain.clone());
+                Some(tokio::spawn(async move { w.run(tls, guard, drain).await }))
+            }
+            _ => None,
+        };
         // The node runs as a task on a worker, not as the `block_on` future: a worker that
         // polls the I/O driver then runs the core in place when a datagram arrives, instead
         // of waking the main thread (a cross-thread wake per message, measured at ~30 % of
         // the node's CPU).
-        match tokio::spawn(node.run(drain)).await {
+        let code = match tokio::spawn(node.run(drain)).await {
             Ok(Ok(())) => {
                 tracing::info!("stg stopped");
                 ExitCode::SUCCESS
@@ -281,7 +317,15 @@ fn run(path: Option<&Path>) -> ExitCode {
                 tracing::error!(error = %e, "node task failed");
                 ExitCode::from(exit::SOFTWARE)
             }
+        };
+        if let Some(t) = web_task {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "web front stopped on error"),
+                Err(e) => tracing::error!(error = %e, "web front task failed"),
+            }
         }
+        code
     })
 }
 
@@ -310,7 +354,7 @@ fn spawn_signal_handlers(
                             Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                             Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed, keeping the current certificate"),
                         },
-                        None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                        None => tracing::info!("SIGHUP: no TLS or web listener, nothing to reload"),
                     }
                     continue;
                 }

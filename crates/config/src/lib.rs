@@ -20,6 +20,7 @@ mod env;
 mod raw;
 mod text;
 mod values;
+mod web;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use std::{fmt, io};
 pub use ipnet::IpNet;
 
 pub use crate::values::{Host, HostPort, LogFormat, Side, Transport, Upstream};
+pub use crate::web::{PathMatch, WebAction, WebConfig, WebProxy, WebRule, WebStatic};
 
 /// Where the binary looks for the file when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/stg/stg.toml";
@@ -54,6 +56,7 @@ pub struct Config {
     pub push: PushConfig,
     pub guard: GuardSection,
     pub portal: PortalConfig,
+    pub web: WebConfig,
 }
 
 /// `[node]`: who this node is.

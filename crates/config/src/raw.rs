@@ -27,7 +27,7 @@ pub(crate) struct Invalid {
     pub(crate) message: String,
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         message: message.into(),
@@ -58,11 +58,12 @@ pub(crate) fn convert(tree: toml::Table) -> Result<Config, Invalid> {
         push: raw.push.convert()?,
         guard: raw.guard.convert()?,
         portal: raw.portal.convert()?,
+        web: raw.web.convert()?,
     })
 }
 
 /// Replaces `slot` with the value the file gave, if it gave one.
-fn set<T>(slot: &mut T, value: Option<Parse<T>>) {
+pub(crate) fn set<T>(slot: &mut T, value: Option<Parse<T>>) {
     if let Some(Parse(value)) = value {
         *slot = value;
     }
@@ -82,6 +83,7 @@ struct RawConfig {
     push: RawPush,
     guard: RawGuard,
     portal: RawPortal,
+    web: crate::web::RawWeb,
 }
 
 #[derive(Default, Deserialize)]

@@ -1,6 +1,7 @@
-//! The internal admin listener: Prometheus metrics (`GET /metrics`), a liveness probe
-//! (`GET /health`) and the registrar's diagnostics for `stg reg` (the embedded store is
-//! locked by the running node, so the CLI reads it through here):
+//! The SIP edge's routes on the admin endpoint ([`stg_net::admin`], which serves
+//! `GET /metrics` and `GET /health`): the registrar's diagnostics for `stg reg` (the embedded
+//! store is locked by the running node, so the CLI reads it through here) and the guard's
+//! bans for `stg ban`:
 //!
 //! - `GET /registrar/aors?pattern=GLOB&limit=N`: `{"aors": [..], "truncated": bool}`, AORs
 //!   (`user@host`) matching a Redis glob, sorted;
@@ -13,21 +14,21 @@
 //! - `PUT /guard/bans/<ip or prefix>?for=SECS` (default 3600): ban;
 //! - `DELETE /guard/bans/<ip or prefix>`: `{"removed": bool}`.
 //!
-//! Path and query are percent-decoded (`%XX` only; `+` is a plus). HTTP/1.0-style, one
-//! request per connection, a request head of at most [`MAX_HEAD`] bytes, GET and DELETE
-//! only. It serves the inside network (scrapes, operators); the web front (axum) will take
-//! it over later. No authentication: `admin.listen` must stay on a trusted address.
+//! Path and query are percent-decoded (`%XX` only; `+` is a plus). No authentication:
+//! `admin.listen` must stay on a trusted address.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use stg_store::Bindings;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Longest request head read; a longer one is answered 431.
-const MAX_HEAD: usize = 8192;
 
 /// Default and largest `limit` of `/registrar/aors`.
 const DEFAULT_LIMIT: usize = 1000;
@@ -36,66 +37,88 @@ const MAX_LIMIT: usize = 100_000;
 /// Most AORs counted for the `stg_registrar_bindings` gauge at one scrape.
 const GAUGE_SCAN_CAP: usize = 1_000_000;
 
-/// Installs the process-wide Prometheus recorder; `None` if one is already installed.
+/// The process-wide Prometheus recorder's handle (installed on first use).
 pub(crate) fn install_recorder() -> Option<PrometheusHandle> {
-    PrometheusBuilder::new().install_recorder().ok()
+    stg_net::metrics::handle()
 }
 
+/// What the edge's routes read.
+#[derive(Clone)]
+struct Edge {
+    bindings: Option<Bindings>,
+    shared: Arc<crate::conn::Shared>,
+}
+
+/// Serves the admin endpoint: metrics, health and the edge's routes, until the process ends.
 pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     bindings: Option<Bindings>,
-    shared: std::sync::Arc<crate::conn::Shared>,
+    shared: Arc<crate::conn::Shared>,
 ) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let handle = handle.clone();
-        let bindings = bindings.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_HEAD];
-            let mut n = 0;
-            let mut complete = false;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
+    let scrape = bindings
+        .clone()
+        .filter(|b| b.kind() == "embedded")
+        .map(|b| {
+            let hook: stg_net::admin::ScrapeHook = Arc::new(move || {
+                let b = b.clone();
+                Box::pin(async move {
+                    // A count is one pass over the embedded table; on Redis it would be a SCAN of
+                    // the whole keyspace per scrape, so the gauge is left out there.
+                    if let Ok(aors) = b.scan("*", GAUGE_SCAN_CAP).await {
+                        metrics::gauge!("stg_registrar_bindings").set(aors.len() as f64);
                     }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        complete = true;
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() || n == 0 {
-                return;
-            }
-            let reply = if complete {
-                let line = buf[..n].split(|&b| b == b'\r').next().unwrap_or_default();
-                respond(line, &handle, bindings.as_ref(), &shared).await
-            } else {
-                Reply::text("431 Request Header Fields Too Large", "request too large\n")
-            };
-            let mut head = format!(
-                "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                reply.status,
-                reply.ctype,
-                reply.body.len()
-            );
-            if reply.status.starts_with("405") {
-                head.push_str("Allow: GET, PUT, DELETE\r\n");
-            }
-            head.push_str("\r\n");
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(reply.body.as_bytes()).await;
-            let _ = sock.shutdown().await;
+                })
+            });
+            hook
         });
-    }
+    let router = stg_net::admin::router(handle, scrape)
+        .merge(routes(Edge { bindings, shared }))
+        .fallback(stg_net::admin::not_found);
+    stg_net::admin::serve(listener, router).await;
+}
+
+fn routes(edge: Edge) -> Router {
+    Router::new()
+        .route("/registrar/{*rest}", any(handle))
+        .route("/guard/status", any(handle))
+        .route("/guard/bans", any(handle))
+        .route("/guard/bans/", any(handle))
+        .route("/guard/bans/{*rest}", any(handle))
+        .with_state(edge)
+}
+
+async fn handle(State(edge): State<Edge>, method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
+    let reply = if path == "/guard/status" {
+        if method == Method::GET {
+            let bans = edge.shared.bans.list();
+            Reply::json("200 OK", &edge.shared.bans.status.json(&bans))
+        } else {
+            Reply::text("405 Method Not Allowed", "GET only\n")
+        }
+    } else if let Some(rest) = path.strip_prefix("/guard/bans") {
+        bans(method.as_str(), rest, query, &edge.shared)
+    } else {
+        let get = match method {
+            Method::GET => Some(true),
+            Method::DELETE => Some(false),
+            _ => None,
+        };
+        match (get, path.strip_prefix("/registrar/")) {
+            (None, _) => Reply::text("405 Method Not Allowed", "GET or DELETE only\n"),
+            (Some(get), Some(rest)) => match &edge.bindings {
+                Some(b) => registrar(get, rest, query, b).await,
+                None => Reply::error(
+                    "503 Service Unavailable",
+                    "no registrar: [registrar] domains is empty",
+                ),
+            },
+            (Some(_), None) => Reply::text("404 Not Found", "not found\n"),
+        }
+    };
+    reply.into_response()
 }
 
 struct Reply {
@@ -126,68 +149,21 @@ impl Reply {
     fn error(status: &'static str, msg: &str) -> Self {
         Self::json(status, &json!({ "error": msg }))
     }
-}
 
-/// Answers one request line (`METHOD TARGET VERSION`).
-async fn respond(
-    line: &[u8],
-    handle: &PrometheusHandle,
-    bindings: Option<&Bindings>,
-    shared: &crate::conn::Shared,
-) -> Reply {
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Reply::text("400 Bad Request", "bad request line\n");
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(_version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Reply::text("400 Bad Request", "bad request line\n");
-    };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path == "/guard/status" {
-        if method != "GET" {
-            return Reply::text("405 Method Not Allowed", "GET only\n");
+    fn into_response(self) -> Response {
+        let code = self
+            .status
+            .split(' ')
+            .next()
+            .and_then(|c| c.parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (code, [(header::CONTENT_TYPE, self.ctype)], self.body).into_response();
+        if code == StatusCode::METHOD_NOT_ALLOWED {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, PUT, DELETE"));
         }
-        let bans = shared.bans.list();
-        return Reply::json("200 OK", &shared.bans.status.json(&bans));
-    }
-    if let Some(rest) = path.strip_prefix("/guard/bans") {
-        return bans(method, rest, query, shared);
-    }
-    let get = match method {
-        "GET" => true,
-        "DELETE" => false,
-        _ => return Reply::text("405 Method Not Allowed", "GET or DELETE only\n"),
-    };
-    match (get, path) {
-        (true, "/metrics") => {
-            if let Some(b) = bindings.filter(|b| b.kind() == "embedded") {
-                // A count is one pass over the embedded table; on Redis it would be a SCAN of
-                // the whole keyspace per scrape, so the gauge is left out there.
-                if let Ok(aors) = b.scan("*", GAUGE_SCAN_CAP).await {
-                    metrics::gauge!("stg_registrar_bindings").set(aors.len() as f64);
-                }
-            }
-            Reply {
-                status: "200 OK",
-                ctype: "text/plain; version=0.0.4",
-                body: handle.render(),
-            }
-        }
-        (true, "/health") => Reply::text("200 OK", "ok\n"),
-        _ => {
-            if let Some(rest) = path.strip_prefix("/registrar/") {
-                let Some(b) = bindings else {
-                    return Reply::error(
-                        "503 Service Unavailable",
-                        "no registrar: [registrar] domains is empty",
-                    );
-                };
-                return registrar(get, rest, query, b).await;
-            }
-            Reply::text("404 Not Found", "not found\n")
-        }
+        r
     }
 }
 

@@ -329,8 +329,9 @@ pub(crate) struct Shared {
     table: Mutex<Table>,
     log: Mutex<LogThrottle>,
     next_conn: AtomicU64,
-    /// The guard's bans, checked before anything else on every datagram and connection.
-    pub(crate) bans: crate::guard::Bans,
+    /// The guard's bans, checked before anything else on every datagram and connection; the
+    /// node's other roles (the web front) check and feed them too.
+    pub(crate) bans: Arc<crate::guard::Bans>,
     /// Messages kept for sleeping devices (set when the node has a registrar).
     pub(crate) messages: std::sync::OnceLock<crate::messages::Messages>,
 }
@@ -360,9 +361,15 @@ impl Shared {
             table: Mutex::new(Table::default()),
             log: Mutex::new(LogThrottle::default()),
             next_conn: AtomicU64::new(1),
-            bans: crate::guard::Bans::default(),
+            bans: Arc::default(),
             messages: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The same, sharing `bans` (made before the node runs, so other roles can hold them).
+    pub(crate) fn with_bans(mut self, bans: Arc<crate::guard::Bans>) -> Self {
+        self.bans = bans;
+        self
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {

@@ -286,6 +286,16 @@ impl Bans {
     }
 }
 
+impl stg_guard::Hook for Bans {
+    fn banned(&self, ip: IpAddr) -> bool {
+        Self::banned(self, ip)
+    }
+
+    fn failure(&self, ip: IpAddr, kind: Kind, user: Option<&str>) {
+        Self::failure(self, ip, kind, user);
+    }
+}
+
 /// Starts the guard task (when `guard.enabled`): restores the kernel's bans when the
 /// firewall is on, then decides on failures until the node stops.
 pub(crate) async fn start(
@@ -296,10 +306,12 @@ pub(crate) async fn start(
     if !cfg.guard.enabled {
         return Ok(());
     }
-    // Never banned: the configured list, the inside and the balancers.
+    // Never banned: the configured list, the inside and the balancers (SIP and web).
     let mut ignore: Vec<IpNet> = cfg.guard.ignore.clone();
     ignore.extend(cfg.sip.trusted_networks.iter().copied());
     ignore.extend(cfg.sip.load_balancers.iter().copied());
+    ignore.extend(cfg.web.load_balancers.iter().copied());
+    ignore.extend(cfg.web.internal_networks.iter().copied());
     let g = &cfg.guard;
     let mut jails = Jail::defaults();
     jails.push(Jail::new(PROBE_JAIL, g.probe_maxretry));

@@ -28,18 +28,18 @@ mod guard_inputs;
 mod limits;
 mod messages;
 mod node;
-pub mod proxy_protocol;
 mod push;
 mod registrar;
 pub mod resolver;
 mod stream;
 mod throttle;
-pub mod tls;
 mod udp;
 mod ws;
 
 pub use limits::{raise_nofile_limit, NofileLimits};
 pub use node::{BoundListener, Node};
+/// Moved to `stg-net` (shared with the web front); re-exported for the fuzz targets and the CLI.
+pub use stg_net::{proxy_protocol, tls};
 
 /// The time as the shell knows it: tokio's clock (so `tokio::time::pause` drives the core,
 /// the timers and the limits alike), as the `std` instant the sans-IO core takes.

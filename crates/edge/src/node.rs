@@ -54,6 +54,8 @@ pub struct Node {
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     tls: Option<Arc<crate::tls::TlsStore>>,
+    /// The guard's bans: made here so the web front can hold them before the node runs.
+    bans: Arc<crate::guard::Bans>,
 }
 
 fn transport(t: CfgTransport) -> Transport {
@@ -148,6 +150,7 @@ impl Node {
             listeners,
             admin,
             tls,
+            bans: Arc::default(),
         })
     }
 
@@ -171,6 +174,13 @@ impl Node {
     /// A handle to reload the TLS certificate (SIGHUP), if the node has TLS listeners.
     pub fn tls(&self) -> Option<Arc<crate::tls::TlsStore>> {
         self.tls.clone()
+    }
+
+    /// The node's guard as the other roles see it: is a source banned, count a failure.
+    /// Without `[guard] enabled`, nobody is banned and nothing is counted (as with
+    /// [`stg_guard::NoGuard`]).
+    pub fn guard(&self) -> Arc<dyn stg_guard::Hook> {
+        self.bans.clone()
     }
 
     fn proxy_config(&self) -> ProxyConfig {
@@ -266,12 +276,15 @@ impl Node {
             stg_push::Pusher::new(&self.config.push).map_err(|e| EdgeError::Push(e.to_string()))?;
         let (core_tx, core_rx) = mpsc::channel(CORE_QUEUE);
         let accept_stop = CancellationToken::new();
-        let shared = Arc::new(Shared::new(
-            core_tx,
-            self.config.clone(),
-            accept_stop.clone(),
-            self.tls.clone(),
-        ));
+        let shared = Arc::new(
+            Shared::new(
+                core_tx,
+                self.config.clone(),
+                accept_stop.clone(),
+                self.tls.clone(),
+            )
+            .with_bans(self.bans.clone()),
+        );
         if let Some(r) = &registrar {
             r.start_watching(&shared);
             let messages = crate::messages::Messages::start(r.bindings().clone(), &shared);

@@ -25,7 +25,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::conn::{ConnMeta, Connect, CoreInput, Queued, Shared};
-use crate::proxy_protocol::{self, Parsed};
 
 /// How long a balancer may take to send its PROXY header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,7 +173,10 @@ async fn handle_accepted(
             }
             return Err("proxy_protocol_unlisted_source");
         }
-        let header = Box::pin(timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut sock)));
+        let header = Box::pin(timeout(
+            PROXY_HEADER_TIMEOUT,
+            stg_net::read_proxy_header(&mut sock),
+        ));
         let remote = match header.await {
             Ok(Ok(Some(real))) => canonical(real),
             Ok(Ok(None)) => peer,
@@ -204,12 +206,12 @@ async fn handle_accepted(
     // connection would carry that size.
     let serving: Pin<Box<dyn Future<Output = ()> + Send>> = match l.transport {
         Transport::Tcp => Box::pin(serve(sock, meta, shared)),
-        Transport::Tls => match Box::pin(crate::tls::accept(&shared, sock)).await {
+        Transport::Tls => match Box::pin(tls_accept(&shared, sock)).await {
             Ok(tls) => Box::pin(serve(tls, meta, shared)),
             Err(e) => return handshake_failed(&shared, remote, &e),
         },
         Transport::Ws => Box::pin(crate::ws::serve_ws(sock, meta, shared)),
-        Transport::Wss => match Box::pin(crate::tls::accept(&shared, sock)).await {
+        Transport::Wss => match Box::pin(tls_accept(&shared, sock)).await {
             Ok(tls) => Box::pin(crate::ws::serve_ws(tls, meta, shared)),
             Err(e) => return handshake_failed(&shared, remote, &e),
         },
@@ -243,26 +245,26 @@ fn handshake_failed(
     Err("tls_handshake")
 }
 
-/// Reads exactly one PROXY v2 header; `Ok(None)` for LOCAL (a balancer health check).
-async fn read_proxy_header(sock: &mut TcpStream) -> Result<Option<SocketAddr>, &'static str> {
-    let mut buf = vec![0u8; proxy_protocol::FIXED_LEN];
-    let mut have = 0;
-    loop {
-        match proxy_protocol::parse(&buf[..have]) {
-            Ok(Parsed::Done { header, .. }) => return Ok(header.addresses.source()),
-            Ok(Parsed::Incomplete { needed }) => {
-                buf.resize(have + needed, 0);
-                sock.read_exact(&mut buf[have..have + needed])
-                    .await
-                    .map_err(|_| "proxy_protocol_eof")?;
-                have += needed;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "bad PROXY protocol header");
-                return Err(e.reason());
-            }
-        }
-    }
+/// The server handshake on an accepted TLS or WSS connection.
+async fn tls_accept(
+    shared: &Shared,
+    sock: TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let Some(store) = &shared.tls else {
+        // Node::bind loads the store whenever a TLS or WSS listener exists.
+        return Err(std::io::Error::other("no TLS certificate loaded"));
+    };
+    stg_net::tls::accept(store, sock, shared.config.sip.tls_handshake_timeout).await
+}
+
+/// The client handshake to a TLS upstream.
+async fn tls_connect(
+    shared: &Shared,
+    sock: TcpStream,
+    remote: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let limit = shared.config.sip.tls_handshake_timeout;
+    stg_net::tls::connect(shared.tls.as_deref(), &shared.config, sock, remote, limit).await
 }
 
 /// Why a connection task ended.
@@ -513,7 +515,7 @@ async fn connect_and_send(
         outbound: true,
     };
     match flow.transport {
-        Transport::Tls => match Box::pin(crate::tls::connect(&shared, sock, flow.remote)).await {
+        Transport::Tls => match Box::pin(tls_connect(&shared, sock, flow.remote)).await {
             Ok(tls) => {
                 drop(permit);
                 Box::pin(serve_stream(

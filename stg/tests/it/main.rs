@@ -21,3 +21,4 @@ mod sipp;
 mod torture;
 mod transports;
 mod uas;
+mod web;

@@ -1,5 +1,6 @@
-//! TLS for the `tls` and `wss` listeners (RFC 3261 §26.2.1, RFC 5630) and for connections
-//! to a TLS upstream: the node's certificate, its reload on SIGHUP, and the handshakes.
+//! TLS for the `tls` and `wss` listeners (RFC 3261 §26.2.1, RFC 5630), the web front's https
+//! listener (with ALPN, [`accept_http`]) and connections to a TLS upstream: the node's
+//! certificate, its reload on SIGHUP, and the handshakes.
 //!
 //! # Server side
 //! One certificate chain and key serve every handshake, whatever the client puts in SNI:
@@ -40,7 +41,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 use rustls::crypto::CryptoProvider;
@@ -48,11 +49,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use stg_config::{Config, Host, Transport};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
-
-use crate::conn::Shared;
 
 /// File names of the self-signed certificate and key in the node's TLS directory.
 const SELF_SIGNED_CERT: &str = "cert.pem";
@@ -146,6 +146,8 @@ struct Names {
 #[derive(Clone, Debug)]
 struct Configs {
     server: Arc<ServerConfig>,
+    /// The same certificate with ALPN `h2`, `http/1.1`, for the web front.
+    http: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
 
@@ -213,52 +215,76 @@ impl TlsStore {
     }
 }
 
-/// Runs the server handshake on an accepted connection, within `sip.tls_handshake_timeout`.
+/// Runs the server handshake on an accepted connection (no ALPN: SIP over TLS and WSS),
+/// within `limit` (`sip.tls_handshake_timeout`).
 ///
 /// # Cancel safety
 /// Not cancel safe: dropping the future drops the connection.
-pub(crate) async fn accept(
-    shared: &Shared,
-    sock: TcpStream,
-) -> Result<server::TlsStream<TcpStream>, io::Error> {
-    let Some(store) = &shared.tls else {
-        // Node::bind loads the store whenever a TLS or WSS listener exists.
-        return Err(io::Error::other("no TLS certificate loaded"));
-    };
-    let acceptor = TlsAcceptor::from(store.configs().server);
-    timeout(
-        shared.config.sip.tls_handshake_timeout,
-        acceptor.accept(sock),
-    )
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+pub async fn accept<IO>(
+    store: &TlsStore,
+    sock: IO,
+    limit: Duration,
+) -> Result<server::TlsStream<IO>, io::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake(store.configs().server, sock, limit).await
 }
 
-/// Runs the client handshake to `remote` (a TLS upstream), within
-/// `sip.tls_handshake_timeout`, verifying its certificate for `remote`'s IP address against
-/// the node's own chain and `<data_dir>/tls/trusted/` (see the module docs).
+/// Runs the server handshake of the web front: as [`accept`], with ALPN offering `h2` and
+/// `http/1.1` (RFC 7301), so the client may choose HTTP/2.
 ///
 /// # Cancel safety
 /// Not cancel safe: dropping the future drops the connection.
-pub(crate) async fn connect(
-    shared: &Shared,
+pub async fn accept_http<IO>(
+    store: &TlsStore,
+    sock: IO,
+    limit: Duration,
+) -> Result<server::TlsStream<IO>, io::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake(store.configs().http, sock, limit).await
+}
+
+async fn handshake<IO>(
+    config: Arc<ServerConfig>,
+    sock: IO,
+    limit: Duration,
+) -> Result<server::TlsStream<IO>, io::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    timeout(limit, TlsAcceptor::from(config).accept(sock))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+}
+
+/// Runs the client handshake to `remote` (a TLS upstream), within `limit`
+/// (`sip.tls_handshake_timeout`), verifying its certificate for `remote`'s IP address against
+/// the node's own chain and `<data_dir>/tls/trusted/` (see the module docs). Without a
+/// `store` (no TLS listener) the client side is built from `config` alone.
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops the connection.
+pub async fn connect(
+    store: Option<&TlsStore>,
+    config: &Config,
     sock: TcpStream,
     remote: SocketAddr,
+    limit: Duration,
 ) -> Result<client::TlsStream<TcpStream>, io::Error> {
-    let config = match &shared.tls {
+    let config = match store {
         Some(store) => store.configs().client,
         // No TLS listener, so no store: build the client side alone. Upstream connections
         // are long-lived, so reading the files per connection costs little.
-        None => standalone_client(&shared.config).map_err(io::Error::other)?,
+        None => standalone_client(config).map_err(io::Error::other)?,
     };
     let connector = TlsConnector::from(config);
     let name = ServerName::IpAddress(remote.ip().into());
-    timeout(
-        shared.config.sip.tls_handshake_timeout,
-        connector.connect(name, sock),
-    )
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+    timeout(limit, connector.connect(name, sock))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
 /// The client configuration of a node without TLS listeners.
@@ -316,8 +342,11 @@ impl Configs {
                 reason: e.to_string(),
             })?;
         let client = client_config(roots(&chain, trusted_dir)?);
+        let mut http = server.clone();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             server: Arc::new(server),
+            http: Arc::new(http),
             client,
         })
     }
@@ -427,8 +456,9 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 // === self-signed certificate ===
 
 impl Names {
-    /// The addresses and advertised hosts of the TLS and WSS listeners, the node's aliases
-    /// and its id; addresses go in both lists (see the module docs).
+    /// The addresses and advertised hosts of the TLS and WSS listeners, the web front's
+    /// address, the node's aliases and its id; addresses go in both lists (see the module
+    /// docs).
     fn for_node(config: &Config) -> Self {
         let mut names = Self {
             common_name: String::new(),
@@ -448,6 +478,10 @@ impl Names {
             if let Some(advertise) = &l.advertise {
                 names.add_host(&advertise.host);
             }
+        }
+        // The web front's https listener shares the certificate.
+        if let Some(web) = config.web.listen.filter(|a| !a.ip().is_unspecified()) {
+            names.add_ip(web.ip());
         }
         for alias in &config.node.aliases {
             names.add_host(alias);
@@ -636,8 +670,6 @@ mod tests {
     use stg_config::{Host, TlsFiles};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
-    use tokio::sync::mpsc;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
@@ -670,14 +702,31 @@ mod tests {
         c
     }
 
-    fn shared(config: Config, store: Option<Arc<TlsStore>>) -> Arc<Shared> {
-        let (core_tx, _) = mpsc::channel(1);
-        Arc::new(Shared::new(
-            core_tx,
-            Arc::new(config),
-            CancellationToken::new(),
-            store,
-        ))
+    /// What a listener holds: the configuration and, with TLS listeners, the store.
+    struct Shared {
+        config: Config,
+        tls: Option<Arc<TlsStore>>,
+    }
+
+    fn shared(config: Config, tls: Option<Arc<TlsStore>>) -> Arc<Shared> {
+        Arc::new(Shared { config, tls })
+    }
+
+    async fn accept_on(
+        shared: &Shared,
+        sock: TcpStream,
+    ) -> io::Result<server::TlsStream<TcpStream>> {
+        let store = shared.tls.as_deref().expect("a store");
+        accept(store, sock, shared.config.sip.tls_handshake_timeout).await
+    }
+
+    async fn connect_via(
+        shared: &Shared,
+        sock: TcpStream,
+        remote: SocketAddr,
+    ) -> io::Result<client::TlsStream<TcpStream>> {
+        let limit = shared.config.sip.tls_handshake_timeout;
+        connect(shared.tls.as_deref(), &shared.config, sock, remote, limit).await
     }
 
     /// A certificate for `names` (IP SANs for addresses) and its key, written as PEM files;
@@ -716,7 +765,7 @@ mod tests {
                 let (sock, _) = listener.accept().await.unwrap();
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = accept(&shared, sock).await else {
+                    let Ok(mut tls) = accept_on(&shared, sock).await else {
                         return;
                     };
                     let mut buf = [0u8; 1024];
@@ -779,10 +828,7 @@ mod tests {
         TlsConnector::from(config).connect(name, sock).await
     }
 
-    async fn round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        tls: &mut S,
-        msg: &[u8],
-    ) {
+    async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S, msg: &[u8]) {
         tls.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
         tls.read_exact(&mut back).await.unwrap();
@@ -1207,24 +1253,24 @@ mod tests {
 
         // A server with the node's own certificate verifies.
         let sock = TcpStream::connect(peer).await.unwrap();
-        let mut tls = connect(&node_shared, sock, peer).await.unwrap();
+        let mut tls = connect_via(&node_shared, sock, peer).await.unwrap();
         round_trip(&mut tls, b"INVITE").await;
 
         // The PBX's does not, until its certificate is in trusted/ and the store reloaded.
         let sock = TcpStream::connect(pbx).await.unwrap();
-        assert!(connect(&node_shared, sock, pbx).await.is_err());
+        assert!(connect_via(&node_shared, sock, pbx).await.is_err());
         let trusted = tmp.0.join("node/tls/trusted");
         fs::create_dir_all(&trusted).unwrap();
         fs::copy(&pbx_files.certificate, trusted.join("pbx.pem")).unwrap();
         node.reload().unwrap();
         let sock = TcpStream::connect(pbx).await.unwrap();
-        let mut tls = connect(&node_shared, sock, pbx).await.unwrap();
+        let mut tls = connect_via(&node_shared, sock, pbx).await.unwrap();
         round_trip(&mut tls, b"INVITE").await;
 
         // A node with no TLS listener (no store) reads trusted/ per connection.
         let bare = shared(node_config, None);
         let sock = TcpStream::connect(pbx).await.unwrap();
-        let mut tls = connect(&bare, sock, pbx).await.unwrap();
+        let mut tls = connect_via(&bare, sock, pbx).await.unwrap();
         round_trip(&mut tls, b"INVITE").await;
     }
 
@@ -1240,7 +1286,7 @@ mod tests {
             .await
             .unwrap();
         let (sock, _) = listener.accept().await.unwrap();
-        let err = accept(&shared, sock).await.unwrap_err();
+        let err = accept_on(&shared, sock).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
