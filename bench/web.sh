@@ -27,7 +27,10 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); NGX=$(free_port); STGP=$(free_port); ADMIN=$(free_port); SIP=$(free_port)
 mkdir -p "$DIR/www" "$DIR/up" "$DIR/px" "$DIR/stg"
+# nginx workers run as nobody: the served file must be readable by them.
+chmod 755 "$DIR" "$DIR/www"
 head -c 1024 /dev/zero | tr '\0' 'a' > "$DIR/www/hello.txt"
+chmod 644 "$DIR/www/hello.txt"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
   -keyout "$DIR/key.pem" -out "$DIR/cert.pem" 2>/dev/null
