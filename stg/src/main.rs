@@ -295,6 +295,19 @@ fn run(path: Option<&Path>) -> ExitCode {
         spawn_signal_handlers(drain.clone(), tls.clone());
         let web_task = match (web, tls) {
             (Some(w), Some(tls)) => {
+                // The authentication service (the Sercen role) answers what no rule, proxy
+                // or static route takes, and is the session check of `token = true` routes.
+                let portal = match stg_portal::Portal::open(&web_config, node.guard()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the authentication service");
+                        eprintln!("stg: portal: {e}");
+                        return ExitCode::from(exit::CONFIG);
+                    }
+                };
+                let w = w
+                    .mount(portal.router())
+                    .token_check(std::sync::Arc::new(PortalCheck(portal)));
                 let (guard, drain) = (node.guard(), drain.clone());
                 Some(tokio::spawn(async move { w.run(tls, guard, drain).await }))
             }
@@ -369,4 +382,29 @@ fn spawn_signal_handlers(
             }
         }
     });
+}
+
+/// The web front's session check, by the authentication service. Only a token we never
+/// issued is an attack (the front logs `TRUCO_KO … token invalido` and counts it); an expired
+/// or logged-out one is simply no session.
+struct PortalCheck(stg_portal::Portal);
+
+impl stg_web::TokenCheck for PortalCheck {
+    fn check<'a>(
+        &'a self,
+        head: &'a http::request::Parts,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = stg_web::TokenVerdict> + Send + 'a>>
+    {
+        Box::pin(async move {
+            match self.0.session(&head.headers) {
+                Ok(s) => stg_web::TokenVerdict::Valid { user: s.user },
+                Err(stg_portal::Rejection::Invalid(e)) if e.is_forged() => {
+                    stg_web::TokenVerdict::Invalid {
+                        reason: e.to_string(),
+                    }
+                }
+                Err(_) => stg_web::TokenVerdict::Missing,
+            }
+        })
+    }
 }

@@ -317,7 +317,14 @@ pub(crate) async fn handle(
                 Some(proxy(&ctx, i, peer, permit, req, &mut user).await)
             }
             Decision::Static(i) => Some(serve_static(&ctx, i, req).await),
-            Decision::App => Some(app(&ctx, req).await),
+            Decision::App => {
+                // The application (the authentication service) learns who the client is as
+                // the front established it (after PROXY v2), as axum's connection info.
+                let mut req = req;
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer.client));
+                Some(app(&ctx, req).await)
+            }
         }
     };
     let Some(mut resp) = resp else {

@@ -611,3 +611,111 @@ fn static_files_reload_and_stop() {
         .expect("stopped");
     assert!(status.success(), "{status}");
 }
+
+/// The seed's portal rows through a running node: a wrong password once (the message,
+/// `TRUCO_KO`, the guard's `Found` line), more than ten (the source banned and refused); a
+/// right one gets a session that the token check accepts, and logging out ends it.
+#[test]
+fn portal_logins_through_the_front() {
+    let rt = rt();
+    let web = Web::start(
+        "web-portal",
+        "[registrar]\ndomains = [{ name = \"example.test\", mode = \"local\" }]\n\
+         [portal]\nlanding_page = \"/app/\"\nargon2_memory_kib = 1024\nargon2_iterations = 1\n",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
+        .args(["--config", web.node.dir.join("stg.toml").to_str().unwrap()])
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--realm",
+            "example.test",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"s3cret-pw\n")
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "stg user add");
+    let form = |user: &str, pw: &str| -> Request<Full<Bytes>> {
+        let mut r = req(
+            "POST",
+            HOST,
+            "/login",
+            Bytes::from(format!("user={user}&password={pw}")),
+        );
+        r.headers_mut().insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        r
+    };
+    rt.block_on(async {
+        let attacker = "203.0.113.9";
+        let tls = web.connect(Some(attacker), &[b"http/1.1"]).await.unwrap();
+        let mut h1 = H1::handshake(tls).await;
+        let r = h1.send(form("alice", "wrong")).await.unwrap();
+        assert_eq!(r.status, 401, "{r:?}");
+        assert!(r.body.contains("user or password incorrect"), "{}", r.body);
+        let log = crate::harness::wait_log(
+            &web.node,
+            "[portal] Found 203.0.113.9",
+            Duration::from_secs(5),
+        );
+        assert!(
+            log.contains("TRUCO_KO 203.0.113.9 portal wrong_password alice"),
+            "{log}"
+        );
+        // Ten more: the eleventh bans, and the source is no longer answered.
+        for _ in 0..10 {
+            if h1.send(form("alice", "wrong")).await.is_err() {
+                break;
+            }
+        }
+        crate::harness::wait_log(
+            &web.node,
+            "[portal] Ban 203.0.113.9/32",
+            Duration::from_secs(5),
+        );
+        let refused = match web.connect(Some(attacker), &[b"http/1.1"]).await {
+            Err(_) => true,
+            Ok(tls) => {
+                let mut h1 = H1::handshake(tls).await;
+                h1.send(form("alice", "s3cret-pw")).await.is_err()
+            }
+        };
+        assert!(refused, "a banned source is not answered");
+        // Someone else logs in: a session cookie, which /auth/check accepts until logout.
+        let tls = web
+            .connect(Some("203.0.113.10"), &[b"http/1.1"])
+            .await
+            .unwrap();
+        let mut h1 = H1::handshake(tls).await;
+        let r = h1.send(form("alice", "s3cret-pw")).await.unwrap();
+        assert_eq!(r.status, 303, "{r:?}");
+        assert_eq!(r.header("location"), "/app/");
+        let cookie = r.header("set-cookie").split(';').next().unwrap().to_owned();
+        assert!(cookie.starts_with("stg_session="), "{cookie}");
+        let with_cookie = |method: &str, path: &str| {
+            let mut r = req(method, HOST, path, Bytes::new());
+            r.headers_mut().insert("cookie", cookie.parse().unwrap());
+            r
+        };
+        let r = h1.send(with_cookie("GET", "/auth/check")).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("alice"), "{}", r.body);
+        h1.send(with_cookie("POST", "/logout")).await.unwrap();
+        let r = h1.send(with_cookie("GET", "/auth/check")).await.unwrap();
+        assert_eq!(r.status, 401, "logged out: {r:?}");
+    });
+}
