@@ -623,7 +623,7 @@ fn portal_logins_through_the_front() {
         "[registrar]\ndomains = [{ name = \"example.test\", mode = \"local\" }]\n\
          [portal]\nlanding_page = \"/app/\"\nargon2_memory_kib = 1024\nargon2_iterations = 1\n",
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stg"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
         .args(["--config", web.node.dir.join("stg.toml").to_str().unwrap()])
         .args([
             "user",
