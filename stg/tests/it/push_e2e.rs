@@ -889,6 +889,27 @@ fn device_taking_messages(params: &str, n: u32) -> String {
     s
 }
 
+/// erin's app registers over TCP to `port` with its push parameters, then its connection
+/// closes (the app sleeps).
+fn registers_and_sleeps(dir: &std::path::Path, label: &str, port: u16) {
+    let sf = dir.join(format!("{label}.xml"));
+    std::fs::write(
+        &sf,
+        device_scenario_with(true, None, &push_params(), INSTANCE),
+    )
+    .unwrap();
+    let mut device = Sipp::start(
+        dir,
+        label,
+        &sf,
+        Transport::Tcp,
+        addr(free_port()),
+        Some(addr(port)),
+        &["-s", "erin", "-au", "erin", "-ap", PASSWORD],
+    );
+    device.expect_success(Duration::from_secs(15));
+}
+
 #[test]
 fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_order() {
     let (port, inside) = (free_port(), free_port());
@@ -904,22 +925,7 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
     let dir = stg.dir.clone();
 
     // The app registers with its push parameters and sleeps (its connection closes).
-    let asleep = dir.join("asleep.xml");
-    std::fs::write(
-        &asleep,
-        device_scenario_with(true, None, &push_params(), INSTANCE),
-    )
-    .unwrap();
-    let mut first = Sipp::start(
-        &dir,
-        "asleep",
-        &asleep,
-        Transport::Tcp,
-        addr(free_port()),
-        Some(addr(port)),
-        &["-s", "erin", "-au", "erin", "-ap", PASSWORD],
-    );
-    first.expect_success(Duration::from_secs(15));
+    registers_and_sleeps(&dir, "asleep", port);
 
     // Three messages from the PBX: each pushed, answered 202 after a second, kept.
     let cid = format!("messages-kept-{}-%u", std::process::id());
@@ -996,22 +1002,7 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
     );
     assert_eq!(delivered, 3.0, "{}", stg.log());
     // Delivered means forgotten: a further registration on yet another connection gets none.
-    let again = dir.join("again.xml");
-    std::fs::write(
-        &again,
-        device_scenario_with(true, None, &push_params(), INSTANCE),
-    )
-    .unwrap();
-    let mut third = Sipp::start(
-        &dir,
-        "again",
-        &again,
-        Transport::Tcp,
-        addr(free_port()),
-        Some(addr(port)),
-        &["-s", "erin", "-au", "erin", "-ap", PASSWORD],
-    );
-    third.expect_success(Duration::from_secs(15));
+    registers_and_sleeps(&dir, "again", port);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         stg.counter("stg_messages_total{result=\"delivered\"}"),
