@@ -719,3 +719,91 @@ fn portal_logins_through_the_front() {
         assert_eq!(r.status, 401, "logged out: {r:?}");
     });
 }
+
+/// The login page of a running node in headless Chromium (`peers/portal_browser.js`:
+/// playwright-core driving Debian's chromium, each screenshot read back with tesseract):
+/// a wrong password shows the message, the right one lands on the app behind the front
+/// (a `token = true` proxy route), logging out ends the session.
+#[test]
+fn the_login_page_of_stg_run_works_in_headless_chromium() {
+    let (https, sip, app_port) = (free_port(), free_port(), free_port());
+    let site = temp_dir("web-browser-app");
+    std::fs::create_dir_all(site.join("app")).unwrap();
+    std::fs::write(
+        site.join("app/index.html"),
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>App</title></head>\
+         <body style=\"font-family: sans-serif; font-size: 2rem; margin: 3rem\">\
+         <h1>Welcome alice</h1><p>You are logged in.</p></body></html>",
+    )
+    .unwrap();
+    let mut py = Command::new("python3");
+    py.args([
+        "-m",
+        "http.server",
+        &app_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .arg("--directory")
+    .arg(&site);
+    let _app = Peer::spawn("python3", "python3", py, &site.join("http.log"));
+    wait_listening(format!("127.0.0.1:{app_port}").parse().unwrap());
+    let node = StgNode::start(
+        "web-browser",
+        &format!(
+            "[[sip.listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:{sip}\"\n\n\
+             [registrar]\ndomains = [{{ name = \"example.test\", mode = \"local\" }}]\n\
+             [portal]\nlanding_page = \"/app/\"\nargon2_memory_kib = 1024\nargon2_iterations = 1\n\
+             [web]\nlisten = \"127.0.0.1:{https}\"\n\
+             [[web.proxy]]\nprefix = \"/app/\"\nupstream = \"http://127.0.0.1:{app_port}\"\ntoken = true\n"
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
+        .args(["--config", node.dir.join("stg.toml").to_str().unwrap()])
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--realm",
+            "example.test",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"s3cret-pw\n").unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "stg user add");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/portal_browser.js");
+    let out_dir = node.dir.join("shots");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = Command::new("timeout")
+        .arg("180")
+        .arg("node")
+        .arg(&script)
+        .args([
+            &format!("https://127.0.0.1:{https}"),
+            "alice",
+            "s3cret-pw",
+            "welcome alice",
+        ])
+        .arg(&out_dir)
+        .output()
+        .expect("cannot run `timeout node` (Debian coreutils, nodejs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "portal_browser.js failed ({}): run scripts/install-test-deps\n{stdout}\n{}\n--- stg:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+    for step in ["ok wrong password", "ok logged in", "ok logged out"] {
+        assert!(stdout.contains(step), "{step}:\n{stdout}");
+    }
+}
