@@ -623,30 +623,7 @@ fn portal_logins_through_the_front() {
         "[registrar]\ndomains = [{ name = \"example.test\", mode = \"local\" }]\n\
          [portal]\nlanding_page = \"/app/\"\nargon2_memory_kib = 1024\nargon2_iterations = 1\n",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
-        .args(["--config", web.node.dir.join("stg.toml").to_str().unwrap()])
-        .args([
-            "user",
-            "add",
-            "alice",
-            "--realm",
-            "example.test",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"s3cret-pw\n")
-            .unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "stg user add");
+    add_alice(&web.node);
     let form = |user: &str, pw: &str| -> Request<Full<Bytes>> {
         let mut r = req(
             "POST",
@@ -758,26 +735,7 @@ fn the_login_page_of_stg_run_works_in_headless_chromium() {
              [[web.proxy]]\nprefix = \"/app/\"\nupstream = \"http://127.0.0.1:{app_port}\"\ntoken = true\n"
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
-        .args(["--config", node.dir.join("stg.toml").to_str().unwrap()])
-        .args([
-            "user",
-            "add",
-            "alice",
-            "--realm",
-            "example.test",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"s3cret-pw\n").unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "stg user add");
+    add_alice(&node);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/portal_browser.js");
     let out_dir = node.dir.join("shots");
@@ -806,4 +764,23 @@ fn the_login_page_of_stg_run_works_in_headless_chromium() {
     for step in ["ok wrong password", "ok logged in", "ok logged out"] {
         assert!(stdout.contains(step), "{step}:\n{stdout}");
     }
+}
+
+/// `stg user add alice` (realm example.test, password `s3cret-pw`) on the running node's
+/// database: SIP digest and portal password alike.
+fn add_alice(node: &StgNode) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stg"))
+        .args(["--config", node.dir.join("stg.toml").to_str().unwrap()])
+        .args(["user", "add", "alice", "--realm", "example.test"])
+        .arg("--password-stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"s3cret-pw\n").unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "stg user add");
 }
