@@ -205,10 +205,7 @@ impl Proxy {
         }
         // A message answered 202 (or taken by another device) is still this device's until
         // it takes it or its copy is kept: it goes out over the new connection too.
-        let message_owed = ctx.request.method() == Some(Method::Message)
-            && !ctx.stored.contains(key)
-            && !ctx.took.contains(key);
-        let over = ctx.cancelled || (ctx.final_sent && !message_owed);
+        let over = ctx.cancelled || (ctx.final_sent && !ctx.owes_message(key));
         let parked = ctx
             .branches
             .iter()

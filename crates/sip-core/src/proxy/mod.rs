@@ -1677,12 +1677,11 @@ impl Proxy {
         };
         let ghost = ctx.branches.get(b as usize).is_some_and(|br| br.ghost);
         // A message still owed to a device goes out after its sender's 202 (stored.rs).
-        let owed = ctx.request.method() == Some(Method::Message)
-            && ctx
-                .branches
-                .get(b as usize)
-                .and_then(|br| br.key.as_ref())
-                .is_some_and(|k| !ctx.stored.contains(k) && !ctx.took.contains(k));
+        let owed = ctx
+            .branches
+            .get(b as usize)
+            .and_then(|br| br.key.as_ref())
+            .is_some_and(|k| ctx.owes_message(k));
         if !ghost
             && (ctx.cancelled
                 || ctx.final_sent

@@ -51,6 +51,16 @@ fn nowhere() -> Inbound {
     }
 }
 
+impl super::Ctx {
+    /// Whether this is a message the device `key` has neither taken nor had kept for it: it
+    /// may still go out to the device after its sender was answered.
+    pub(super) fn owes_message(&self, key: &Bytes) -> bool {
+        self.request.method() == Some(Method::Message)
+            && !self.stored.contains(key)
+            && !self.took.contains(key)
+    }
+}
+
 impl Proxy {
     /// Delivers a kept message (`request`, as it arrived from its sender) to the device of
     /// `binding`, which just bound on a connection of this node. The outcome comes back as
@@ -177,7 +187,7 @@ impl Proxy {
                 && br.key.as_ref() == Some(&key)
                 && matches!(br.state, BranchState::Sent(_) | BranchState::Resolving)
         });
-        if ctx.stored.contains(&key) || ctx.took.contains(&key) || live_elsewhere {
+        if !ctx.owes_message(&key) || live_elsewhere {
             return;
         }
         ctx.stored.push(key.clone());
