@@ -31,6 +31,47 @@ const EVENT_QUEUE: usize = 4096;
 /// Most `[jail] Found <ip>` lines a second (the rest are counted in one line).
 const FOUND_LINES: u32 = 50;
 
+/// At most `max` admissions per second of `now`; the count of refusals of a second that
+/// ended is handed back once. (One source reaches its ban within `maxretry` lines; this
+/// bounds a spread attack, which [`crate::throttle`]'s per-source windows would cut too
+/// early for fail2ban's one-line-per-failure contract.)
+struct PerSecond {
+    max: u32,
+    epoch: Instant,
+    second: u64,
+    admitted: u32,
+    refused: u64,
+}
+
+impl PerSecond {
+    fn new(max: u32, epoch: Instant) -> Self {
+        Self {
+            max,
+            epoch,
+            second: 0,
+            admitted: 0,
+            refused: 0,
+        }
+    }
+
+    /// Whether to admit at `now`, and the refusals of the second that just ended, if any.
+    fn admit(&mut self, now: Instant) -> (bool, Option<u64>) {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let mut ended = None;
+        if second != self.second {
+            ended = (self.refused > 0).then_some(self.refused);
+            (self.second, self.admitted, self.refused) = (second, 0, 0);
+        }
+        if self.admitted < self.max {
+            self.admitted += 1;
+            (true, ended)
+        } else {
+            self.refused += 1;
+            (false, ended)
+        }
+    }
+}
+
 /// Changes waiting for the firewall task; beyond, they are counted and stg's own listeners
 /// still enforce the ban.
 const FIREWALL_QUEUE: usize = 65_536;
@@ -392,8 +433,7 @@ pub(crate) async fn start(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         let mut ticks = 0u64;
-        let found_epoch = crate::now();
-        let (mut found_second, mut found_lines, mut found_suppressed) = (0u64, 0u32, 0u64);
+        let mut found = PerSecond::new(FOUND_LINES, crate::now());
         loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -405,18 +445,14 @@ pub(crate) async fn start(
                     // fail2ban's own line for each failure it counts (the seed's acceptance
                     // table reads it), at most FOUND_LINES a second: a spread attack must not
                     // turn into a log flood.
-                    let second = now.duration_since(found_epoch).as_secs();
-                    if second != found_second {
-                        if found_suppressed > 0 {
-                            tracing::info!(target: "stg::guard", suppressed = found_suppressed, "more failures counted than logged");
-                        }
-                        (found_second, found_lines, found_suppressed) = (second, 0, 0);
+                    let (log, ended) = found.admit(now);
+                    if let Some(n) = ended {
+                        tracing::info!(target: "stg::guard", suppressed = n, "more failures counted than logged");
                     }
-                    if found_lines < FOUND_LINES {
-                        found_lines += 1;
+                    if log {
                         tracing::info!(target: "stg::guard", "[{}] Found {} - {}", ev.kind.jail(), ev.source, clock_time());
                     } else {
-                        found_suppressed += 1;
+                        metrics::counter!("stg_log_suppressed_total").increment(1);
                     }
                     if let Some(c) = counted {
                         cluster_count.store(c.max(1), Ordering::Relaxed);
@@ -587,6 +623,26 @@ fn clock_time() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spread attack (thousands of failures a second from as many sources) writes at most
+    /// FOUND_LINES `Found` lines a second, and the rest is told once, when the second ends.
+    #[test]
+    fn found_lines_are_capped_per_second_and_the_rest_summed() {
+        let t0 = Instant::now();
+        let mut found = PerSecond::new(FOUND_LINES, t0);
+        let admitted = (0..10_000)
+            .filter(|_| found.admit(t0 + Duration::from_millis(500)).0)
+            .count();
+        assert_eq!(admitted, FOUND_LINES as usize);
+        let (log, ended) = found.admit(t0 + Duration::from_millis(1500));
+        assert!(log, "a new second");
+        assert_eq!(ended, Some(10_000 - u64::from(FOUND_LINES)));
+        assert_eq!(
+            found.admit(t0 + Duration::from_millis(1600)).1,
+            None,
+            "told once"
+        );
+    }
 
     /// An attacker failing from many addresses fills the bans table at most to its cap: the
     /// next ban is refused (counted by the caller), and expired bans make room again.
