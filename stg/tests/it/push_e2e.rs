@@ -915,12 +915,11 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
     let (port, inside) = (free_port(), free_port());
     let dir = crate::harness::temp_dir("messages-kept");
     let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
-    let c = node_config(
-        port,
-        inside,
-        &users_url,
-        "[push]\nmessage_accept_timeout = \"1s\"\n",
-    );
+    // Pushes go to a local server that speaks FCM HTTP v1 (HTTP/2, TLS, OAuth2).
+    let fcm = FakeFcm::start(FcmOptions::default());
+    let push =
+        fcm_config(&fcm, "90s").replace("[push]\n", "[push]\nmessage_accept_timeout = \"1s\"\n");
+    let c = node_config(port, inside, &users_url, &push);
     let mut stg = StgNode::start("messages-kept", &c);
     let dir = stg.dir.clone();
 
@@ -953,11 +952,12 @@ fn messages_for_a_sleeping_device_are_kept_across_a_restart_and_delivered_in_ord
         Duration::from_secs(5),
     );
     assert_eq!(kept, 3.0, "{}", stg.log());
-    assert_eq!(
-        count(&stg.log(), "push (log only"),
-        3,
-        "one push per message"
-    );
+    let pushed = sends(&fcm);
+    assert_eq!(pushed.len(), 3, "one FCM push per message:\n{}", stg.log());
+    for p in &pushed {
+        assert_eq!(p.status, 200);
+        assert_eq!(p.json()["message"]["data"]["type"], "message");
+    }
 
     // stg restarts (drained by SIGTERM): the messages are in its store.
     stg.restart();
