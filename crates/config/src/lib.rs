@@ -336,9 +336,13 @@ pub struct GuardSection {
     /// The failure that brings a source's count in the window to this bans it (SIP digest
     /// failures; the seed's "more than ten"). Default 11.
     pub sip_maxretry: u32,
-    /// Out-of-dialog requests answered 403/404/484/604 (a user scan such as `svwar`, over
-    /// TCP/TLS/WS: UDP can be spoofed) that ban the source. Default 20.
+    /// Out-of-dialog requests answered 403/404/484/604 (a user scan such as `svwar`) that
+    /// ban the source. Default 20.
     pub probe_maxretry: u32,
+    /// Whether such answers count over UDP too, where the source address may be forged:
+    /// the ban they decide is then withheld from an address that authenticated within a
+    /// day (a spoofer cannot lock a user out). Default true (`svwar` speaks only UDP).
+    pub udp_probes: bool,
     /// The window failures are counted in. Default 10 min.
     pub findtime: Duration,
     /// A first ban's length; each repeat doubles it. Default 1 h.
@@ -400,6 +404,7 @@ impl Default for GuardSection {
             firewall_table: "stg".to_owned(),
             sip_maxretry: 11,
             probe_maxretry: 20,
+            udp_probes: true,
             findtime: Duration::from_secs(600),
             bantime: Duration::from_secs(3600),
             max_bantime: Duration::from_secs(7 * 86_400),

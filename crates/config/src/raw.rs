@@ -176,6 +176,7 @@ struct RawGuard {
     firewall_table: Option<String>,
     sip_maxretry: Option<u32>,
     probe_maxretry: Option<u32>,
+    udp_probes: Option<bool>,
     findtime: Option<Parse<Duration>>,
     bantime: Option<Parse<Duration>>,
     max_bantime: Option<Parse<Duration>>,
@@ -225,6 +226,7 @@ impl RawGuard {
         g.firewall = self.firewall.unwrap_or(g.firewall);
         g.sip_maxretry = self.sip_maxretry.unwrap_or(g.sip_maxretry);
         g.probe_maxretry = self.probe_maxretry.unwrap_or(g.probe_maxretry);
+        g.udp_probes = self.udp_probes.unwrap_or(g.udp_probes);
         if g.probe_maxretry == 0 {
             return Err(invalid("guard.probe_maxretry", "at least 1".to_owned()));
         }

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use stg_guard::{Engine, Event, GuardConfig, IpNet, Jail, Kind};
@@ -110,8 +110,19 @@ async fn firewall_batches(
     }
 }
 
-/// The jail of user scans: out-of-dialog requests answered 403/404/484/604 (TCP, TLS, WS).
+/// The jail of user scans: out-of-dialog requests answered 403/404/484/604 (TCP, TLS, WS,
+/// and UDP unless `guard.udp_probes` is off).
 pub(crate) const PROBE_JAIL: &str = "sipprobe";
+
+/// How long an address that authenticated is a user's: evidence a spoofer could forge
+/// (UDP) alone does not ban it meanwhile.
+const KNOWN_GOOD_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// How often one node tells the cluster again that an address authenticated.
+const KNOWN_GOOD_SHARE_EVERY: Duration = Duration::from_secs(600);
+
+/// Most addresses remembered as users' (only a right password adds one).
+const MAX_KNOWN_GOOD: usize = 100_000;
 
 /// Most bans held in the process (each is a kernel set element too, with the firewall).
 const MAX_BANS: usize = 100_000;
@@ -127,6 +138,8 @@ pub(crate) struct Bans {
     store: OnceLock<stg_store::Bindings>,
     /// Jails' figures, who banned what, ban lines to syslog (`guard_inputs`).
     pub(crate) status: crate::guard_inputs::Status,
+    /// Addresses that authenticated: when last, and when last told to the cluster.
+    known_good: Mutex<HashMap<IpAddr, (Instant, Option<Instant>)>>,
 }
 
 impl Bans {
@@ -153,6 +166,85 @@ impl Bans {
 
     /// Counts a failure from `ip` (no-op when the guard is off).
     pub(crate) fn failure(&self, ip: IpAddr, kind: Kind, user: Option<&str>) {
+        self.send(ip, kind, user, true);
+    }
+
+    /// Counts a failure whose source address may be forged (UDP): it counts like any
+    /// other, but a ban it decides is withheld from an address that authenticated.
+    pub(crate) fn unproven_failure(&self, ip: IpAddr, kind: Kind) {
+        self.send(ip, kind, None, false);
+    }
+
+    /// `ip` authenticated: a user's address, here and (through Redis) on every node.
+    pub(crate) fn authenticated(&self, ip: IpAddr) {
+        if self.events.get().is_none() {
+            return;
+        }
+        let ip = ip.to_canonical();
+        let now = crate::now();
+        let share = {
+            let mut map = self
+                .known_good
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= MAX_KNOWN_GOOD && !map.contains_key(&ip) {
+                map.retain(|_, (seen, _)| now.saturating_duration_since(*seen) < KNOWN_GOOD_FOR);
+                if map.len() >= MAX_KNOWN_GOOD {
+                    metrics::counter!("stg_guard_known_good_refused_total").increment(1);
+                    return;
+                }
+            }
+            let entry = map.entry(ip).or_insert((now, None));
+            entry.0 = now;
+            let due = entry
+                .1
+                .is_none_or(|t| now.saturating_duration_since(t) >= KNOWN_GOOD_SHARE_EVERY);
+            if due {
+                entry.1 = Some(now);
+            }
+            metrics::gauge!("stg_guard_known_good").set(map.len() as f64);
+            due
+        };
+        let Some(store) = self.store.get().cloned().filter(|_| share) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let r = store
+                .mark_authenticated(&ip.to_string(), KNOWN_GOOD_FOR.as_secs())
+                .await;
+            if r.is_err() {
+                metrics::counter!("stg_guard_share_errors_total").increment(1);
+            }
+        });
+    }
+
+    /// Whether `ip` authenticated within [`KNOWN_GOOD_FOR`], here or on another node. When
+    /// the cluster cannot be asked, it might have: `true` (an unproven ban is withheld).
+    async fn known_good(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let here = self
+            .known_good
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ip)
+            .is_some_and(|(seen, _)| {
+                crate::now().saturating_duration_since(*seen) < KNOWN_GOOD_FOR
+            });
+        if here {
+            return true;
+        }
+        let Some(store) = self.store.get() else {
+            return false;
+        };
+        let asked = tokio::time::timeout(
+            Duration::from_millis(250),
+            store.authenticated(&ip.to_string()),
+        )
+        .await;
+        !matches!(asked, Ok(Ok(false)))
+    }
+
+    fn send(&self, ip: IpAddr, kind: Kind, user: Option<&str>, proven: bool) {
         let Some(tx) = self.events.get() else {
             return;
         };
@@ -161,6 +253,7 @@ impl Bans {
             kind,
             user: user.map(str::to_owned),
             at: crate::now(),
+            proven,
         };
         if tx.try_send(ev).is_err() {
             metrics::counter!("stg_guard_events_dropped_total").increment(1);
@@ -335,6 +428,10 @@ impl stg_guard::Hook for Bans {
     fn failure(&self, ip: IpAddr, kind: Kind, user: Option<&str>) {
         Self::failure(self, ip, kind, user);
     }
+
+    fn authenticated(&self, ip: IpAddr) {
+        Self::authenticated(self, ip);
+    }
 }
 
 /// Starts the guard task (when `guard.enabled`): restores the kernel's bans when the
@@ -460,6 +557,13 @@ pub(crate) async fn start(
                     let decided = engine.failure(now, &ev);
                     shared.bans.status.record(engine.jail_stats());
                     let Some(d) = decided else { continue };
+                    if !d.proven && shared.bans.known_good(ev.source).await {
+                        // Forgeable evidence against a user's address: a spoofer's way to
+                        // lock a user out. Counted and said, never enforced.
+                        metrics::counter!("stg_guard_bans_withheld_total", "jail" => jail_label(&d.jail)).increment(1);
+                        tracing::warn!(target: "stg::guard", "[{}] Withheld ban of {}: it authenticated within {} h and the evidence came over UDP", d.jail, d.scope, KNOWN_GOOD_FOR.as_secs() / 3600);
+                        continue;
+                    }
                     if counted.is_some() {
                         if let Some(store) = shared.bans.store.get().cloned() {
                             let (jail, scope) = (d.jail.clone(), d.scope.to_string());

@@ -397,6 +397,8 @@ fn event(ip: IpAddr, jail: &str, user: Option<String>, at: Instant, input: &'sta
         },
         user,
         at,
+        // A trusted service's log (or the internal syslog intake) names the address.
+        proven: true,
     }
 }
 

@@ -699,15 +699,19 @@ impl Core {
                 );
                 crate::registrar::report(&self.shared, failure);
             }
-            Event::Probed { remote, .. } => {
-                self.shared.bans.failure(
-                    remote.ip(),
-                    stg_guard::Kind::External {
-                        jail: crate::guard::PROBE_JAIL.to_owned(),
-                    },
-                    None,
-                );
+            Event::Probed {
+                remote, verified, ..
+            } => {
+                let kind = stg_guard::Kind::External {
+                    jail: crate::guard::PROBE_JAIL.to_owned(),
+                };
+                if *verified {
+                    self.shared.bans.failure(remote.ip(), kind, None);
+                } else if self.shared.config.guard.udp_probes {
+                    self.shared.bans.unproven_failure(remote.ip(), kind);
+                }
             }
+            Event::AuthAccepted { remote } => self.shared.bans.authenticated(remote.ip()),
             Event::Dropped { remote, reason }
                 if tracing::enabled!(tracing::Level::DEBUG)
                     && self.shared.may_log("dropped messages", reason, remote.ip()) =>
@@ -753,6 +757,7 @@ impl Core {
         metrics::gauge!("stg_sip_requests_awaiting_bytes").set(load.awaiting_bytes as f64);
         metrics::gauge!("stg_sip_transactions_lingering").set(load.lingering as f64);
         metrics::gauge!("stg_push_pending_forks").set(load.late_forks as f64);
+        metrics::gauge!("stg_sip_nonce_proofs").set(load.nonce_proofs as f64);
         let (c, sv) = self.proxy.transactions_alive();
         metrics::gauge!("stg_sip_transactions", "role" => "client").set(c as f64);
         metrics::gauge!("stg_sip_transactions", "role" => "server").set(sv as f64);

@@ -497,7 +497,11 @@ impl Registrar {
                     label: "forbidden",
                 }
             }
-            Verdict::Ok => Checked::Passed,
+            Verdict::Ok => {
+                // The nonce was bound to this address: it is a user's.
+                shared.bans.authenticated(client);
+                Checked::Passed
+            }
             Verdict::Stale => challenge(true, "challenged"),
             // Not ours, not for this source, or from another run: a device that changed
             // network or met a restarted node, or a spoofer. Challenged again, not a failure.

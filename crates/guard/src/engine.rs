@@ -56,6 +56,9 @@ pub struct Event {
     pub user: Option<String>,
     /// When it happened (the window counts event times, not arrival times).
     pub at: Instant,
+    /// Whether `source` is proven (a connection, a nonce echoed back, a log line of a
+    /// trusted service), not a UDP datagram that anyone could have sent under that address.
+    pub proven: bool,
 }
 
 /// Longer bans for repeat offenders, as fail2ban's `bantime.increment`: ban number `n`
@@ -203,6 +206,9 @@ pub struct Decision {
     pub count: u32,
     /// Which ban of this scope in this jail this is (1 for the first).
     pub nth: u32,
+    /// Whether the deciding failure's source was proven ([`Event::proven`]): the shell
+    /// withholds an unproven ban of an address known to belong to a user.
+    pub proven: bool,
 }
 
 impl fmt::Display for Decision {
@@ -524,6 +530,7 @@ impl<C: CounterStore> Engine<C> {
             reason,
             count,
             nth: previous + 1,
+            proven: ev.proven,
         };
         if !self.offenders.contains_key(&key) && self.offenders.len() >= self.max_offenders {
             // Forget the offender whose ban ended first: it matters least.
@@ -609,6 +616,7 @@ mod tests {
             kind,
             user: None,
             at,
+            proven: true,
         }
     }
 

@@ -44,6 +44,9 @@ pub trait Hook: Send + Sync + 'static {
     fn banned(&self, ip: std::net::IpAddr) -> bool;
     /// Counts one failure from `ip` in the jail of `kind`; `user` is the name tried, if any.
     fn failure(&self, ip: std::net::IpAddr, kind: Kind, user: Option<&str>);
+    /// `ip` authenticated (a user's address): evidence from a forgeable source (UDP) alone
+    /// never bans it for a while.
+    fn authenticated(&self, _ip: std::net::IpAddr) {}
 }
 
 /// The guard of a node that has none: nobody is banned, nothing is counted.

@@ -654,6 +654,7 @@ impl Portal {
         };
         metrics::counter!("stg_portal_logins_total", "result" => "ok").increment(1);
         tracing::info!(target: "stg::portal", %ip, user, "portal login");
+        self.inner.guard.authenticated(ip);
         let expires = now.saturating_add(s.token_lifetime.as_secs());
         if json {
             let body = serde_json::json!({

@@ -247,6 +247,24 @@ impl Bindings {
         }
     }
 
+    /// Records that `ip` authenticated (a user's address) for `for_secs`, cluster-wide:
+    /// `stg:good:<ip>`. A no-op on the embedded store (the node's own table is enough).
+    pub async fn mark_authenticated(&self, ip: &str, for_secs: u64) -> Result<(), StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis(s) => s.mark(&format!("stg:good:{ip}"), for_secs).await,
+        }
+    }
+
+    /// Whether any node saw `ip` authenticate within its `mark_authenticated` time.
+    /// `false` on the embedded store.
+    pub async fn authenticated(&self, ip: &str) -> Result<bool, StoreError> {
+        match &self.inner {
+            Backend::Embedded(_) => Ok(false),
+            Backend::Redis(s) => s.exists(&format!("stg:good:{ip}")).await,
+        }
+    }
+
     /// Forgets a cluster-wide failure window (after its ban).
     pub async fn clear_failures(&self, jail: &str, scope: &str) -> Result<(), StoreError> {
         match &self.inner {

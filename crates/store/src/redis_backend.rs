@@ -302,6 +302,28 @@ impl RedisStore {
         })
     }
 
+    /// `SET key 1 EX secs`.
+    pub(crate) async fn mark(&self, key: &str, secs: u64) -> Result<(), StoreError> {
+        with_conn!(self, conn, {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("EX")
+                .arg(secs.max(1))
+                .exec_async(conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// `EXISTS key`.
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        with_conn!(self, conn, {
+            let n: u32 = redis::cmd("EXISTS").arg(key).query_async(conn).await?;
+            Ok(n > 0)
+        })
+    }
+
     /// Forgets a failure window.
     pub(crate) async fn clear_failures(&self, key: &str) -> Result<(), StoreError> {
         with_conn!(self, conn, {

@@ -596,3 +596,29 @@ pub(crate) fn wait_log(stg: &StgNode, needle: &str, wait: Duration) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `cmd` to its end, killed (by its PID) if it takes longer than `limit`; its stdout and
+/// stderr together.
+pub(crate) fn output_within(mut cmd: Command, limit: Duration) -> String {
+    let dir = temp_dir("output");
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    format!(
+        "{}{}",
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default()
+    )
+}

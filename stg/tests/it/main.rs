@@ -18,6 +18,7 @@ mod push_e2e;
 mod registrar_e2e;
 mod registrar_store;
 mod sipp;
+mod sipvicious;
 mod torture;
 mod transports;
 mod uas;

@@ -42,6 +42,7 @@
 
 mod flow_token;
 mod late;
+mod nonces;
 mod routing;
 mod stored;
 #[cfg(test)]
@@ -132,6 +133,8 @@ pub struct Load {
     pub awaiting_bytes: usize,
     /// Server transactions lingering after their final answer (not answered INVITEs).
     pub lingering: usize,
+    /// Digest nonces remembered as relayed to UDP sources (their proof; capped at 65,536).
+    pub nonce_proofs: usize,
 }
 
 /// Caps on the state the core keeps for others (`sip.max_transactions*`).
@@ -264,13 +267,24 @@ pub enum Event {
         credentials: Bytes,
     },
     /// A request from outside that was not in a dialog got an answer that says "no such
-    /// user" or "not for you" (403, 404, 484, 604), over a transport that cannot be spoofed:
-    /// what a user scan (`svwar`) collects, one answer at a time.
+    /// user" or "not for you" (403, 404, 484, 604): what a user scan (`svwar`) collects, one
+    /// answer at a time.
     Probed {
         /// Who asked.
         remote: SocketAddr,
         /// The answer.
         status: StatusCode,
+        /// Whether `remote` is proven (a connection, not a UDP datagram that anyone could
+        /// have sent under that address): the guard never lets unproven evidence alone ban
+        /// an address that has authenticated.
+        verified: bool,
+    },
+    /// The upstream accepted (2xx) credentials a device sent from outside (through mode):
+    /// `remote` is a real user's address, for the guard's "known good" list. Over UDP only
+    /// when the credentials' nonce was relayed to that address (see `nonces`).
+    AuthAccepted {
+        /// Who sent them.
+        remote: SocketAddr,
     },
     /// A message was dropped on purpose.
     Dropped {
@@ -607,6 +621,8 @@ pub struct Proxy {
     late_by_aor: HashMap<String, Vec<u64>>,
     /// Device branches by the connection they were sent on.
     by_conn: HashMap<ConnId, Vec<(u64, u32)>>,
+    /// Digest nonces relayed to outside UDP sources: their return-routability proof.
+    nonces: nonces::NonceBook,
 }
 
 impl Proxy {
@@ -647,6 +663,7 @@ impl Proxy {
             late_timers: BTreeSet::new(),
             late_by_aor: HashMap::new(),
             by_conn: HashMap::new(),
+            nonces: nonces::NonceBook::default(),
         }
     }
 
@@ -1073,6 +1090,7 @@ impl Proxy {
             awaiting_bytes: self.awaiting_bytes,
             lingering: self.finals.len(),
             late_forks: self.late_by_aor.values().map(Vec::len).sum(),
+            nonce_proofs: self.nonces.len(),
         }
     }
 
@@ -2137,6 +2155,7 @@ impl Proxy {
             }
         }
         if status.is_success() {
+            self.auth_accepted(ctx_id, now);
             if let (Some(id), ReplyTo::Server(server)) = (sent_id, server) {
                 let outward = self
                     .ctxs
@@ -2168,7 +2187,8 @@ impl Proxy {
             return;
         }
         if matches!(status.0, 401 | 407) {
-            self.auth_rejected(ctx_id, status, &m);
+            self.auth_rejected(ctx_id, status, &m, now);
+            self.challenged(ctx_id, &m, now);
         }
         if status.class() == 6 {
             self.cancel_others(ctx_id, b, None, now);
@@ -2184,14 +2204,15 @@ impl Proxy {
     /// The PBX refused credentials a device sent (through mode): an authentication failure
     /// for the operators' log and the guard. A first challenge (no credentials) is not one.
     ///
-    /// Not counted: a source that may be spoofed (UDP from outside: anyone can make a
-    /// victim's address send garbage credentials), and a challenge saying `stale=true` (a
-    /// device's right credentials with an expired nonce: a refresh, not a guess).
-    fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode, response: &Message) {
+    /// Not counted: credentials over UDP whose nonce was not relayed to that source (its
+    /// address may be forged: anyone could make a victim's address send garbage credentials,
+    /// see [`nonces`]), and a challenge saying `stale=true` (a device's right credentials
+    /// with an expired nonce: a refresh, not a guess).
+    fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode, response: &Message, now: Instant) {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        if ctx.inbound.side != Side::Outside || self.unverified(ctx.inbound) {
+        if ctx.inbound.side != Side::Outside || !self.proven(ctx, now) {
             return;
         }
         let stale = response
@@ -2217,6 +2238,65 @@ impl Proxy {
                 credentials: ctx.request.slice(c),
             };
             self.out.push_back(Output::Event(event));
+        }
+    }
+
+    /// Whether the sender of `ctx`'s request is who its address says: a connection, or over
+    /// UDP, credentials carrying a nonce relayed to that address.
+    fn proven(&self, ctx: &Ctx, now: Instant) -> bool {
+        if !self.unverified(ctx.inbound) {
+            return true;
+        }
+        let ip = ctx.inbound.flow.remote.ip();
+        ctx.request
+            .header_values_by_name(b"Authorization")
+            .chain(ctx.request.header_values_by_name(b"Proxy-Authorization"))
+            .filter_map(nonces::nonce_param)
+            .any(|n| {
+                self.nonces
+                    .went_to(self.tokens.keyed_hash(&[b"nonce", n]), ip, now)
+            })
+    }
+
+    /// A 401/407 on its way to an outside UDP source: its nonces now prove that address.
+    fn challenged(&mut self, ctx_id: u64, response: &Message, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        if !self.unverified(ctx.inbound) {
+            return;
+        }
+        let ip = ctx.inbound.flow.remote.ip();
+        let hashes: Vec<u64> = response
+            .header_values_by_name(b"WWW-Authenticate")
+            .chain(response.header_values_by_name(b"Proxy-Authenticate"))
+            .filter_map(nonces::nonce_param)
+            .map(|n| self.tokens.keyed_hash(&[b"nonce", n]))
+            .collect();
+        for h in hashes {
+            self.nonces.sent(h, ip, now);
+        }
+    }
+
+    /// The upstream accepted a device's credentials: tells the guard the address is a user's.
+    fn auth_accepted(&mut self, ctx_id: u64, now: Instant) {
+        let Some(ctx) = self.ctxs.get(&ctx_id) else {
+            return;
+        };
+        let credentials = ctx
+            .request
+            .header_values_by_name(b"Authorization")
+            .next()
+            .is_some()
+            || ctx
+                .request
+                .header_values_by_name(b"Proxy-Authorization")
+                .next()
+                .is_some();
+        if ctx.inbound.side == Side::Outside && credentials && self.proven(ctx, now) {
+            let remote = ctx.inbound.flow.remote;
+            self.out
+                .push_back(Output::Event(Event::AuthAccepted { remote }));
         }
     }
 
@@ -2303,17 +2383,14 @@ impl Proxy {
         self.reply(ctx.server, status, bytes, now);
     }
 
-    /// A "no such user" answer to an outsider's out-of-dialog request, over a transport that
-    /// cannot be spoofed: one step of a user scan, for the guard.
+    /// A "no such user" answer to an outsider's out-of-dialog request: one step of a user
+    /// scan, for the guard (which weighs UDP's unproven source address itself).
     fn probe_event(&mut self, inbound: Inbound, initial: bool, status: StatusCode) {
-        if matches!(status.0, 403 | 404 | 484 | 604)
-            && initial
-            && inbound.side == Side::Outside
-            && inbound.flow.transport != Transport::Udp
-        {
+        if matches!(status.0, 403 | 404 | 484 | 604) && initial && inbound.side == Side::Outside {
             self.out.push_back(Output::Event(Event::Probed {
                 remote: inbound.flow.remote,
                 status,
+                verified: !self.unverified(inbound),
             }));
         }
     }

@@ -1975,7 +1975,8 @@ fn a_no_such_user_answer_over_tcp_is_reported_as_a_probe() {
         .1;
     let outs = sim.input(pbx_udp(), answer(&fwd, 404));
     assert_eq!(probed(&outs), 1);
-    // A busy callee is no probe; nor is a 404 over UDP (the source may be forged).
+    // A busy callee is no probe; a 404 over UDP is one, marked unverified (the source may
+    // be forged: the guard weighs it).
     let mut sim = Sim::new(udp_upstream());
     let inv = invite().via("SIP/2.0/TCP 192.168.1.10:5060;branch=z9hG4bK-p2");
     let outs = sim.input(tcp_device, inv.build());
@@ -1987,5 +1988,12 @@ fn a_no_such_user_answer_over_tcp_is_reported_as_a_probe() {
     assert_eq!(probed(&sim.input(pbx_udp(), answer(&fwd, 486))), 0);
     let mut sim = Sim::new(udp_upstream());
     let fwd = start_call(&mut sim, device(), &invite().realistic());
-    assert_eq!(probed(&sim.input(pbx_udp(), answer(&fwd, 404))), 0);
+    let outs = sim.input(pbx_udp(), answer(&fwd, 404));
+    assert!(matches!(
+        events(&outs).as_slice(),
+        [Event::Probed {
+            verified: false,
+            ..
+        }]
+    ));
 }

@@ -691,7 +691,7 @@ fn credentials_the_pbx_refuses_are_an_authentication_failure() {
         ("with", device_tcp(), true, "", 1),
         // A stale challenge: right credentials, an expired nonce.
         ("stale", device_tcp(), true, ", stale=true", 0),
-        // Over UDP the source may be a spoofed victim.
+        // Over UDP the source may be a spoofed victim: it never got nonce "n".
         ("udp", device(), true, "", 0),
     ];
     for (id, from, creds, stale, want) in cases {
@@ -934,3 +934,135 @@ fn authorizations(outs: &[Output]) -> Vec<OpId> {
 }
 
 mod fork;
+
+/// One REGISTER from `from` (UDP unless said) with `auth` (credentials value, if any),
+/// answered by the PBX with `code` and a challenge carrying `nonce`: the events.
+fn register_answered(
+    sim: &mut Sim,
+    from: Inbound,
+    id: &str,
+    auth: Option<&str>,
+    code: u16,
+    nonce: &str,
+) -> Vec<Event> {
+    let mut reg = register().call_id(id).branch(&format!("z9hG4bK-{id}"));
+    if let Some(a) = auth {
+        reg = reg.header(&format!("Authorization: {a}"));
+    }
+    let s = sent(&sim.input(from, reg.build()));
+    let (_, fwd) = s
+        .iter()
+        .find(|(f, _)| f.remote == addr(PBX))
+        .expect("forwarded")
+        .clone();
+    let challenge = format!("Digest realm=\"x\", nonce=\"{nonce}\", algorithm=MD5");
+    let headers: &[(&str, &[u8])] = if code == 401 {
+        &[("WWW-Authenticate", challenge.as_bytes())]
+    } else {
+        &[]
+    };
+    let resp = fwd.response(StatusCode(code), None, Some(b"pbx"), None, headers);
+    events(&sim.input(pbx_tcp(), resp))
+}
+
+fn rejected(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::AuthRejected { .. }))
+        .count()
+}
+
+/// svcrack over UDP: each guess carries the nonce of the challenge the PBX sent to the
+/// cracker's own address, which proves the address (only its owner could read the nonce).
+/// A spoofer replaying a nonce fetched at its own address, under a victim's, proves nothing.
+#[test]
+fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
+    let mut sim = Sim::new(tcp_upstream());
+    let creds = |nonce: &str| {
+        format!("Digest username=\"alice\", realm=\"x\", nonce=\"{nonce}\", uri=\"sip:x\", response=\"00\"")
+    };
+    // First challenge: no credentials, not a failure; nonce n1 now proves DEVICE.
+    assert_eq!(
+        rejected(&register_answered(
+            &mut sim,
+            device(),
+            "c1",
+            None,
+            401,
+            "n1"
+        )),
+        0
+    );
+    // A wrong guess with n1: counted (and n2 proves DEVICE in turn).
+    assert_eq!(
+        rejected(&register_answered(
+            &mut sim,
+            device(),
+            "c2",
+            Some(&creds("n1")),
+            401,
+            "n2"
+        )),
+        1
+    );
+    assert_eq!(
+        rejected(&register_answered(
+            &mut sim,
+            device(),
+            "c3",
+            Some(&creds("n2")),
+            401,
+            "n3"
+        )),
+        1
+    );
+    // A nonce no one was sent, or one sent to another address: not counted.
+    assert_eq!(
+        rejected(&register_answered(
+            &mut sim,
+            device(),
+            "c4",
+            Some(&creds("forged")),
+            401,
+            "n4"
+        )),
+        0
+    );
+    let victim = outside("192.0.2.77:5060");
+    assert_eq!(
+        rejected(&register_answered(
+            &mut sim,
+            victim,
+            "c5",
+            Some(&creds("n3")),
+            401,
+            "n5"
+        )),
+        0
+    );
+    // The right password, proven: the address is a user's.
+    let ok = register_answered(&mut sim, device(), "c6", Some(&creds("n4")), 200, "");
+    assert!(
+        ok.iter()
+            .any(|e| matches!(e, Event::AuthAccepted { remote } if *remote == addr(DEVICE))),
+        "{ok:?}"
+    );
+    // Unproven over UDP: no such claim for the victim's address.
+    let ok = register_answered(&mut sim, victim, "c7", Some(&creds("n1")), 200, "");
+    assert!(
+        !ok.iter().any(|e| matches!(e, Event::AuthAccepted { .. })),
+        "{ok:?}"
+    );
+    // Over TCP, a connection proves its address.
+    let ok = register_answered(&mut sim, device_tcp(), "c8", Some(&creds("zz")), 200, "");
+    assert!(
+        ok.iter().any(|e| matches!(e, Event::AuthAccepted { .. })),
+        "{ok:?}"
+    );
+    // No credentials, no claim.
+    let ok = register_answered(&mut sim, device_tcp(), "c9", None, 200, "");
+    assert!(
+        !ok.iter().any(|e| matches!(e, Event::AuthAccepted { .. })),
+        "{ok:?}"
+    );
+}
