@@ -18,6 +18,13 @@
 #![forbid(unsafe_code)]
 
 #[doc(hidden)]
+/// The hot path's maps: foldhash (several times cheaper than std's SipHash per lookup),
+/// seeded at random per map, so keys an outsider picks (branches, Call-IDs) cannot be made to
+/// collide in advance.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The hot path's sets (see [`FastMap`]).
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 pub mod fuzz_support;
 pub mod net;
 pub mod proxy;

@@ -56,7 +56,9 @@ pub use routing::{
 };
 pub use stored::{DeliveryId, StoredMessage};
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::{FastMap, FastSet};
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -299,22 +301,22 @@ pub enum Event {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Requests received, by method label.
-    pub requests_in: HashMap<&'static str, u64>,
+    pub requests_in: FastMap<&'static str, u64>,
     /// Responses received, by status class label (`1xx`..`6xx`).
-    pub responses_in: HashMap<&'static str, u64>,
+    pub responses_in: FastMap<&'static str, u64>,
     /// Requests sent (first copies), by method label.
-    pub requests_out: HashMap<&'static str, u64>,
+    pub requests_out: FastMap<&'static str, u64>,
     /// Responses sent (first copies), by status class label.
-    pub responses_out: HashMap<&'static str, u64>,
+    pub responses_out: FastMap<&'static str, u64>,
     /// Parse failures by reason.
-    pub parse_failures: HashMap<&'static str, u64>,
+    pub parse_failures: FastMap<&'static str, u64>,
     /// Messages dropped on purpose, by reason.
-    pub dropped: HashMap<&'static str, u64>,
+    pub dropped: FastMap<&'static str, u64>,
     /// Requests refused by a limit or policy (answered where the RFC allows), by reason.
-    pub refused: HashMap<&'static str, u64>,
+    pub refused: FastMap<&'static str, u64>,
     /// Calls to sleeping devices: `push` (pushes asked), `late_branch` (branches made when a
     /// device came back), `fork_timeout` (calls that waited in vain).
-    pub fork: HashMap<&'static str, u64>,
+    pub fork: FastMap<&'static str, u64>,
 }
 
 fn method_label(m: Option<Method>) -> &'static str {
@@ -348,7 +350,7 @@ fn class_label(s: StatusCode) -> &'static str {
     }
 }
 
-fn bump(map: &mut HashMap<&'static str, u64>, k: &'static str) {
+fn bump(map: &mut FastMap<&'static str, u64>, k: &'static str) {
     *map.entry(k).or_default() += 1;
 }
 
@@ -579,19 +581,19 @@ pub struct Proxy {
     config: ProxyConfig,
     tokens: FlowTokens,
     tx: Transactions<Dest>,
-    ctxs: HashMap<u64, Ctx>,
-    by_server: HashMap<ServerTxId, u64>,
-    by_client: HashMap<ClientTxId, (u64, u32)>,
+    ctxs: FastMap<u64, Ctx>,
+    by_server: FastMap<ServerTxId, u64>,
+    by_client: FastMap<ClientTxId, (u64, u32)>,
     /// 2xx-accepted client transactions: the server transaction their copies go to, and
     /// whether that is towards the outside (product headers removed).
-    accepted: HashMap<ClientTxId, (ServerTxId, bool)>,
+    accepted: FastMap<ClientTxId, (ServerTxId, bool)>,
     /// Lookups in flight, each with the name asked and everything waiting for it.
-    pending: HashMap<ResolveId, (ResolveTarget, Vec<Pending>)>,
+    pending: FastMap<ResolveId, (ResolveTarget, Vec<Pending>)>,
     /// One lookup per name at a time.
-    inflight: HashMap<ResolveTarget, ResolveId>,
+    inflight: FastMap<ResolveTarget, ResolveId>,
     /// Live server transactions per outside source, and the source of each.
-    per_source: HashMap<SourceKey, usize>,
-    server_source: HashMap<ServerTxId, (SourceKey, usize)>,
+    per_source: FastMap<SourceKey, usize>,
+    server_source: FastMap<ServerTxId, (SourceKey, usize)>,
     /// Bytes of the requests in `server_source`.
     awaiting_bytes: usize,
     /// Server transactions that have sent their final answer, oldest first (may hold ids
@@ -599,13 +601,13 @@ pub struct Proxy {
     lingering: VecDeque<ServerTxId>,
     /// The first instant seen: minted branches count seconds from it.
     epoch: Option<Instant>,
-    finals: HashSet<ServerTxId>,
+    finals: FastSet<ServerTxId>,
     /// Anti-amplification budgets (bytes) by guard, and the guard of each server transaction.
-    amp_budget: HashMap<u64, usize>,
-    guard_of: HashMap<ServerTxId, u64>,
+    amp_budget: FastMap<u64, usize>,
+    guard_of: FastMap<ServerTxId, u64>,
     timer_c: BTreeSet<(Instant, u64)>,
     /// Location and registrar operations in flight, and their contexts.
-    ops: HashMap<OpId, u64>,
+    ops: FastMap<OpId, u64>,
     out: VecDeque<Output>,
     next_id: u64,
     counter: u64,
@@ -618,9 +620,9 @@ pub struct Proxy {
     /// Push timers (context, branch) and fork deadlines (context, `u32::MAX`).
     late_timers: BTreeSet<(Instant, u64, u32)>,
     /// Calls waiting for devices to come back, by AOR.
-    late_by_aor: HashMap<String, Vec<u64>>,
+    late_by_aor: FastMap<String, Vec<u64>>,
     /// Device branches by the connection they were sent on.
-    by_conn: HashMap<ConnId, Vec<(u64, u32)>>,
+    by_conn: FastMap<ConnId, Vec<(u64, u32)>>,
     /// Digest nonces relayed to outside UDP sources: their return-routability proof.
     nonces: nonces::NonceBook,
 }
@@ -639,30 +641,30 @@ impl Proxy {
             tx: Transactions::new(config.transactions),
             counter: config.seed,
             config,
-            ctxs: HashMap::new(),
-            by_server: HashMap::new(),
-            by_client: HashMap::new(),
-            accepted: HashMap::new(),
-            pending: HashMap::new(),
-            inflight: HashMap::new(),
-            per_source: HashMap::new(),
-            server_source: HashMap::new(),
+            ctxs: FastMap::default(),
+            by_server: FastMap::default(),
+            by_client: FastMap::default(),
+            accepted: FastMap::default(),
+            pending: FastMap::default(),
+            inflight: FastMap::default(),
+            per_source: FastMap::default(),
+            server_source: FastMap::default(),
             awaiting_bytes: 0,
             lingering: VecDeque::new(),
             epoch: None,
-            finals: HashSet::new(),
-            amp_budget: HashMap::new(),
-            guard_of: HashMap::new(),
+            finals: FastSet::default(),
+            amp_budget: FastMap::default(),
+            guard_of: FastMap::default(),
             timer_c: BTreeSet::new(),
-            ops: HashMap::new(),
+            ops: FastMap::default(),
             out: VecDeque::new(),
             next_id: 1,
             stats: Stats::default(),
             draining: false,
             retransmitting: false,
             late_timers: BTreeSet::new(),
-            late_by_aor: HashMap::new(),
-            by_conn: HashMap::new(),
+            late_by_aor: FastMap::default(),
+            by_conn: FastMap::default(),
             nonces: nonces::NonceBook::default(),
         }
     }

@@ -8,7 +8,7 @@
 //! fetches a nonce at its own address and replays it under a victim's address is not
 //! counted: the nonce went elsewhere.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ pub(crate) const MAX_NONCES: usize = 65_536;
 /// Nonces relayed to outside UDP sources, by keyed hash.
 #[derive(Debug, Default)]
 pub(crate) struct NonceBook {
-    to: HashMap<u64, (IpAddr, Instant)>,
+    to: crate::FastMap<u64, (IpAddr, Instant)>,
     order: VecDeque<(Instant, u64)>,
 }
 

@@ -57,7 +57,9 @@ mod timer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -300,12 +302,12 @@ pub enum TxError {
 /// [module docs](self) for the call protocol.
 pub struct Transactions<D> {
     timings: Timings,
-    clients: HashMap<ClientTxId, ClientTx<D>>,
+    clients: FastMap<ClientTxId, ClientTx<D>>,
     /// RFC 3261 §17.1.3 matching index. Invariant: holds exactly the keys of `clients`.
-    client_keys: HashMap<TxKey, ClientTxId>,
-    servers: HashMap<ServerTxId, ServerTx<D>>,
+    client_keys: FastMap<TxKey, ClientTxId>,
+    servers: FastMap<ServerTxId, ServerTx<D>>,
     /// RFC 3261 §17.2.3 matching index. Invariant: holds exactly the keys of `servers`.
-    server_keys: HashMap<TxKey, ServerTxId>,
+    server_keys: FastMap<TxKey, ServerTxId>,
     timers: TimerQueue,
     output: VecDeque<Output<D>>,
     next_client: u64,
@@ -320,10 +322,10 @@ impl<D: Clone + fmt::Debug> Transactions<D> {
     pub fn new(config: TransactionConfig) -> Self {
         Self {
             timings: Timings::new(config),
-            clients: HashMap::new(),
-            client_keys: HashMap::new(),
-            servers: HashMap::new(),
-            server_keys: HashMap::new(),
+            clients: FastMap::default(),
+            client_keys: FastMap::default(),
+            servers: FastMap::default(),
+            server_keys: FastMap::default(),
             timers: TimerQueue::default(),
             output: VecDeque::new(),
             next_client: 0,
