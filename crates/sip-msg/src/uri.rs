@@ -339,16 +339,15 @@ impl<'a> Params<'a> {
     }
 }
 
-impl<'a> Iterator for Params<'a> {
-    type Item = (&'a [u8], Option<&'a [u8]>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let s = scan::trim(self.rest);
-            let s = s.strip_prefix(b";")?;
-            let mut in_quotes = false;
-            let mut escaped = false;
-            let mut end = s.len();
+/// Where the parameter at the start of `s` ends: the first `;` outside a quoted string.
+/// Quotes are rare in URI parameters: one `memchr2` finds the end, and only a `"` before it
+/// takes the byte-by-byte path.
+fn param_end(s: &[u8]) -> usize {
+    match memchr::memchr2(b';', b'"', s) {
+        None => s.len(),
+        Some(i) if s[i] == b';' => i,
+        Some(_) => {
+            let (mut in_quotes, mut escaped) = (false, false);
             for (i, &b) in s.iter().enumerate() {
                 if escaped {
                     escaped = false;
@@ -357,10 +356,22 @@ impl<'a> Iterator for Params<'a> {
                 } else if b == b'"' {
                     in_quotes = !in_quotes;
                 } else if b == b';' && !in_quotes {
-                    end = i;
-                    break;
+                    return i;
                 }
             }
+            s.len()
+        }
+    }
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let s = scan::trim(self.rest);
+            let s = s.strip_prefix(b";")?;
+            let end = param_end(s);
             let item = &s[..end];
             self.rest = &s[end..];
             let item = scan::trim(item);
@@ -378,6 +389,15 @@ impl<'a> Iterator for Params<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_ends_at_the_first_semicolon_outside_quotes() {
+        assert_eq!(param_end(b"lr;transport=tcp"), 2);
+        assert_eq!(param_end(b"lr"), 2);
+        assert_eq!(param_end(b"x=\"a;b\";y"), 7);
+        assert_eq!(param_end(b"x=\"a\\\";b\";y"), 9);
+        assert_eq!(param_end(b"x=\"open;y"), 9);
+    }
 
     fn sip(s: &str) -> SipUri<'_> {
         SipUri::parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))
