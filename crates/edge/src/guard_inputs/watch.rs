@@ -198,3 +198,121 @@ impl Dir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own under the system's temporary one, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("stg-watch-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Whether `n` was woken since it was last asked, once the watcher has handled every
+    /// event queued so far (a paused clock moves only when every task waits, and the kernel
+    /// queues an event within the write's own system call).
+    async fn woken(n: &Notify) -> bool {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::timeout(Duration::ZERO, n.notified())
+            .await
+            .is_ok()
+    }
+
+    fn append(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_tail_whose_file_changed_is_woken_and_a_burst_is_one_wake() {
+        let dir = TempDir::new("names");
+        let (a_path, b_path) = (dir.0.join("a.log"), dir.0.join("b.log"));
+        let mut w = LogWatch::default();
+        let a = w.add(&a_path);
+        let b = w.add(&b_path);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(w.run(stop.clone()));
+        // Arming wakes both: what changed before the watch was in was not seen.
+        assert!(woken(&a).await && woken(&b).await);
+        assert!(!woken(&a).await && !woken(&b).await);
+
+        append(&a_path, "x\n");
+        assert!(woken(&a).await, "created");
+        assert!(!woken(&b).await, "another file's change");
+        // A burst of writes while the tail is busy: one wake, so one more round.
+        for _ in 0..100 {
+            append(&a_path, "y\n");
+        }
+        assert!(woken(&a).await);
+        assert!(!woken(&a).await, "one wake for the burst");
+        // Rotation by rename: the name leaves (the tail sees its path gone), then returns.
+        append(&b_path, "b\n");
+        assert!(woken(&b).await);
+        std::fs::rename(&b_path, dir.0.join("b.log.1")).unwrap();
+        assert!(woken(&b).await, "renamed away");
+        // The writer still writes to the renamed file: no event names b.log (the tail's
+        // rotation grace brings it back to read that).
+        append(&dir.0.join("b.log.1"), "late\n");
+        assert!(!woken(&b).await);
+        append(&b_path, "new\n");
+        assert!(woken(&b).await, "created again");
+        // Truncation (copytruncate).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b_path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(woken(&b).await, "truncated");
+        assert!(!woken(&a).await);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_directory_created_later_is_watched_once_it_exists() {
+        let dir = TempDir::new("later");
+        let later = dir.0.join("later");
+        let path = later.join("x.log");
+        let mut w = LogWatch::default();
+        let x = w.add(&path);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(w.run(stop.clone()));
+        assert!(!woken(&x).await, "nothing to watch yet");
+        std::fs::create_dir(&later).unwrap();
+        // Armed within one retry period, which wakes the tail.
+        tokio::time::sleep(REARM).await;
+        assert!(woken(&x).await);
+        append(&path, "x\n");
+        assert!(woken(&x).await);
+        // The directory removed, then made again: watched again.
+        std::fs::remove_dir_all(&later).unwrap();
+        assert!(woken(&x).await, "gone");
+        std::fs::create_dir(&later).unwrap();
+        assert!(!woken(&x).await);
+        tokio::time::sleep(REARM).await;
+        assert!(woken(&x).await);
+        append(&path, "x\n");
+        assert!(woken(&x).await);
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
