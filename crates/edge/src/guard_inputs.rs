@@ -97,6 +97,9 @@ pub(crate) fn load_filter(arg: &str, dir: &Path) -> Result<Filter, String> {
 /// stops the start with its error).
 pub(crate) async fn start(shared: &Arc<Shared>, tx: mpsc::Sender<Event>) -> Result<(), String> {
     let g = &shared.config.guard;
+    // A tail's first round may count lines at once (what was written while stg was down):
+    // the recorder must be in before, or those counts go nowhere.
+    let _ = crate::admin::install_recorder();
     shared.bans.status.ban_syslog.set(g.ban_syslog.clone()).ok();
     let tz = local_tz();
     let state_dir = shared.config.node.data_dir.join("guard").join("tails");
