@@ -107,7 +107,7 @@ address = "127.0.0.1:15060"
 firewall = true
 firewall_table = "stgbench"
 ban_syslog = ""
-tail_poll = "${STG_TAIL_POLL:-250ms}"
+tail_poll = "${STG_TAIL_POLL:-1s}"
 [[guard.logs]]
 path = "$work/stg.log"
 filter = "truco-ko"
@@ -124,7 +124,7 @@ start_stg() { # sets stg_pid and started (seconds to /health)
   started=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
 }
 start_stg
-echo "== stg: ${lat_lines} lines at 20/s (poll ${STG_TAIL_POLL:-250ms})" >&2
+echo "== stg: ${lat_lines} lines at 20/s (poll ${STG_TAIL_POLL:-1s})" >&2
 python3 "$work/measure.py" "$work/stg.log" "$work/stg/out.log" "$lat_lines" 20 stgbench "$ns" 0
 echo "== stg: burst of $burst lines" >&2
 python3 "$work/measure.py" "$work/stg.log" "$work/stg/out.log" "$burst" 0 stgbench "$ns" 100000

@@ -2,11 +2,11 @@
 //!
 //! - **Log tails** (`[[guard.logs]]`): each file is followed by a [`stg_guard::tail::Tail`]
 //!   (sans-IO: rotation, truncation, resume) through its fail2ban filter; each failure is an
-//!   event of the log's jail. Polling, not inotify: a `stat` every `guard.tail_poll` per file
-//!   costs nothing, sees rename, truncation and re-creation the same way on every file
-//!   system (inotify misses NFS and some overlay and bind-mount setups, and its watches must
-//!   be re-armed across rotations), and needs no extra thread or dependency. Positions are
-//!   kept in `<data_dir>/guard/tails/`, written at most once a second and at stop.
+//!   event of the log's jail. A tail reads when inotify reports a change in its file's
+//!   directory ([`watch`]), when its rotation grace ends, and every `guard.tail_poll`
+//!   whatever happens: the `stat` costs nothing and sees what inotify misses (NFS, some
+//!   overlay and bind mounts, lost events). Positions are kept in `<data_dir>/guard/tails/`,
+//!   written at most once a second and at stop.
 //! - **Syslog intake** (`guard.syslog_listen`, UDP and TCP): messages from
 //!   `guard.syslog_allowed` sources only (loopback by default), each through the
 //!   `guard.syslog_filters` (`truco-ko`), counted in `guard.syslog_jail`. Plain syslog has no
@@ -31,6 +31,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::conn::Shared;
+
+mod watch;
 
 /// Most reads of one file in one poll round (64 KiB each, 4 MiB): a backlog is read over
 /// several rounds, and the other tasks run in between.
@@ -95,6 +97,9 @@ pub(crate) fn load_filter(arg: &str, dir: &Path) -> Result<Filter, String> {
 /// stops the start with its error).
 pub(crate) async fn start(shared: &Arc<Shared>, tx: mpsc::Sender<Event>) -> Result<(), String> {
     let g = &shared.config.guard;
+    // A tail's first round may count lines at once (what was written while stg was down):
+    // the recorder must be in before, or those counts go nowhere.
+    let _ = crate::admin::install_recorder();
     shared.bans.status.ban_syslog.set(g.ban_syslog.clone()).ok();
     let tz = local_tz();
     let state_dir = shared.config.node.data_dir.join("guard").join("tails");
@@ -102,6 +107,7 @@ pub(crate) async fn start(shared: &Arc<Shared>, tx: mpsc::Sender<Event>) -> Resu
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| format!("guard: {}: {e}", state_dir.display()))?;
     }
+    let mut watch = watch::LogWatch::default();
     for l in &g.logs {
         let filter =
             load_filter(&l.filter, &g.filter_dir).map_err(|e| format!("guard.logs: {e}"))?;
@@ -128,11 +134,15 @@ pub(crate) async fn start(shared: &Arc<Shared>, tx: mpsc::Sender<Event>) -> Resu
         shared.tasks.spawn(follow(
             worker,
             state_file,
-            g.tail_poll,
+            Wakes {
+                poll: g.tail_poll,
+                changed: watch.add(&l.path),
+            },
             tx.clone(),
             shared.shutdown.clone(),
         ));
     }
+    shared.tasks.spawn(watch.run(shared.shutdown.clone()));
     if let Some(addr) = g.syslog_listen {
         let filters = g
             .syslog_filters
@@ -229,8 +239,9 @@ fn stat_of(m: &std::fs::Metadata) -> Stat {
 }
 
 impl Worker {
-    /// One poll round (blocking file I/O: run off the runtime's threads).
-    fn round(&mut self) {
+    /// One poll round (blocking file I/O: run off the runtime's threads); `false` when it
+    /// stopped at its read cap with more to read.
+    fn round(&mut self) -> bool {
         self.matcher.now = (crate::now(), unix_secs());
         let now = self.matcher.now.0;
         for _ in 0..READS_PER_ROUND + 4 {
@@ -242,7 +253,7 @@ impl Worker {
                 .map(|m| stat_of(&m));
             let m = &mut self.matcher;
             match self.tail.poll(now, path, open, |l| m.line(l)) {
-                Step::Wait => return,
+                Step::Wait => return true,
                 Step::Open => match File::open(&self.path).and_then(|f| {
                     let st = stat_of(&f.metadata()?);
                     Ok((f, st))
@@ -254,7 +265,7 @@ impl Worker {
                     Err(_) => {
                         self.file = None;
                         self.tail.open_failed();
-                        return;
+                        return true;
                     }
                 },
                 Step::Head { max } => {
@@ -264,13 +275,14 @@ impl Worker {
                 Step::Read { offset, max } => {
                     let n = self.read_at(offset, max);
                     if n == 0 {
-                        return;
+                        return true;
                     }
                     let (tail, buf, m) = (&mut self.tail, &self.buf, &mut self.matcher);
                     tail.read(&buf[..n], |l| m.line(l));
                 }
             }
         }
+        false
     }
 
     fn read_at(&mut self, offset: u64, max: usize) -> usize {
@@ -327,34 +339,56 @@ impl Matcher {
     }
 }
 
-/// Follows one log until the node stops.
+/// What starts a tail's poll round besides its own deadline.
+struct Wakes {
+    /// The fallback: a round at least this often.
+    poll: Duration,
+    /// Notified on each change of the file (one permit at most: a burst is one more round).
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// Follows one log until the node stops: one round at a time, woken by a change of the
+/// file, the end of a rotation's grace, or `poll` after the last round.
 async fn follow(
     mut worker: Worker,
     state_file: PathBuf,
-    poll: Duration,
+    wakes: Wakes,
     tx: mpsc::Sender<Event>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(poll);
+    let mut tick = tokio::time::interval(wakes.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut saved = worker.tail.position();
     let mut saved_at = crate::now();
     let mut last = stg_guard::tail::TailStats::default();
     let jail = worker.matcher.jail.clone();
     loop {
+        let due = worker
+            .tail
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
+            () = wakes.changed.notified() => {}
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
         }
-        let Ok(w) = tokio::task::spawn_blocking(move || {
-            worker.round();
-            worker
+        let Ok((w, caught_up)) = tokio::task::spawn_blocking(move || {
+            let caught_up = worker.round();
+            (worker, caught_up)
         })
         .await
         else {
             return;
         };
         worker = w;
+        if !caught_up {
+            // A backlog: the next round right after this one's events are sent, without
+            // waiting for a change that may not come.
+            wakes.changed.notify_one();
+        }
+        // The fallback counts from the last round, whatever started it.
+        tick.reset();
         let now = worker.matcher.now.0;
         for (ip, user, ago) in worker.matcher.found.drain(..) {
             let at = now.checked_sub(Duration::from_secs(ago)).unwrap_or(now);
@@ -362,6 +396,7 @@ async fn follow(
             // pace, and the file keeps what is not read yet.
             send(&tx, event(ip, &jail, user, at, "log")).await;
         }
+        metrics::counter!("stg_guard_tail_rounds_total", "jail" => jail.clone()).increment(1);
         let s = worker.tail.stats();
         metrics::counter!("stg_guard_tail_lines_total", "jail" => jail.clone())
             .increment(s.lines - last.lines);

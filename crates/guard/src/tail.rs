@@ -4,6 +4,8 @@
 //! length) and the time, and answers with the next [`Step`] for the shell: open the path,
 //! read the head (to recognise a file after a restart), read more bytes, or wait for the next
 //! poll. The bytes read come back through [`Tail::read`], which yields complete lines.
+//! [`Tail::poll_timeout`] says when to poll again even if nothing changes (the end of a
+//! rotation's grace); a shell woken by file events polls then, and on each event.
 //!
 //! - **Rotation by rename**: the path names another inode. The old file is read to its end
 //!   and kept until it has not grown for [`REPLACED_GRACE`] (a writer may still hold it
@@ -15,7 +17,8 @@
 //!   line) is persisted by the shell; [`Tail::new`] takes it back. The same inode with the same
 //!   first line resumes at the offset; another file (rotated while stg was down) is read from
 //!   its start. A file met for the first time without a position is read from its end
-//!   (`from_start` reads it all: what fail2ban does without its database).
+//!   (`from_start` reads it all: what fail2ban does without its database). A file that
+//!   appears after the tail found none is new: read from its start.
 //! - **Partial lines** wait for their newline; a line longer than [`MAX_LINE`] is cut there
 //!   (the cut part is still matched) and the rest up to its newline is skipped and counted.
 
@@ -176,6 +179,8 @@ pub struct Tail {
     saved: Option<Position>,
     /// Whether a file was opened yet (a file met first is read from its end).
     opened_once: bool,
+    /// The path named no file before any was opened: the first one is new, read whole.
+    absent_first: bool,
     from_start: bool,
     stats: TailStats,
 }
@@ -212,6 +217,7 @@ impl Tail {
             skipping: false,
             saved,
             opened_once: false,
+            absent_first: false,
             from_start,
             stats: TailStats::default(),
         }
@@ -239,6 +245,18 @@ impl Tail {
         }
     }
 
+    /// When to poll again though no file event came: the end of [`REPLACED_GRACE`] after
+    /// the path was seen naming another file; `None`: not before the file changes.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Open {
+                replaced_since: Some(since),
+                ..
+            } => Some(*since + REPLACED_GRACE),
+            _ => None,
+        }
+    }
+
     /// The next step, given the path's `stat` and the open file's `fstat` (`None`: no such
     /// file, or none open) at `now`. Lines an unfinished rotation flushes go to `line`.
     pub fn poll(
@@ -253,6 +271,7 @@ impl Tail {
                 if path.is_some() {
                     Step::Open
                 } else {
+                    self.absent_first |= !self.opened_once;
                     Step::Wait
                 }
             }
@@ -346,7 +365,7 @@ impl Tail {
                 self.stats.resume_mismatches += 1;
                 self.open_at(stat.id, 0)
             }
-            None if first && !self.from_start && stat.len > 0 => {
+            None if first && !self.from_start && !self.absent_first && stat.len > 0 => {
                 // Met for the first time: from its end, with its head for later resumes.
                 State::Checking {
                     id: stat.id,
@@ -564,16 +583,32 @@ mod tests {
         f.open = Some((old.0, b"a\nb\nunfinished".to_vec()));
         assert_eq!(f.poll(&mut tail, t), ["b"], "the old file first");
         assert!(f.poll(&mut tail, t + Duration::from_millis(100)).is_empty());
+        // A shell woken only by events of the path must still come back when the grace ends.
+        assert_eq!(tail.poll_timeout(), Some(t + REPLACED_GRACE));
         // The grace passed without growth: the old file's last line, then the new file
         // from its start.
         let got = f.poll(&mut tail, t + Duration::from_millis(700));
         assert_eq!(got, ["unfinished", "n1"]);
         assert_eq!(tail.stats().rotations, 1);
+        assert_eq!(tail.poll_timeout(), None);
         f.append("n2\n");
         assert_eq!(f.poll(&mut tail, t + Duration::from_secs(1)), ["n2"]);
         // A path that vanishes (deleted, the new file not created yet) changes nothing.
         f.path = None;
         assert!(f.poll(&mut tail, t + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn a_file_that_appears_after_none_was_found_is_read_from_its_start() {
+        let t = t0();
+        let mut f = Fake::new(1, b"");
+        f.path = None;
+        let mut tail = Tail::new(None, false);
+        assert!(f.poll(&mut tail, t).is_empty());
+        assert_eq!(tail.poll_timeout(), None);
+        // Created and written between two polls: every line is new.
+        f.path = Some((id(1), b"one\ntwo\n".to_vec()));
+        assert_eq!(f.poll(&mut tail, t), ["one", "two"]);
     }
 
     #[test]

@@ -277,3 +277,77 @@ fn syslog_from_allowed_sources_bans_and_others_are_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits for `ip`'s ban; how long it took from `since`.
+fn ban_latency(stg: &StgNode, ip: &str, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(15);
+    while !bans(stg).contains(&format!("\"{ip}/32\"")) {
+        assert!(Instant::now() < deadline, "{ip} not banned\n{}", stg.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    since.elapsed()
+}
+
+#[test]
+fn a_followed_log_is_read_at_once_on_change_with_a_slow_poll() {
+    // The poll would take 10 s: a ban well inside that is inotify's doing.
+    const FAST: Duration = Duration::from_millis(1500);
+    let dir = temp_dir("guard-tail-inotify");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("fonbo.log");
+    // `from_start`: the file is created after the start, and whether the tail's first look
+    // comes before or after it must not matter here.
+    let guard = format!(
+        "tail_poll = \"10s\"\nban_syslog = \"\"\n\n[[guard.logs]]\npath = \"{}\"\n\
+         filter = \"truco-ko\"\njail = \"fonbo\"\nmaxretry = 1\nfrom_start = true\n",
+        log.display()
+    );
+    let run_dir = dir.join("node");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let stg = StgNode::start_in(
+        run_dir,
+        &node_config(free_port(), &guard),
+        StgOpts::default(),
+    );
+    let mut took = Vec::new();
+
+    // The file is created with its first line.
+    let t = Instant::now();
+    append(&log, &truco("192.0.2.70", 1));
+    took.push(("created", ban_latency(&stg, "192.0.2.70", t)));
+    // Appended to.
+    let t = Instant::now();
+    append(&log, &truco("192.0.2.71", 1));
+    took.push(("appended", ban_latency(&stg, "192.0.2.71", t)));
+    // Rotated by rename; the new file is created in the directory (read once the old one
+    // has been quiet for the 500 ms rotation grace).
+    std::fs::rename(&log, logs.join("fonbo.log.1")).unwrap();
+    let t = Instant::now();
+    append(&log, &truco("192.0.2.72", 1));
+    took.push(("rotated", ban_latency(&stg, "192.0.2.72", t)));
+    // Appended to the new file.
+    let t = Instant::now();
+    append(&log, &truco("192.0.2.73", 1));
+    took.push((
+        "appended after rotation",
+        ban_latency(&stg, "192.0.2.73", t),
+    ));
+    eprintln!("line → ban with tail_poll 10s: {took:?}");
+    for (what, d) in &took {
+        assert!(*d < FAST, "{what}: {d:?}\n{}", stg.log());
+    }
+    assert_eq!(stg.counter("stg_guard_tail_watch_errors_total"), 0.0);
+
+    // A write storm: 2,000 writes, each an event, are a few rounds, not one each.
+    let rounds = "stg_guard_tail_rounds_total{jail=\"fonbo\"}";
+    let before = stg.counter(rounds);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for line in truco("192.0.2.74", 2000).lines() {
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    exactly(&stg, LOG_FAILURES, 2004.0, Duration::from_millis(300));
+    let storm = stg.counter(rounds) - before;
+    eprintln!("2,000 writes read in {storm} rounds");
+    assert!(storm < 500.0, "{storm} rounds for 2,000 writes");
+}
