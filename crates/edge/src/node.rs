@@ -262,6 +262,8 @@ impl Node {
     /// Runs until `drain` is cancelled and the drain completes (live transactions finished
     /// or `sip.drain_timeout` passed).
     pub async fn run(self, drain: CancellationToken) -> Result<(), EdgeError> {
+        // First: every later start step (registrar, guard, tails) counts into it.
+        let handle = admin::install_recorder();
         let proxy = Proxy::new(self.proxy_config());
         let registrar = if self.config.registrar.domains.is_empty() {
             None
@@ -301,7 +303,6 @@ impl Node {
             self.config.dns.cache_size,
         )
         .map_err(|e| EdgeError::Dns(e.to_string()))?;
-        let handle = admin::install_recorder();
         if let (Some(listener), Some(handle)) = (self.admin, handle.clone()) {
             // Not tracked: it serves until the process ends.
             let bindings = registrar.as_ref().map(|r| r.bindings().clone());

@@ -383,7 +383,14 @@ fn failures_spread_over_nodes_are_counted_together() {
                 )
             });
         for i in 0..n {
-            let r = wrong_password(&mut s, "127.0.0.9", 2 + i, &nonce_).expect("answered");
+            let r = wrong_password(&mut s, "127.0.0.9", 2 + i, &nonce_).unwrap_or_else(|| {
+                panic!(
+                    "wrong password {} of {n} to {to} not answered\n--- A:\n{}\n--- B:\n{}",
+                    i + 1,
+                    a.log(),
+                    b.log()
+                )
+            });
             nonce_ = nonce(&r);
         }
     };
