@@ -17,6 +17,7 @@ mod lifecycle;
 mod push_e2e;
 mod registrar_e2e;
 mod registrar_store;
+mod review_udp_evidence;
 mod sipp;
 mod sipvicious;
 mod torture;

@@ -23,7 +23,7 @@ use crate::kamailio::Kamailio;
 use stg_testkit::{free_port, temp_dir, Netns};
 
 /// The one password the PBX accepts (for extensions 150 and 1000).
-const SECRET: &str = "tr0ub4dor&3";
+pub(crate) const SECRET: &str = "tr0ub4dor&3";
 
 /// svcrack's dictionary: the password is the 15th.
 fn dictionary(dir: &Path) -> std::path::PathBuf {
@@ -37,7 +37,7 @@ fn dictionary(dir: &Path) -> std::path::PathBuf {
 
 /// A PBX that answers OPTIONS with its product name, 404 to REGISTERs for extensions it
 /// does not have, and challenges the two it has.
-fn leaky_pbx(port: u16) -> String {
+pub(crate) fn leaky_pbx(port: u16) -> String {
     format!(
         r#"#!KAMAILIO
 debug=2

@@ -1066,3 +1066,5 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
         "{ok:?}"
     );
 }
+
+mod review;
