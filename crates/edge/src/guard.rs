@@ -138,8 +138,23 @@ pub(crate) struct Bans {
     store: OnceLock<stg_store::Bindings>,
     /// Jails' figures, who banned what, ban lines to syslog (`guard_inputs`).
     pub(crate) status: crate::guard_inputs::Status,
-    /// Addresses that authenticated: when last, and when last told to the cluster.
+    /// Addresses (IPv6: /64s) that authenticated: when last, and when last told to the
+    /// cluster.
     known_good: Mutex<HashMap<IpAddr, (Instant, Option<Instant>)>>,
+    /// When (unix ms) the cluster last failed to say whether an address is known good.
+    good_unasked: std::sync::atomic::AtomicU64,
+}
+
+/// How long the cluster is not asked again after it failed to answer.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
+
+/// The known-good key of an address: itself (IPv4), or its /64 (IPv6: one user's devices
+/// share it, and a /64 is what a ban covers by default).
+fn good_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
 }
 
 impl Bans {
@@ -180,7 +195,7 @@ impl Bans {
         if self.events.get().is_none() {
             return;
         }
-        let ip = ip.to_canonical();
+        let ip = good_key(ip);
         let now = crate::now();
         let share = {
             let mut map = self
@@ -218,10 +233,12 @@ impl Bans {
         });
     }
 
-    /// Whether `ip` authenticated within [`KNOWN_GOOD_FOR`], here or on another node. When
-    /// the cluster cannot be asked, it might have: `true` (an unproven ban is withheld).
+    /// Whether `ip` (its /64 for IPv6) authenticated within [`KNOWN_GOOD_FOR`], here or on
+    /// another node. When the cluster cannot be asked, it might have: `true` (an unproven
+    /// ban is withheld), and for [`ASK_AGAIN_AFTER`] it is not asked (a flood of forged
+    /// decisions must not wait on a Redis that is down).
     async fn known_good(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
+        let ip = good_key(ip);
         let here = self
             .known_good
             .lock()
@@ -236,12 +253,25 @@ impl Bans {
         let Some(store) = self.store.get() else {
             return false;
         };
+        let failed_at = self.good_unasked.load(Ordering::Relaxed);
+        if failed_at != 0
+            && unix_ms().saturating_sub(failed_at) < ASK_AGAIN_AFTER.as_millis() as u64
+        {
+            return true;
+        }
         let asked = tokio::time::timeout(
             Duration::from_millis(250),
             store.authenticated(&ip.to_string()),
         )
         .await;
-        !matches!(asked, Ok(Ok(false)))
+        match asked {
+            Ok(Ok(good)) => good,
+            _ => {
+                metrics::counter!("stg_guard_share_errors_total").increment(1);
+                self.good_unasked.store(unix_ms(), Ordering::Relaxed);
+                true
+            }
+        }
     }
 
     fn send(&self, ip: IpAddr, kind: Kind, user: Option<&str>, proven: bool) {
@@ -557,7 +587,10 @@ pub(crate) async fn start(
                     let decided = engine.failure(now, &ev);
                     shared.bans.status.record(engine.jail_stats());
                     let Some(d) = decided else { continue };
-                    if !d.proven && shared.bans.known_good(ev.source).await {
+                    if !d.proven
+                        && (shared.bans.known_good(ev.source).await
+                            || shared.bans.known_good(d.scope.addr()).await)
+                    {
                         // Forgeable evidence against a user's address: a spoofer's way to
                         // lock a user out. Counted and said, never enforced.
                         metrics::counter!("stg_guard_bans_withheld_total", "jail" => jail_label(&d.jail)).increment(1);
@@ -681,6 +714,11 @@ async fn count_in_cluster(
     ev: &Event,
 ) -> Option<u32> {
     let store = shared.bans.store.get()?;
+    if !ev.proven {
+        // Forged evidence is free to send under fresh addresses: counted in this process
+        // only (its own table), never one Redis key and round trip per datagram.
+        return None;
+    }
     let jail = engine.jails().iter().find(|j| j.name == ev.kind.jail())?;
     let src = ev.source.to_canonical();
     if jail.ignore.iter().any(|n| n.contains(&src)) {

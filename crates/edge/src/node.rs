@@ -687,6 +687,18 @@ impl Core {
             }
             Event::AuthRejected {
                 remote,
+                proven: false,
+                ..
+            } => {
+                // Maybe a spoofer's under a user's address: counted apart, never written as
+                // a TRUCO_KO line (another tool would ban on it), withheld from users.
+                metrics::counter!("stg_auth_failures_total", "service" => "sip", "reason" => "unproven").increment(1);
+                self.shared
+                    .bans
+                    .unproven_failure(remote.ip(), stg_guard::Kind::SipAuth);
+            }
+            Event::AuthRejected {
+                remote,
                 credentials,
                 ..
             } => {

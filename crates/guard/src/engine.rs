@@ -436,6 +436,12 @@ pub struct Engine<C: CounterStore = MemoryCounters> {
     jails: Vec<Jail>,
     counters: C,
     offenders: HashMap<CounterKey, Offender>,
+    /// Unproven evidence (UDP, which anyone can forge under any address) has its own
+    /// counters and offenders, in this process only: forged events under fresh addresses
+    /// cannot evict a proven count, and an unproven ban (which the shell may withhold)
+    /// never silences proven failures of the same scope.
+    unproven_counters: MemoryCounters,
+    unproven_offenders: HashMap<CounterKey, Offender>,
     max_offenders: usize,
     node: String,
     stats: Stats,
@@ -457,6 +463,8 @@ impl<C: CounterStore> Engine<C> {
         Self {
             counters,
             offenders: HashMap::new(),
+            unproven_counters: MemoryCounters::new(config.max_entries),
+            unproven_offenders: HashMap::new(),
             max_offenders: config.max_entries.max(1),
             node: config.node,
             stats: Stats::default(),
@@ -486,24 +494,32 @@ impl<C: CounterStore> Engine<C> {
             jail: jail.name.clone(),
             scope: jail.scope(ev.source),
         };
-        if self
-            .offenders
-            .get(&key)
-            .is_some_and(|o| o.banned_until > now)
-        {
+        let offenders = if ev.proven {
+            &mut self.offenders
+        } else {
+            &mut self.unproven_offenders
+        };
+        if offenders.get(&key).is_some_and(|o| o.banned_until > now) {
             self.stats.while_banned += 1;
             return None;
         }
         self.stats.failures += 1;
         self.totals[ji].0 += 1;
-        let count = self
-            .counters
-            .add(&key, ev.at, jail.findtime, jail.maxretry as usize);
+        let keep = jail.maxretry as usize;
+        let count = if ev.proven {
+            self.counters.add(&key, ev.at, jail.findtime, keep)
+        } else {
+            self.unproven_counters.add(&key, ev.at, jail.findtime, keep)
+        };
         if count < jail.maxretry {
             return None;
         }
-        self.counters.clear(&key);
-        let previous = match (&jail.increment, self.offenders.get(&key)) {
+        if ev.proven {
+            self.counters.clear(&key);
+        } else {
+            self.unproven_counters.clear(&key);
+        }
+        let previous = match (&jail.increment, offenders.get(&key)) {
             (Some(inc), Some(o))
                 if now.saturating_duration_since(o.last_ban) < inc.forget_after =>
             {
@@ -532,15 +548,14 @@ impl<C: CounterStore> Engine<C> {
             nth: previous + 1,
             proven: ev.proven,
         };
-        if !self.offenders.contains_key(&key) && self.offenders.len() >= self.max_offenders {
+        if !offenders.contains_key(&key) && offenders.len() >= self.max_offenders {
             // Forget the offender whose ban ended first: it matters least.
-            if let Some(k) = self
-                .offenders
+            if let Some(k) = offenders
                 .iter()
                 .min_by_key(|(_, o)| o.banned_until)
                 .map(|(k, _)| k.clone())
             {
-                self.offenders.remove(&k);
+                offenders.remove(&k);
             }
         }
         // A configured ban longer than `Instant` can represent holds for ten years.
@@ -548,7 +563,7 @@ impl<C: CounterStore> Engine<C> {
             .checked_add(duration)
             .or_else(|| now.checked_add(Duration::from_secs(10 * 365 * 86400)))
             .unwrap_or(now);
-        self.offenders.insert(
+        offenders.insert(
             key,
             Offender {
                 bans: previous + 1,
@@ -566,14 +581,17 @@ impl<C: CounterStore> Engine<C> {
         let jails = &self.jails;
         let window_of = |name: &str| jails.iter().find(|j| j.name == name).map(|j| j.findtime);
         self.counters.expire(now, &window_of);
-        self.offenders.retain(|k, o| {
+        self.unproven_counters.expire(now, &window_of);
+        let keep = |k: &CounterKey, o: &mut Offender| {
             let forget = jails
                 .iter()
                 .find(|j| j.name == k.jail)
                 .and_then(|j| j.increment.as_ref())
                 .map_or(Duration::ZERO, |i| i.forget_after);
             o.banned_until > now || now.saturating_duration_since(o.last_ban) < forget
-        });
+        };
+        self.offenders.retain(keep);
+        self.unproven_offenders.retain(keep);
     }
 
     /// Each jail's figures, in configuration order.

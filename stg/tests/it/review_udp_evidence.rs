@@ -156,7 +156,6 @@ fn logged(stg: &StgNode, line: &str, wait: Duration) -> bool {
 /// the user's address are proven failures. The user, who registered a second before, is
 /// banned in the `sip` jail (never withheld) and locked out.
 #[test]
-#[ignore = "review finding 1"]
 fn a_blind_spoofer_cannot_ban_a_user() {
     let (_pbx, stg, target) = setup("review-spoofer");
     let mut user = Client::at("127.0.0.51", target);
@@ -197,7 +196,6 @@ fn a_blind_spoofer_cannot_ban_a_user() {
 /// own address) on an OPTIONS, which the PBX answers 200 without checking them, make its
 /// address "a user's". Its UDP scan of 30 extensions is then never banned.
 #[test]
-#[ignore = "review finding 4"]
 fn junk_credentials_do_not_shield_a_scanner() {
     let (_pbx, stg, target) = setup("review-known-good");
     let mut scanner = Client::at("127.0.0.60", target);
@@ -222,7 +220,6 @@ fn junk_credentials_do_not_shield_a_scanner() {
 /// Finding 3. A `nonce=` inside the cracker's own `cnonce` is what stg reads; the PBX reads
 /// the real one and checks every guess. Twelve wrong passwords: no failure counted.
 #[test]
-#[ignore = "review finding 3"]
 fn a_decoy_nonce_does_not_hide_a_crackers_guesses() {
     let (_pbx, stg, target) = setup("review-decoy");
     let mut cracker = Client::at("127.0.0.70", target);

@@ -45,7 +45,6 @@ fn probe() -> Kind {
 /// Since UDP probes count, forged datagrams under fresh addresses (free to send, no
 /// handshake) fill it and evict a cracker's `sip` count, which then restarts from zero.
 #[test]
-#[ignore = "review finding 8"]
 fn forged_probes_do_not_evict_a_crackers_count() {
     let max = 1000;
     let mut e = engine(max);
@@ -78,7 +77,6 @@ fn forged_probes_do_not_evict_a_crackers_count() {
 /// then scans over TCP uncounted. (The fix may add an engine call for the shell to report
 /// the withholding; this test would then make it.)
 #[test]
-#[ignore = "review finding 6"]
 fn a_withheld_unproven_ban_does_not_silence_proven_evidence() {
     let mut e = engine(1000);
     let t = t0();

@@ -258,11 +258,15 @@ pub enum Event {
         /// Whether an error response was sent.
         answered: bool,
     },
-    /// The upstream answered 401, 403 or 407 to a request from outside that carried
-    /// credentials (RFC 3261 §22): the device's credentials were refused.
+    /// The upstream answered 401 or 407 (or 403 to a REGISTER) to a request from outside
+    /// that carried credentials (RFC 3261 §22): the device's credentials were refused.
     AuthRejected {
         /// Who sent them.
         remote: SocketAddr,
+        /// Whether `remote` is proven: a connection, or over UDP, credentials whose nonce
+        /// was relayed to that address and no other ([`nonces`]). An unproven failure may be
+        /// a spoofer's, written under a user's address.
+        proven: bool,
         /// The upstream's answer.
         status: StatusCode,
         /// The `Authorization` (or `Proxy-Authorization`) value sent.
@@ -281,9 +285,10 @@ pub enum Event {
         /// an address that has authenticated.
         verified: bool,
     },
-    /// The upstream accepted (2xx) credentials a device sent from outside (through mode):
-    /// `remote` is a real user's address, for the guard's "known good" list. Over UDP only
-    /// when the credentials' nonce was relayed to that address (see `nonces`).
+    /// The upstream accepted (2xx) a REGISTER from outside with credentials (through mode;
+    /// a registrar checks them, where a 2xx to another method may not have): `remote` is a
+    /// real user's address, for the guard's "known good" list. Over UDP only when the
+    /// credentials' nonce was relayed to that address (see `nonces`).
     AuthAccepted {
         /// Who sent them.
         remote: SocketAddr,
@@ -2191,6 +2196,11 @@ impl Proxy {
         if matches!(status.0, 401 | 407) {
             self.auth_rejected(ctx_id, status, &m, now);
             self.challenged(ctx_id, &m, now);
+        } else if status.0 == 403
+            && self.ctxs.get(&ctx_id).and_then(|c| c.request.method()) == Some(Method::Register)
+        {
+            // Some PBXs refuse a wrong password with 403, not a new challenge.
+            self.auth_rejected(ctx_id, status, &m, now);
         }
         if status.class() == 6 {
             self.cancel_others(ctx_id, b, None, now);
@@ -2206,17 +2216,18 @@ impl Proxy {
     /// The PBX refused credentials a device sent (through mode): an authentication failure
     /// for the operators' log and the guard. A first challenge (no credentials) is not one.
     ///
-    /// Not counted: credentials over UDP whose nonce was not relayed to that source (its
-    /// address may be forged: anyone could make a victim's address send garbage credentials,
-    /// see [`nonces`]), and a challenge saying `stale=true` (a device's right credentials
-    /// with an expired nonce: a refresh, not a guess).
+    /// Credentials over UDP whose nonce was not relayed to that source alone are reported
+    /// unproven (the address may be forged: anyone could make a victim's address send
+    /// garbage credentials, see [`nonces`]). Not counted: a challenge saying `stale=true` (a
+    /// device's right credentials with an expired nonce: a refresh, not a guess).
     fn auth_rejected(&mut self, ctx_id: u64, status: StatusCode, response: &Message, now: Instant) {
         let Some(ctx) = self.ctxs.get(&ctx_id) else {
             return;
         };
-        if ctx.inbound.side != Side::Outside || !self.proven(ctx, now) {
+        if ctx.inbound.side != Side::Outside {
             return;
         }
+        let proven = self.proven(ctx, now);
         let stale = response
             .header_values_by_name(b"WWW-Authenticate")
             .chain(response.header_values_by_name(b"Proxy-Authenticate"))
@@ -2236,6 +2247,7 @@ impl Proxy {
         if let Some(c) = credentials {
             let event = Event::AuthRejected {
                 remote: ctx.inbound.flow.remote,
+                proven,
                 status,
                 credentials: ctx.request.slice(c),
             };
@@ -2295,7 +2307,8 @@ impl Proxy {
                 .header_values_by_name(b"Proxy-Authorization")
                 .next()
                 .is_some();
-        if ctx.inbound.side == Side::Outside && credentials && self.proven(ctx, now) {
+        let register = ctx.request.method() == Some(Method::Register);
+        if ctx.inbound.side == Side::Outside && register && credentials && self.proven(ctx, now) {
             let remote = ctx.inbound.flow.remote;
             self.out
                 .push_back(Output::Event(Event::AuthAccepted { remote }));

@@ -20,10 +20,14 @@ pub(crate) const NONCE_PROOF_TTL: Duration = Duration::from_secs(300);
 /// then not counted, which errs on the side of never banning a forged source).
 pub(crate) const MAX_NONCES: usize = 65_536;
 
-/// Nonces relayed to outside UDP sources, by keyed hash.
+/// Nonces relayed to outside UDP sources, by keyed hash: the one address each went to, or
+/// `None` once the PBX gave the same nonce to two addresses (Kamailio's nonces last a
+/// second; some PBXs reuse theirs): such a nonce proves no one.
 #[derive(Debug, Default)]
 pub(crate) struct NonceBook {
-    to: crate::FastMap<u64, (IpAddr, Instant)>,
+    to: crate::FastMap<u64, (Option<IpAddr>, Instant)>,
+    /// Each relay, oldest first (a nonce relayed again has a later entry too; an entry whose
+    /// time is no longer its nonce's is stale and skipped).
     order: VecDeque<(Instant, u64)>,
 }
 
@@ -31,22 +35,35 @@ impl NonceBook {
     /// `nonce` (keyed hash) was relayed to `ip` at `now`.
     pub(crate) fn sent(&mut self, nonce: u64, ip: IpAddr, now: Instant) {
         self.expire(now);
-        while self.to.len() >= MAX_NONCES {
-            let Some((_, old)) = self.order.pop_front() else {
-                break;
-            };
-            self.to.remove(&old);
+        let ip = ip.to_canonical();
+        if !self.to.contains_key(&nonce) {
+            while self.to.len() >= MAX_NONCES {
+                let Some((at, old)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.to.get(&old).is_some_and(|&(_, t)| t == at) {
+                    self.to.remove(&old);
+                }
+            }
         }
-        if self.to.insert(nonce, (ip, now)).is_none() {
-            self.order.push_back((now, nonce));
+        let owner = match self.to.get(&nonce) {
+            Some(&(owner, _)) if owner != Some(ip) => None,
+            _ => Some(ip),
+        };
+        self.to.insert(nonce, (owner, now));
+        self.order.push_back((now, nonce));
+        if self.order.len() > 2 * MAX_NONCES {
+            // Relays of the same nonces again and again: keep only each nonce's latest.
+            let to = &self.to;
+            self.order
+                .retain(|&(at, n)| to.get(&n).is_some_and(|&(_, t)| t == at));
         }
     }
 
-    /// Whether `nonce` (keyed hash) was relayed to `ip`, recently.
+    /// Whether `nonce` (keyed hash) was relayed to `ip` (and to no other address), recently.
     pub(crate) fn went_to(&self, nonce: u64, ip: IpAddr, now: Instant) -> bool {
         self.to.get(&nonce).is_some_and(|&(to, at)| {
-            to.to_canonical() == ip.to_canonical()
-                && now.saturating_duration_since(at) < NONCE_PROOF_TTL
+            to == Some(ip.to_canonical()) && now.saturating_duration_since(at) < NONCE_PROOF_TTL
         })
     }
 
@@ -60,7 +77,6 @@ impl NonceBook {
                 break;
             }
             self.order.pop_front();
-            // Re-sent since (a refreshed entry keeps its first place in the queue).
             if self.to.get(&n).is_some_and(|&(_, t)| t == at) {
                 self.to.remove(&n);
             }
@@ -68,37 +84,67 @@ impl NonceBook {
     }
 }
 
-/// The `nonce` parameter of a digest challenge or credentials value, unquoted.
+/// The `nonce` parameter of a digest challenge or credentials value (`Digest a=b, c="d"`),
+/// unquoted. Quote-aware (a `nonce=` inside another parameter's quoted value is not it), and
+/// `None` when it appears twice: a value the PBX and stg could read differently proves
+/// nothing.
 pub(crate) fn nonce_param(value: &[u8]) -> Option<&[u8]> {
+    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
     let mut i = 0;
-    while i + 6 <= value.len() {
-        let boundary = i == 0 || matches!(value[i - 1], b' ' | b'\t' | b',');
-        if boundary && value[i..i + 5].eq_ignore_ascii_case(b"nonce") {
-            let mut j = i + 5;
-            while value.get(j).is_some_and(|c| matches!(c, b' ' | b'\t')) {
-                j += 1;
-            }
-            if value.get(j) == Some(&b'=') {
-                j += 1;
-                while value.get(j).is_some_and(|c| matches!(c, b' ' | b'\t')) {
-                    j += 1;
-                }
-                let rest = &value[j..];
-                return if let Some(q) = rest.strip_prefix(b"\"") {
-                    q.iter().position(|&c| c == b'"').map(|end| &q[..end])
-                } else {
-                    let end = rest
-                        .iter()
-                        .position(|&c| matches!(c, b',' | b' ' | b'\t'))
-                        .unwrap_or(rest.len());
-                    Some(&rest[..end])
-                }
-                .filter(|n| !n.is_empty());
-            }
-        }
+    // The scheme (`Digest`).
+    while i < value.len() && !ws(value[i]) {
         i += 1;
     }
-    None
+    let mut found = None;
+    while i < value.len() {
+        while i < value.len() && (ws(value[i]) || value[i] == b',') {
+            i += 1;
+        }
+        let name_start = i;
+        while i < value.len() && !ws(value[i]) && !matches!(value[i], b'=' | b',') {
+            i += 1;
+        }
+        let name = &value[name_start..i];
+        while i < value.len() && ws(value[i]) {
+            i += 1;
+        }
+        if value.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while i < value.len() && ws(value[i]) {
+            i += 1;
+        }
+        let v = if value.get(i) == Some(&b'"') {
+            i += 1;
+            let start = i;
+            let mut escaped = false;
+            loop {
+                let &c = value.get(i)?; // unterminated: unreadable
+                i += 1;
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == b'"' {
+                    break &value[start..i - 1];
+                }
+            }
+        } else {
+            let start = i;
+            while i < value.len() && !ws(value[i]) && value[i] != b',' {
+                i += 1;
+            }
+            &value[start..i]
+        };
+        if name.eq_ignore_ascii_case(b"nonce") {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(v);
+        }
+    }
+    found.filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]
@@ -126,6 +172,32 @@ mod tests {
         assert_eq!(nonce_param(b"Digest cnonce=\"zz\""), None);
         assert_eq!(nonce_param(b"Digest nonce=\"\""), None);
         assert_eq!(nonce_param(b"Digest nonce=\"unterminated"), None);
+        assert_eq!(
+            nonce_param(b"Digest cnonce=\"c nonce=decoy\", nonce=\"n1\""),
+            Some(&b"n1"[..])
+        );
+        assert_eq!(
+            nonce_param(b"Digest realm=\"a\\\"b,nonce=evil\", nonce=n1"),
+            Some(&b"n1"[..])
+        );
+        assert_eq!(nonce_param(b"Digest nonce=a, nonce=b"), None, "twice");
+    }
+
+    #[test]
+    fn a_nonce_relayed_to_two_addresses_proves_neither() {
+        let t = t0();
+        let mut book = NonceBook::default();
+        book.sent(7, ip("192.0.2.1"), t);
+        book.sent(7, ip("192.0.2.1"), t + Duration::from_millis(1));
+        assert!(
+            book.went_to(7, ip("192.0.2.1"), t),
+            "the same address again"
+        );
+        book.sent(7, ip("192.0.2.2"), t + Duration::from_millis(2));
+        assert!(!book.went_to(7, ip("192.0.2.1"), t));
+        assert!(!book.went_to(7, ip("192.0.2.2"), t));
+        book.sent(7, ip("192.0.2.1"), t + Duration::from_millis(3));
+        assert!(!book.went_to(7, ip("192.0.2.1"), t), "shared stays shared");
     }
 
     #[test]

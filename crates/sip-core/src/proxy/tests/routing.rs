@@ -717,13 +717,14 @@ fn credentials_the_pbx_refuses_are_an_authentication_failure() {
         let outs = sim.input(pbx_tcp(), resp);
         let failures: Vec<_> = events(&outs)
             .into_iter()
-            .filter(|e| matches!(e, Event::AuthRejected { .. }))
+            .filter(|e| matches!(e, Event::AuthRejected { proven: true, .. }))
             .collect();
         assert_eq!(failures.len(), want, "{id}");
         if let Some(Event::AuthRejected {
             remote,
             status,
             credentials,
+            ..
         }) = failures.first()
         {
             assert_eq!(*remote, addr(DEVICE));
@@ -972,6 +973,14 @@ fn rejected(events: &[Event]) -> usize {
         .count()
 }
 
+/// The failures whose source is proven (a spoofer can write only unproven ones).
+fn proven_rejected(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::AuthRejected { proven: true, .. }))
+        .count()
+}
+
 /// svcrack over UDP: each guess carries the nonce of the challenge the PBX sent to the
 /// cracker's own address, which proves the address (only its owner could read the nonce).
 /// A spoofer replaying a nonce fetched at its own address, under a victim's, proves nothing.
@@ -983,7 +992,7 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
     };
     // First challenge: no credentials, not a failure; nonce n1 now proves DEVICE.
     assert_eq!(
-        rejected(&register_answered(
+        proven_rejected(&register_answered(
             &mut sim,
             device(),
             "c1",
@@ -995,7 +1004,7 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
     );
     // A wrong guess with n1: counted (and n2 proves DEVICE in turn).
     assert_eq!(
-        rejected(&register_answered(
+        proven_rejected(&register_answered(
             &mut sim,
             device(),
             "c2",
@@ -1006,7 +1015,7 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
         1
     );
     assert_eq!(
-        rejected(&register_answered(
+        proven_rejected(&register_answered(
             &mut sim,
             device(),
             "c3",
@@ -1016,9 +1025,10 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
         )),
         1
     );
-    // A nonce no one was sent, or one sent to another address: not counted.
+    // A nonce no one was sent, or one sent to another address: not proven (reported
+    // unproven: the guard counts it apart and never holds it against a user's address).
     assert_eq!(
-        rejected(&register_answered(
+        proven_rejected(&register_answered(
             &mut sim,
             device(),
             "c4",
@@ -1030,7 +1040,7 @@ fn a_udp_failure_counts_only_with_a_nonce_relayed_to_that_address() {
     );
     let victim = outside("192.0.2.77:5060");
     assert_eq!(
-        rejected(&register_answered(
+        proven_rejected(&register_answered(
             &mut sim,
             victim,
             "c5",

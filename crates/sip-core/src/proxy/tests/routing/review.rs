@@ -52,7 +52,6 @@ fn accepted(events: &[Event]) -> usize {
 /// Every spoofed guess with it is then a proven failure of the victim: banned in the `sip`
 /// jail, which the known-good rule never withholds.
 #[test]
-#[ignore = "review finding 1"]
 fn a_nonce_the_pbx_gave_two_addresses_proves_neither() {
     let mut sim = Sim::new(tcp_upstream());
     let challenge = b"Digest realm=\"x\", nonce=\"same-second\", qop=\"auth\"";
@@ -70,11 +69,11 @@ fn a_nonce_the_pbx_gave_two_addresses_proves_neither() {
             .call_id(&format!("v{i}"))
             .branch(&format!("z9hG4bK-v{i}"))
             .header(&format!("Authorization: {}", guess("same-second")));
-        counted += rejected(&answered(&mut sim, outside(VICTIM), &r, 401, &www));
+        counted += proven_rejected(&answered(&mut sim, outside(VICTIM), &r, 401, &www));
     }
     assert_eq!(
         counted, 0,
-        "a spoofer made {counted} failures of the victim's"
+        "a spoofer made {counted} proven failures of the victim's"
     );
 }
 
@@ -83,7 +82,6 @@ fn a_nonce_the_pbx_gave_two_addresses_proves_neither() {
 /// every guess, stg counts none. Such a failure should count at least as unproven (banned
 /// unless the address is a user's), as UDP probes do.
 #[test]
-#[ignore = "review finding 2"]
 fn a_udp_guess_with_a_nonce_fetched_elsewhere_is_still_counted() {
     let mut sim = Sim::new(tcp_upstream());
     let www = [(
@@ -104,7 +102,6 @@ fn a_udp_guess_with_a_nonce_fetched_elsewhere_is_still_counted() {
 /// given) is read first. The cracker's guess carries the right nonce for the PBX and a
 /// decoy for stg: not counted.
 #[test]
-#[ignore = "review finding 3"]
 fn a_decoy_nonce_inside_a_quoted_parameter_hides_nothing() {
     assert_eq!(
         nonce_param(b"Digest cnonce=\"c nonce=decoy\", nonce=\"n1\""),
@@ -125,7 +122,10 @@ fn a_decoy_nonce_inside_a_quoted_parameter_hides_nothing() {
                  realm=\"x\", nonce=\"n1\", uri=\"sip:x\", qop=auth, nc=00000001, \
                  response=\"00000000000000000000000000000000\"";
     let r = register().call_id("d1").branch("z9hG4bK-d1").header(creds);
-    assert_eq!(rejected(&answered(&mut sim, device(), &r, 401, &www)), 1);
+    assert_eq!(
+        proven_rejected(&answered(&mut sim, device(), &r, 401, &www)),
+        1
+    );
 }
 
 /// Finding 4. A 2xx proves only that the PBX accepted the request, not that it checked the
@@ -134,7 +134,6 @@ fn a_decoy_nonce_inside_a_quoted_parameter_hides_nothing() {
 /// the sender's address "a user's" for 24 h, and its UDP scans are then never banned (and,
 /// through the engine's unenforced ban, neither are its TCP scans: finding 6).
 #[test]
-#[ignore = "review finding 4"]
 fn credentials_nobody_checked_do_not_make_a_user() {
     let junk = "Authorization: Digest username=\"nobody\", realm=\"x\", nonce=\"zz\", \
                 uri=\"sip:x\", response=\"00\"";
@@ -170,7 +169,6 @@ fn credentials_nobody_checked_do_not_make_a_user() {
 /// authentication failure; it is only an unverified probe (20 of them, and withheld from a
 /// "known-good" address).
 #[test]
-#[ignore = "review finding 5"]
 fn a_403_to_proven_credentials_is_an_authentication_failure() {
     let mut sim = Sim::new(tcp_upstream());
     let www = [(
@@ -184,7 +182,7 @@ fn a_403_to_proven_credentials_is_an_authentication_failure() {
         .branch("z9hG4bK-f1")
         .header(&format!("Authorization: {}", guess("f1")));
     let evs = answered(&mut sim, device(), &r, 403, &[]);
-    assert_eq!(rejected(&evs), 1, "{evs:?}");
+    assert_eq!(proven_rejected(&evs), 1, "{evs:?}");
 }
 
 /// One real instant as the origin; every later time is computed from it.
@@ -201,7 +199,6 @@ fn ip(s: &str) -> std::net::IpAddr {
 /// the same second) keeps its first place in the queue; when that place expires the entry
 /// is not removed (its time changed) and nothing refers to it any more: it stays forever.
 #[test]
-#[ignore = "review finding 7"]
 fn a_nonce_relayed_twice_is_forgotten_too() {
     let t = t0();
     let mut book = NonceBook::default();
@@ -220,7 +217,6 @@ fn a_nonce_relayed_twice_is_forgotten_too() {
 /// the cap cannot evict: each new proof evicts the live one before it, so a cracker's
 /// guesses stop counting as soon as anyone else is challenged in between.
 #[test]
-#[ignore = "review finding 7"]
 fn a_book_full_of_repeated_nonces_stays_bounded_and_keeps_new_proofs() {
     let t = t0();
     let mut book = NonceBook::default();
