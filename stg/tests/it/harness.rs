@@ -581,6 +581,21 @@ pub(crate) fn udp_socket_with_big_buffer(ip: &str) -> UdpSocket {
     s.into()
 }
 
+/// Checks `cond` every 20 ms until it holds (true) or `wait` has passed (false): a wait for
+/// an event the test can only observe by looking again.
+pub(crate) fn poll_until(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (at most `wait`) for `needle` in the node's log; the log, or a panic with it.
 pub(crate) fn wait_log(stg: &StgNode, needle: &str, wait: Duration) -> String {
     let deadline = Instant::now() + wait;

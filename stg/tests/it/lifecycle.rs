@@ -1,14 +1,14 @@
 //! The node as an operator sees it: drain on SIGTERM, per-source connection limit, idle
 //! timeout, RFC 5626 keep-alive pong, metrics on the admin listener.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use stg_sip_msg::{Message, StatusCode};
 
-use crate::harness::{free_port, StgNode};
+use crate::harness::{free_port, poll_until, wait_log, StgNode};
 
 fn udp_tcp_node(name: &str, upstream: SocketAddr, extra_sip: &str) -> (StgNode, SocketAddr) {
     let port = free_port();
@@ -78,7 +78,11 @@ fn sigterm_drains_live_transactions_and_refuses_new_work() {
     );
 
     stg.signal("TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_log(
+        &stg,
+        "draining: new requests refused",
+        Duration::from_secs(5),
+    );
     assert!(stg.alive(), "stg must wait for the live INVITE transaction");
     // New work is refused with 503 + Retry-After...
     caller
@@ -94,21 +98,18 @@ fn sigterm_drains_live_transactions_and_refuses_new_work() {
         .header_values_by_name(b"Retry-After")
         .next()
         .is_some());
-    // ...and new TCP connections are no longer accepted.
-    std::thread::sleep(Duration::from_millis(100));
-    let refused_tcp = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-        Err(_) => true,
-        Ok(mut s) => {
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            let _ = s
-                .write_all(request("OPTIONS", &format!("sip:{addr}"), "drain-3", cport).as_bytes());
-            matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_))
-        }
-    };
+    // ...and new TCP connections are no longer accepted: the listener closes once the accept
+    // loop sees the drain, a moment after the line above.
+    let refused_tcp = poll_until(Duration::from_secs(5), || {
+        matches!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused
+        )
+    });
     assert!(
         refused_tcp,
-        "new TCP connections must be refused while draining"
+        "new TCP connections must be refused while draining\n{}",
+        stg.log()
     );
     // The live transaction finishes...
     let resp = invite.response(StatusCode(486), None, Some(b"pbx"), None, &[]);
@@ -133,17 +134,7 @@ fn per_source_connection_limit_and_idle_timeout() {
         "max_connections_per_source = 2\nidle_timeout = \"1s\"",
     );
     let options = request("OPTIONS", &format!("sip:{addr}"), "lim", 5060);
-    let mut a = TcpStream::connect(addr).unwrap();
-    let mut b = TcpStream::connect(addr).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let _ = c.write_all(options.as_bytes());
-    assert!(
-        matches!(c.read(&mut [0u8; 64]), Ok(0) | Err(_)),
-        "third connection from one source must be closed"
-    );
-    for s in [&mut a, &mut b] {
+    let served = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s.write_all(options.as_bytes()).unwrap();
         let mut buf = [0u8; 2048];
@@ -153,30 +144,68 @@ fn per_source_connection_limit_and_idle_timeout() {
             "{}",
             String::from_utf8_lossy(&buf[..n])
         );
-    }
+    };
+    // Two connections, each answered: both hold a slot of the source's two.
+    let mut a = TcpStream::connect(addr).unwrap();
+    let mut b = TcpStream::connect(addr).unwrap();
+    served(&mut a);
+    served(&mut b);
+    let mut c = TcpStream::connect(addr).unwrap();
+    let _ = c.write_all(options.as_bytes());
+    assert!(
+        closed_by_peer(&mut c, Duration::from_secs(2)).is_some(),
+        "third connection from one source must be closed"
+    );
+    // The first two are still served.
+    served(&mut a);
+    served(&mut b);
     // RFC 5626 keep-alive: a double-CRLF ping gets a CRLF pong (and counts as activity).
+    let pinged = Instant::now();
     a.write_all(b"\r\n\r\n").unwrap();
     let mut pong = [0u8; 2];
     a.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"\r\n");
-    // Idle for longer than idle_timeout: closed by stg.
-    std::thread::sleep(Duration::from_millis(1600));
-    a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // Idle from then on: stg closes it, no sooner than idle_timeout after the ping it read.
+    let closed = closed_by_peer(&mut a, Duration::from_secs(5)).expect("idle connection closed");
+    let idle = closed.duration_since(pinged);
     assert!(
-        matches!(a.read(&mut [0u8; 16]), Ok(0) | Err(_)),
-        "idle connection must be closed"
+        idle >= Duration::from_secs(1) && idle < Duration::from_secs(3),
+        "closed {idle:?} after the last activity, idle_timeout 1s"
     );
-    // Slots freed: a new connection is admitted again.
+    // b went idle earlier and is closed too.
+    assert!(closed_by_peer(&mut b, Duration::from_secs(2)).is_some());
+    assert_eq!(
+        stg.wait_counter(
+            "stg_connections_idle_closed_total",
+            2.0,
+            Duration::from_secs(5)
+        ),
+        2.0
+    );
+    // Slots freed (before the close reached the peer): a new connection is admitted again.
     let mut d = TcpStream::connect(addr).unwrap();
-    d.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    d.write_all(options.as_bytes()).unwrap();
-    let mut buf = [0u8; 2048];
-    let n = d.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
-    assert!(
-        stg.log().contains("idle timeout")
-            || stg.metrics().contains("stg_connections_idle_closed_total")
-    );
+    served(&mut d);
+}
+
+/// Reads from `s` until the peer closes it (EOF or a reset) or `wait` passes; the instant
+/// the close was seen. Bytes before the close are a failure: nothing more was owed.
+fn closed_by_peer(s: &mut TcpStream, wait: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(Instant::now()),
+            Ok(n) => panic!(
+                "unexpected bytes before the close: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(Instant::now()),
+        }
+    }
 }
 
 #[test]
@@ -202,19 +231,15 @@ fn metrics_are_scraped_from_the_admin_listener() {
     )
     .unwrap();
     assert_eq!(recv_status(&c), Some(400));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = stg.metrics();
-        let ok = m.contains("stg_sip_messages_in_total{kind=\"request\",method=\"OPTIONS\"} 1")
+    let mut m = String::new();
+    let ok = poll_until(Duration::from_secs(5), || {
+        m = stg.metrics();
+        m.contains("stg_sip_messages_in_total{kind=\"request\",method=\"OPTIONS\"} 1")
             && m.contains("stg_sip_parse_failures_total{reason=\"request_uri\"} 1")
             && m.contains("stg_sip_transactions{role=\"server\"}")
-            && m.contains("stg_sip_messages_out_total{kind=\"response\",status=\"2xx\"} 1");
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "metrics missing:\n{m}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            && m.contains("stg_sip_messages_out_total{kind=\"response\",status=\"2xx\"} 1")
+    });
+    assert!(ok, "metrics missing:\n{m}");
 }
 
 fn recv_status(sock: &UdpSocket) -> Option<u16> {
@@ -277,16 +302,11 @@ fn closed_stderr_does_not_stop_the_node() {
         .status()
         .unwrap()
         .success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("SIGTERM with a closed stderr did not stop the node");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut status = None;
+    poll_until(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.expect("SIGTERM with a closed stderr did not stop the node");
+    assert!(status.success(), "exit status {status}");
 }

@@ -3,13 +3,16 @@
 //! and HAProxy in front with `send-proxy-v2`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{connect_from, free_port, shared_dir, temp_dir, Peer, StgNode};
+use crate::harness::{
+    connect_from, free_port, poll_until, shared_dir, temp_dir, wait_log, Peer, StgNode,
+};
+use crate::sipp::{is_bound, Sipp, Transport};
 use crate::uas::Uas;
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -34,19 +37,12 @@ fn uac(mode: &str, url: &str, target: &str) -> Vec<String> {
     stdout.lines().map(str::to_string).collect()
 }
 
-/// A SIPp UAS for one call: `scenario` is the shared bench's `uas_call.xml` (INVITE/180/200,
-/// ACK, BYE/200, copying Record-Route) or our `uas_cancel.xml` (rings until CANCEL, 487).
-fn sipp_uas(dir: &Path, port: u16, transport: &str, scenario: &Path) -> Peer {
-    let mut cmd = Command::new("sipp");
-    cmd.arg("-sf")
-        .arg(scenario)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", transport])
-        .args(["-m", "1", "-timeout", "30s", "-nostdin", "-trace_err"])
-        .current_dir(dir);
-    let uas = Peer::spawn("sipp uas", "sip-tester", cmd, &dir.join("sipp-uas.log"));
-    // SIPp binds at start; give it a moment before stg connects.
-    std::thread::sleep(Duration::from_millis(300));
-    uas
+/// A SIPp UAS for one call on TCP at 127.0.0.1:`port`, returned once it listens:
+/// `scenario` is the shared bench's `uas_call.xml` (INVITE/180/200, ACK, BYE/200, copying
+/// Record-Route) or our `uas_cancel.xml` (rings until CANCEL, 487).
+fn sipp_uas(dir: &Path, label: &str, port: u16, scenario: &Path) -> Sipp {
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    Sipp::uas(dir, label, scenario, Transport::Tcp, local, &[])
 }
 
 fn openssl_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -108,17 +104,21 @@ fn tls12_outside_tcp_inside_call_and_cancel() {
     assert!(lines.iter().any(|l| l == "status 200"), "{lines:?}");
     // A whole call: device on TLS outside, SIPp UAS on TCP inside.
     let uas_call = shared_dir().join("bench/scenarios/uas_call.xml");
-    let mut sipp = sipp_uas(&dir, up, "t1", &uas_call);
+    let mut sipp = sipp_uas(&dir, "uas-call", up, &uas_call);
     let lines = uac("call", &url, &target);
     assert!(
         lines.iter().any(|l| l == "call ok"),
         "{lines:?}\n{}",
         stg.log()
     );
-    let status = sipp.wait(Duration::from_secs(10));
-    assert!(status.success(), "SIPp UAS failed:\n{}", sipp.output());
+    sipp.expect_success(Duration::from_secs(10));
     // A cancelled call on the same path: the callee rings until the CANCEL reaches it.
-    let mut sipp = sipp_uas(&dir, up, "t1", &crate::sipp::scenario("uas_cancel.xml"));
+    let mut sipp = sipp_uas(
+        &dir,
+        "uas-cancel",
+        up,
+        &crate::sipp::scenario("uas_cancel.xml"),
+    );
     let lines = uac("cancel", &url, &target);
     assert!(
         lines.iter().any(|l| l == "cancel ok"),
@@ -129,12 +129,7 @@ fn tls12_outside_tcp_inside_call_and_cancel() {
         lines.iter().any(|l| l.starts_with("status 487")),
         "{lines:?}"
     );
-    let status = sipp.wait(Duration::from_secs(10));
-    assert!(
-        status.success(),
-        "SIPp cancel UAS failed:\n{}",
-        sipp.output()
-    );
+    sipp.expect_success(Duration::from_secs(10));
 }
 
 #[test]
@@ -182,15 +177,7 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
     std::fs::copy(&b_cert, &cert).unwrap();
     std::fs::copy(&b_key, &key).unwrap();
     stg.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !stg.log().contains("TLS certificate reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload logged:\n{}",
-            stg.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_log(&stg, "TLS certificate reloaded", Duration::from_secs(5));
     let fp_b = fingerprint(&uac("options", &url, &node_uri));
     assert_ne!(fp_a, fp_b, "a new handshake must see the new certificate");
     // The connection made before the reload still works.
@@ -211,7 +198,7 @@ fn ws_call(secure: bool) {
         ),
     );
     let uas_call = shared_dir().join("bench/scenarios/uas_call.xml");
-    let mut sipp = sipp_uas(&dir, up, "t1", &uas_call);
+    let mut sipp = sipp_uas(&dir, "uas-call", up, &uas_call);
     let lines = uac(
         "call",
         &format!("{kind}://127.0.0.1:{ws}"),
@@ -222,11 +209,7 @@ fn ws_call(secure: bool) {
         "{lines:?}\n{}",
         stg.log()
     );
-    assert!(
-        sipp.wait(Duration::from_secs(10)).success(),
-        "SIPp UAS failed:\n{}",
-        sipp.output()
-    );
+    sipp.expect_success(Duration::from_secs(10));
 }
 
 #[test]
@@ -250,12 +233,13 @@ fn haproxy(dir: &Path, front: u16, backend: SocketAddr, source: &str) -> Peer {
     .unwrap();
     let mut cmd = Command::new("haproxy");
     cmd.arg("-f").arg(&cfg).arg("-db");
-    let p = Peer::spawn("haproxy", "haproxy", cmd, &dir.join("haproxy.log"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", front)).is_err() {
-        assert!(Instant::now() < deadline, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut p = Peer::spawn("haproxy", "haproxy", cmd, &dir.join("haproxy.log"));
+    // Read from /proc: a probe connection would reach stg through it as a client.
+    let front = SocketAddr::from(([127, 0, 0, 1], front));
+    let listening = poll_until(Duration::from_secs(5), || {
+        p.try_wait().is_none() && is_bound(Transport::Tcp, front)
+    });
+    assert!(listening, "haproxy did not start:\n{}", p.output());
     p
 }
 
