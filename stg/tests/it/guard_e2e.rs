@@ -165,7 +165,8 @@ fn the_eleventh_wrong_password_bans_the_source_everywhere_but_the_ignored() {
 
 /// With `guard.firewall`, inside a network namespace of the test's own: the ban is an
 /// element of stg's nftables set (the kernel drops the source's packets), and it holds
-/// while stg restarts: the new process finds it in the kernel and enforces it too.
+/// while stg restarts: the new process finds it in the kernel and enforces it too, until the
+/// ban's own end (a 10 s ban here), not before and not much after.
 #[test]
 fn bans_reach_nftables_and_hold_across_a_restart() {
     if !stg_testkit::Netns::new().run_test_inside() {
@@ -175,14 +176,17 @@ fn bans_reach_nftables_and_hold_across_a_restart() {
     let stg_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = crate::harness::temp_dir("guard-nft");
     let users_url = make_users(&dir, DOMAIN, &[("erin".into(), PASSWORD.into())]);
+    // A short ban, so that its end (after the restart) is seen too.
+    let bantime = Duration::from_secs(10);
     let cfg = config(
         port,
         &users_url,
-        "firewall = true\nfirewall_table = \"stgtest\"",
+        "firewall = true\nfirewall_table = \"stgtest\"\nbantime = \"10s\"",
     );
     let stg = StgNode::start("guard-nft", &cfg);
     eleven_wrong(stg_addr, "127.0.0.9");
     crate::harness::wait_log(&stg, "TRUCO_KO [127.0.0.9] stg sip", Duration::from_secs(5));
+    let banned_at = std::time::Instant::now();
     let set = || {
         let out = std::process::Command::new("nft")
             .args(["list", "set", "inet", "stgtest", "banned4"])
@@ -213,6 +217,21 @@ fn bans_reach_nftables_and_hold_across_a_restart() {
     assert!(
         challenge(stg_addr, "127.0.0.10").is_some(),
         "others are served"
+    );
+    // And it still ends on time: the kernel's element and the new process's ban alike.
+    let deadline = banned_at + bantime + Duration::from_secs(3);
+    while set().contains("127.0.0.9") || challenge(stg_addr, "127.0.0.9").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ban outlived its {bantime:?}:\n{}",
+            set()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = banned_at.elapsed();
+    assert!(
+        ended + Duration::from_millis(500) >= bantime,
+        "the ban ended early, after {ended:?}"
     );
 }
 
