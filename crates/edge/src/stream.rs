@@ -410,6 +410,11 @@ where
                 Ok(Some(n)) => {
                     current.advance(n);
                     flushing = current.is_empty();
+                    if flushing {
+                        // An emptied Bytes still owns the whole message it was cut from: an
+                        // idle connection would keep its last message (an INVITE, some KB).
+                        current = Bytes::new();
+                    }
                 }
                 Ok(None) => {
                     flushing = false;
@@ -1026,6 +1031,55 @@ mod tests {
         tls.transport = Transport::Wss;
         let task = handle_accepted(sock, peer, tls, shared);
         assert!(size_of_val(&task) < 1024, "{}", size_of_val(&task));
+    }
+
+    /// Flags its drop: the bytes of a message whose owner the test can watch.
+    struct Watched(Arc<std::sync::atomic::AtomicBool>, Vec<u8>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.1
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Once written, a message is let go: an idle connection holds none of what it sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_written_message_is_not_kept_by_the_idle_connection() {
+        let shared = shared_with(|_| {});
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            Vec::new(),
+        ));
+        tokio::task::yield_now().await;
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let msg = Bytes::from_owner(Watched(dropped.clone(), vec![b'x'; 3000]));
+        shared.send_stream(&m.flow(), msg).unwrap();
+        let mut got = vec![0u8; 3000];
+        client.read_exact(&mut got).await.unwrap();
+        for _ in 0..10 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the idle connection still holds the message it wrote"
+        );
+        assert!(!task.is_finished());
     }
 
     /// The size of the future `f` returns, without calling it.
