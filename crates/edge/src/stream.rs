@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use stg_sip_core::net::{Flow, ListenerId, Side, Transport};
 use stg_sip_core::proxy::SendRef;
 use stg_sip_msg::framer::{Frame, Framer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -205,9 +206,9 @@ async fn handle_accepted(
     // next: a task's future is as large as everything it may hold at once, and every idle
     // connection would carry that size.
     let serving: Pin<Box<dyn Future<Output = ()> + Send>> = match l.transport {
-        Transport::Tcp => Box::pin(serve(sock, meta, shared)),
+        Transport::Tcp => Box::pin(serve(sock, meta, shared).map(drop)),
         Transport::Tls => match Box::pin(tls_accept(&shared, sock)).await {
-            Ok(tls) => Box::pin(serve(tls, meta, shared)),
+            Ok(tls) => Box::pin(serve(tls, meta, shared).map(drop)),
             Err(e) => return handshake_failed(&shared, remote, &e),
         },
         Transport::Ws => Box::pin(crate::ws::serve_ws(sock, meta, shared)),
@@ -224,12 +225,13 @@ async fn handle_accepted(
     Ok(())
 }
 
-/// [`serve_stream`] for an accepted connection.
-async fn serve<S>(io: S, meta: ConnMeta, shared: Arc<Shared>)
+/// [`serve_stream`] for an accepted connection. Not an `async fn`: that would keep a copy
+/// of `io` in its own future besides the one inside (see [`serve_stream`]).
+fn serve<S>(io: S, meta: ConnMeta, shared: Arc<Shared>) -> impl Future<Output = Closed> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    serve_stream(io, meta, shared, BytesMut::new(), Vec::new()).await;
+    serve_stream(io, meta, shared, BytesMut::new(), Vec::new())
 }
 
 /// A failed TLS handshake on an accepted connection: released, logged (throttled).
@@ -284,8 +286,28 @@ pub(crate) enum Closed {
 ///
 /// `first` is written before anything else (the request an outbound connection was opened
 /// for); the sends that waited for an outbound connection follow it.
-pub(crate) async fn serve_stream<S>(
+///
+/// The stream is split before the connection's future is made: an `async fn` keeps room for
+/// its arguments for as long as it runs, even once they are moved out, and a TLS stream
+/// (about 1.2 KiB) would then be held twice by every idle connection.
+pub(crate) fn serve_stream<S>(
     io: S,
+    meta: ConnMeta,
+    shared: Arc<Shared>,
+    initial: BytesMut,
+    first: Vec<Bytes>,
+) -> impl Future<Output = Closed> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (rd, wr) = tokio::io::split(io);
+    serve_halves(rd, wr, meta, shared, initial, first)
+}
+
+/// The body of [`serve_stream`].
+async fn serve_halves<S>(
+    mut rd: ReadHalf<S>,
+    mut wr: WriteHalf<S>,
     meta: ConnMeta,
     shared: Arc<Shared>,
     initial: BytesMut,
@@ -297,7 +319,6 @@ where
     let (outbox, queued) = shared.register(meta);
     let mut out: VecDeque<Bytes> = first.into_iter().collect();
     out.extend(queued.into_iter().map(|(bytes, _)| bytes));
-    let (mut rd, mut wr) = tokio::io::split(io);
     let mut framer = Framer::new(shared.framer_limits);
     let mut buf = initial;
     let idle = shared.idle_timeout();
@@ -389,6 +410,11 @@ where
                 Ok(Some(n)) => {
                     current.advance(n);
                     flushing = current.is_empty();
+                    if flushing {
+                        // An emptied Bytes still owns the whole message it was cut from: an
+                        // idle connection would keep its last message (an INVITE, some KB).
+                        current = Bytes::new();
+                    }
                 }
                 Ok(None) => {
                     flushing = false;
@@ -1005,6 +1031,71 @@ mod tests {
         tls.transport = Transport::Wss;
         let task = handle_accepted(sock, peer, tls, shared);
         assert!(size_of_val(&task) < 1024, "{}", size_of_val(&task));
+    }
+
+    /// Flags its drop: the bytes of a message whose owner the test can watch.
+    struct Watched(Arc<std::sync::atomic::AtomicBool>, Vec<u8>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.1
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Once written, a message is let go: an idle connection holds none of what it sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_written_message_is_not_kept_by_the_idle_connection() {
+        let shared = shared_with(|_| {});
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let remote: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        shared.admit(remote.ip()).unwrap();
+        let m = meta(1, remote);
+        let task = tokio::spawn(serve_stream(
+            server,
+            m,
+            shared.clone(),
+            BytesMut::new(),
+            Vec::new(),
+        ));
+        tokio::task::yield_now().await;
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let msg = Bytes::from_owner(Watched(dropped.clone(), vec![b'x'; 3000]));
+        shared.send_stream(&m.flow(), msg).unwrap();
+        let mut got = vec![0u8; 3000];
+        client.read_exact(&mut got).await.unwrap();
+        for _ in 0..10 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the idle connection still holds the message it wrote"
+        );
+        assert!(!task.is_finished());
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// An idle TLS connection's future holds no copy of its TLS stream (1.2 KiB): the stream
+    /// lives in the allocation its two halves share, so the future is the size of a plain
+    /// TCP connection's.
+    #[test]
+    fn a_tls_connection_future_holds_no_copy_of_its_stream() {
+        type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+        let tls = future_size(serve::<Tls>);
+        assert_eq!(tls, future_size(serve::<TcpStream>));
+        assert!(tls < size_of::<Tls>() + 1024, "{tls}");
     }
 
     #[tokio::test(start_paused = true)]
