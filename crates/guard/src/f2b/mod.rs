@@ -32,6 +32,7 @@ mod date;
 mod ini;
 pub(crate) mod pyre;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 
@@ -277,6 +278,8 @@ struct Compiled {
     names: Vec<(String, usize)>,
     /// Whether a group is an `alt_<name>` one.
     has_alt: bool,
+    /// The index of the one `content` group, when no `alt_` group may stand for it.
+    content: Option<usize>,
 }
 
 impl Compiled {
@@ -287,7 +290,55 @@ impl Compiled {
         })?;
         let names = re.names();
         let has_alt = names.iter().any(|(n, _)| n.starts_with("alt_"));
-        Ok(Self { re, names, has_alt })
+        let mut content = names
+            .iter()
+            .filter(|(n, _)| n == "content")
+            .map(|(_, i)| *i);
+        let content = match (content.next(), content.next()) {
+            (Some(i), None) if !has_alt => Some(i),
+            _ => None,
+        };
+        Ok(Self {
+            re,
+            names,
+            has_alt,
+            content,
+        })
+    }
+
+    /// The named groups of the first match in `text` but `content`, and what the
+    /// `failregex`es see: the `content` group when it is not empty, else all of `text`.
+    fn groups_but_content<'t>(
+        &self,
+        text: &'t str,
+        spans: &mut pyre::Spans,
+    ) -> Option<(BTreeMap<String, String>, Cow<'t, str>)> {
+        let Some(c) = self.content else {
+            // An `alt_` group may stand for `content`: the general way.
+            let mut g = self.groups(text, spans)?;
+            let buf = match g.remove("content").filter(|c| !c.is_empty()) {
+                Some(c) => Cow::Owned(c),
+                None => Cow::Borrowed(text),
+            };
+            return Some((g, buf));
+        };
+        if !self.re.all_spans(text, spans) {
+            return None;
+        }
+        let mut m = BTreeMap::new();
+        for (n, i) in &self.names {
+            if *i == c {
+                continue;
+            }
+            if let Some(Some((a, b))) = spans.get(*i) {
+                m.insert(n.clone(), text[*a..*b].to_owned());
+            }
+        }
+        let buf = match spans.get(c) {
+            Some(Some((a, b))) if b > a => &text[*a..*b],
+            _ => text,
+        };
+        Some((m, Cow::Borrowed(buf)))
     }
 
     /// The named groups of the first match in `text`; `spans` is scratch space.
@@ -620,15 +671,14 @@ impl Filter {
             return out;
         }
         let mut pre = BTreeMap::new();
-        let mut content = None;
+        let mut content = Cow::Borrowed(text);
         if let Some(p) = &self.pref {
-            let Some(mut g) = p.groups(text, spans) else {
+            let Some(g) = p.groups_but_content(text, spans) else {
                 return out;
             };
-            content = g.remove("content").filter(|c| !c.is_empty());
-            pre = g;
+            (pre, content) = g;
         }
-        let buf = content.as_deref().unwrap_or(text);
+        let buf: &str = &content;
         for i in 0..self.fail.len() {
             // A regex whose literals are not in the line cannot match it.
             if !self.candidates[i] {
