@@ -3,6 +3,8 @@
 //! explicit "now", and local times read in a POSIX `TZ` rule (`CET-01CEST-02,M3.5.0,
 //! M10.5.0`) evaluated here, so nothing depends on the host's time zone.
 
+use std::sync::OnceLock;
+
 use super::pyre::{translate, Re, Span, Spans};
 
 /// A time zone: a fixed offset, or a POSIX `TZ` rule with daylight saving time.
@@ -258,11 +260,22 @@ enum Anchor {
     Word,
 }
 
-/// One date template, compiled.
+/// One date template.
 #[derive(Debug)]
 struct Template {
-    re: Re,
     anchor: Anchor,
+    /// The regex, as [`Re::new`] takes it.
+    source: String,
+    /// Compiled at once for a filter's own templates (so that a bad one fails the filter),
+    /// on first use for fail2ban's defaults: a log needs one or two of them, and compiling
+    /// all of them costs more than reading a few thousand lines.
+    matcher: OnceLock<Option<Matcher>>,
+}
+
+/// A compiled template.
+#[derive(Debug)]
+struct Matcher {
+    re: Re,
     /// Group names (`_date` first) and their indices.
     names: Vec<String>,
     idx: Vec<usize>,
@@ -383,10 +396,33 @@ fn expand_fields(p: &str) -> (String, bool) {
     (out, alpha)
 }
 
+impl Matcher {
+    fn new(source: &str) -> Result<Self, String> {
+        let re = Re::new(source)?;
+        let mut named = re.names();
+        // `_date` first: `find` reads its span from position 0.
+        named.sort_by_key(|(n, _)| n != "_date");
+        Ok(Self {
+            names: named.iter().map(|(n, _)| n.clone()).collect(),
+            idx: named.iter().map(|(_, i)| *i).collect(),
+            re,
+        })
+    }
+}
+
 const EPOCH_RE: &str = r"(?P<epoch>\d{10,11}\b(?:\.\d{3,6})?)";
 
 impl Template {
+    /// A template compiled now.
     fn compile(pattern: &str, anchor: Anchor) -> Result<Self, String> {
+        let t = Self::lazy(pattern, anchor);
+        let m = Matcher::new(&t.source)?;
+        t.matcher.get_or_init(|| Some(m));
+        Ok(t)
+    }
+
+    /// A template compiled on first use (fail2ban's defaults, known to compile).
+    fn lazy(pattern: &str, anchor: Anchor) -> Self {
         let (body, alpha) = if pattern == "EPOCH" {
             (EPOCH_RE.to_owned(), false)
         } else {
@@ -394,7 +430,7 @@ impl Template {
             (translate(&b), a)
         };
         let flags = if alpha { "(?i)" } else { "" };
-        let re = match anchor {
+        let source = match anchor {
             Anchor::LineBegin => format!(r"{flags}^(?:\W{{0,2}})?(?P<_date>{body})"),
             Anchor::Word => format!(r"{flags}(?P<_date>{body})"),
             Anchor::Own => {
@@ -402,23 +438,25 @@ impl Template {
                 format!(r"{flags}^(?P<_date>{rest})")
             }
         };
-        let re = Re::new(&re)?;
-        let mut named = re.names();
-        // `_date` first: `find` reads its span from position 0.
-        named.sort_by_key(|(n, _)| n != "_date");
-        Ok(Self {
+        Self {
             anchor,
-            names: named.iter().map(|(n, _)| n.clone()).collect(),
-            idx: named.iter().map(|(_, i)| *i).collect(),
-            re,
-        })
+            source,
+            matcher: OnceLock::new(),
+        }
+    }
+
+    fn matcher(&self) -> Option<&Matcher> {
+        self.matcher
+            .get_or_init(|| Matcher::new(&self.source).ok())
+            .as_ref()
     }
 
     /// The date's span and the spans of the template's groups when it matches `line`.
     fn find(&self, line: &str) -> Option<(Span, Spans)> {
+        let m = self.matcher()?;
         let mut from = 0;
         loop {
-            let spans = self.re.spans_at(line, from, &self.idx)?;
+            let spans = m.re.spans_at(line, from, &m.idx)?;
             let (s, e) = (*spans.first()?)?;
             // fail2ban's `(?=^|\b|\W)` before and `(?=\b|\W|$)` after: not inside a word.
             let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
@@ -450,6 +488,28 @@ pub(crate) struct DateDetector {
     templates: Vec<Template>,
     /// The template that matched last, tried first (fail2ban reorders by hits).
     last: usize,
+    /// The hand-written reader of the commonest dates, when the templates are fail2ban's
+    /// default list.
+    fast: Option<Fast>,
+}
+
+/// Where, in fail2ban's default template list, the templates that the hand-written
+/// reader stands in for are.
+///
+/// [`syslog_date`] and [`iso_date`] take a date at the start of a line (after at most two
+/// ASCII non-word characters, as `{^LN-BEG}` allows) only in forms where exactly these
+/// templates of the default list match, all with the same span and fields, so reading it
+/// by hand gives what the template search gives; anything else (a fraction, a year or a
+/// zone after the time, an hour past 23, a character after it that is not ASCII...) is
+/// declined and goes to the templates.
+#[derive(Clone, Copy, Debug)]
+struct Fast {
+    /// `(?:%a )?%b %d %k:%M:%S...` (the first in list order), and its `%Z` and `%z`
+    /// prefixed twins: `Jan  1 00:00:02`.
+    syslog: [usize; 3],
+    /// `%ExY{SEP}%m{SEP}%d(?:T|  ?)%H:%M:%S...` for the separators `-`, `/`, `.`:
+    /// `2026-01-01 00:00:02`, `2026-01-01T00:00:02`.
+    iso: [usize; 3],
 }
 
 impl DateDetector {
@@ -465,21 +525,28 @@ impl DateDetector {
                 .collect(),
             None => vec!["{DEFAULT}"],
         };
+        let single_default = lines.len() == 1
+            && matches!(lines[0].to_uppercase().as_str(), "{^LN-BEG}" | "{DEFAULT}");
+        // Template index of each default (of its first separator), in the list above.
+        let mut first_of = Vec::with_capacity(DEFAULTS.len());
         for l in lines {
             let upper = l.to_uppercase();
             if upper == "{^LN-BEG}" || upper == "{DEFAULT}" {
-                for p in DEFAULTS.iter().flat_map(|p| expand_seps(p)) {
-                    templates.push(Template::compile(&p, Anchor::LineBegin)?);
+                for p in DEFAULTS {
+                    first_of.push(templates.len());
+                    for p in expand_seps(p) {
+                        templates.push(Template::lazy(&p, Anchor::LineBegin));
+                    }
                 }
                 for p in DEFAULTS_LINE_BEGIN {
                     match p.strip_prefix("{^LN-BEG}") {
-                        Some(r) => templates.push(Template::compile(r, Anchor::LineBegin)?),
-                        None => templates.push(Template::compile(p, Anchor::Own)?),
+                        Some(r) => templates.push(Template::lazy(r, Anchor::LineBegin)),
+                        None => templates.push(Template::lazy(p, Anchor::Own)),
                     }
                 }
                 if upper == "{DEFAULT}" {
                     for p in DEFAULTS.iter().flat_map(|p| expand_seps(p)) {
-                        templates.push(Template::compile(&p, Anchor::Word)?);
+                        templates.push(Template::lazy(&p, Anchor::Word));
                     }
                 }
             } else if upper == "{NONE}" {
@@ -502,12 +569,27 @@ impl DateDetector {
                 templates.push(Template::compile(l, Anchor::Word)?);
             }
         }
-        Ok(Self { templates, last: 0 })
+        // The list starts with the defaults at the line's start; whatever follows them
+        // (`{DEFAULT}`'s search anywhere) loses to a match at the start.
+        let fast = single_default.then(|| Fast {
+            syslog: [first_of[1], first_of[11], first_of[12]],
+            iso: [first_of[0], first_of[0] + 1, first_of[0] + 2],
+        });
+        Ok(Self {
+            templates,
+            last: 0,
+            fast,
+        })
     }
 
     /// Finds the date in `line`: `now` (UTC seconds) decides the year of year-less dates,
     /// `tz` reads local times.
     pub(crate) fn find(&mut self, line: &str, now: i64, tz: &Tz) -> Option<Found> {
+        if let Some(fast) = self.fast {
+            if let Some(found) = self.find_fast(fast, line, now, tz) {
+                return Some(found);
+            }
+        }
         let n = self.templates.len();
         let order = std::iter::once(self.last).chain((0..n).filter(|&i| i != self.last));
         let mut best: Option<(usize, Span, Spans)> = None;
@@ -527,7 +609,7 @@ impl DateDetector {
         }
         let (i, (s, e), spans) = best?;
         self.last = i;
-        let names = &self.templates[i].names;
+        let names = &self.templates[i].matcher()?.names;
         let get = |k: &str| {
             let p = names.iter().position(|n| n == k)?;
             let (a, b) = (*spans.get(p)?)?;
@@ -539,15 +621,203 @@ impl DateDetector {
             time: to_time(&get, now, tz),
         })
     }
+
+    /// The hand-written reader: the date and the template the search would have settled on
+    /// (the last one when it is among the equivalent ones, else the first in list order),
+    /// or `None` to search.
+    fn find_fast(&mut self, fast: Fast, line: &str, now: i64, tz: &Tz) -> Option<Found> {
+        let (date, same) = match syslog_date(line) {
+            Some(d) => (d, &fast.syslog[..]),
+            None => {
+                let d = iso_date(line)?;
+                (d, &fast.iso[d.sep..=d.sep])
+            }
+        };
+        if !same.contains(&self.last) {
+            self.last = same[0];
+        }
+        let get = |k: &str| match k {
+            "Y" => date.year,
+            "m" => date.month_num,
+            "b" => date.month_name,
+            "d" => Some(date.day),
+            "H" => Some(date.hour),
+            "M" => Some(date.minute),
+            "S" => Some(date.second),
+            _ => None,
+        };
+        Some(Found {
+            start: date.start,
+            end: date.end,
+            time: to_time(&get, now, tz),
+        })
+    }
+}
+
+/// A date read by hand: its span and its fields as the template's groups would hold them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HandDate<'a> {
+    start: usize,
+    end: usize,
+    year: Option<&'a str>,
+    month_num: Option<&'a str>,
+    month_name: Option<&'a str>,
+    day: &'a str,
+    hour: &'a str,
+    minute: &'a str,
+    second: &'a str,
+    /// Which separator (`-`, `/`, `.`) an ISO date uses.
+    sep: usize,
+}
+
+/// Where a date may start: after at most two ASCII non-word characters (`{^LN-BEG}`'s
+/// `\W{0,2}`, which is greedy: with more the start is not a date).
+fn date_start(b: &[u8]) -> Option<usize> {
+    let k = b
+        .iter()
+        .take(3)
+        .take_while(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || **c == b'_'))
+        .count();
+    (k <= 2).then_some(k)
+}
+
+/// `b[i..i + 2]` as two ASCII digits, with its value.
+fn two_digits(b: &[u8], i: usize) -> Option<u32> {
+    match b.get(i..i + 2)? {
+        [x, y] if x.is_ascii_digit() && y.is_ascii_digit() => {
+            Some(u32::from(x - b'0') * 10 + u32::from(y - b'0'))
+        }
+        _ => None,
+    }
+}
+
+/// `HH:MM:SS` at `i` (hours 00-23, minutes and seconds 00-59), and the index after it.
+fn clock(b: &[u8], i: usize) -> Option<usize> {
+    let h = two_digits(b, i)?;
+    let m = two_digits(b, i + 3)?;
+    let s = two_digits(b, i + 6)?;
+    (h <= 23 && m <= 59 && s <= 59 && b.get(i + 2) == Some(&b':') && b.get(i + 5) == Some(&b':'))
+        .then_some(i + 8)
+}
+
+/// Whether `c`, right after a date, ends it: an ASCII non-word character (the templates'
+/// word-boundary check; a non-ASCII one is left to them).
+fn ends_date(c: u8) -> bool {
+    c.is_ascii() && !(c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// `Mon dd HH:MM:SS` (day ` d`, `dd` or `d`; month in any case) at a line's start,
+/// followed by the end of the line or by an ASCII non-word character that is not `.` (a
+/// fraction) nor a space before a digit (a year).
+fn syslog_date(line: &str) -> Option<HandDate<'_>> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    let b = line.as_bytes();
+    let start = date_start(b)?;
+    let name = b.get(start..start + 3)?;
+    let lower = [
+        name[0].to_ascii_lowercase(),
+        name[1].to_ascii_lowercase(),
+        name[2].to_ascii_lowercase(),
+    ];
+    if !MONTHS.contains(&&lower) || b.get(start + 3) != Some(&b' ') {
+        return None;
+    }
+    let d = start + 4;
+    let (day, value) = match (b.get(d)?, b.get(d + 1)?) {
+        (b' ', x @ b'1'..=b'9') => (d..d + 2, u32::from(x - b'0')),
+        (x @ b'1'..=b'9', b' ') => (d..d + 1, u32::from(x - b'0')),
+        _ => (d..d + 2, two_digits(b, d)?),
+    };
+    if !(1..=31).contains(&value) || b.get(day.end) != Some(&b' ') {
+        return None;
+    }
+    let t = day.end + 1;
+    let end = clock(b, t)?;
+    match b.get(end) {
+        None => {}
+        Some(b'.') => return None,
+        Some(b' ') if b.get(end + 1).is_some_and(u8::is_ascii_digit) => return None,
+        Some(&c) if !ends_date(c) => return None,
+        Some(_) => {}
+    }
+    Some(HandDate {
+        start,
+        end,
+        year: None,
+        month_num: None,
+        month_name: Some(&line[start..start + 3]),
+        day: &line[day],
+        hour: &line[t..t + 2],
+        minute: &line[t + 3..t + 5],
+        second: &line[t + 6..t + 8],
+        sep: 0,
+    })
+}
+
+/// `20YY-MM-DD HH:MM:SS` (or with `T`; separators `-`, `/` or `.`) at a line's start,
+/// followed by the end of the line or by an ASCII non-word character that is not `.` or
+/// `,` (a fraction), where no zone (`Z`, `UTC`, `GMT`, `+hh`, `-hh`) follows the spaces.
+fn iso_date(line: &str) -> Option<HandDate<'_>> {
+    let b = line.as_bytes();
+    let start = date_start(b)?;
+    if b.get(start..start + 2)? != b"20" {
+        return None;
+    }
+    two_digits(b, start + 2)?;
+    let sep_char = *b.get(start + 4)?;
+    let sep = [b'-', b'/', b'.'].iter().position(|&c| c == sep_char)?;
+    let month = two_digits(b, start + 5)?;
+    let day = two_digits(b, start + 8)?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || b.get(start + 7) != Some(&sep_char)
+        || !matches!(b.get(start + 10), Some(b'T' | b' '))
+    {
+        return None;
+    }
+    let t = start + 11;
+    let end = clock(b, t)?;
+    match b.get(end) {
+        None => {}
+        Some(b'.' | b',') => return None,
+        Some(&c) if !ends_date(c) => return None,
+        Some(_) => {
+            let after = b[end..]
+                .iter()
+                .position(|c| !c.is_ascii_whitespace() && *c != 0x0b)
+                .map(|i| b[end + i]);
+            if matches!(after, Some(b'Z' | b'U' | b'G' | b'+' | b'-'))
+                || !after.is_none_or(|c| c.is_ascii())
+            {
+                return None;
+            }
+        }
+    }
+    Some(HandDate {
+        start,
+        end,
+        year: Some(&line[start..start + 4]),
+        month_num: Some(&line[start + 5..start + 7]),
+        month_name: None,
+        day: &line[start + 8..start + 10],
+        hour: &line[t..t + 2],
+        minute: &line[t + 3..t + 5],
+        second: &line[t + 6..t + 8],
+        sep,
+    })
 }
 
 fn month_of(name: &str) -> Option<u32> {
     const M: [&str; 12] = [
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ];
-    let l = name.to_lowercase();
+    // ASCII case folding is enough: no other character lowers to one of these letters.
+    let head = name.as_bytes().get(..3)?;
     M.iter()
-        .position(|m| l.starts_with(m))
+        .position(|m| head.eq_ignore_ascii_case(m.as_bytes()))
         .map(|p| p as u32 + 1)
 }
 
@@ -655,6 +925,192 @@ fn to_time<'a>(get: &dyn Fn(&str) -> Option<&'a str>, now: i64, tz: &Tz) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random lines built from date pieces, near-misses included, and other templates'
+    /// dates among them (so that the last-matched template varies).
+    fn date_lines(n: usize) -> Vec<String> {
+        const PREFIX: &[&str] = &["", "", "", " ", "[", "[[", "[[[", "<", "é", "  ", "x"];
+        const MONTH: &[&str] = &["Jan", "jan", "JAN", "Feb", "Jun", "Sep", "Dec", "Mon", "Ja"];
+        const DAY: &[&str] = &[
+            " 1", "01", "1", "9", "10", "29", "30", "31", "32", "00", " 0", "15", " 5",
+        ];
+        const HOUR: &[&str] = &["00", "09", "23", "24", "29", "7", " 7", "12", "18", "20"];
+        const MINSEC: &[&str] = &["00", "07", "59", "60", "61", "5", "30", "45", "12"];
+        const YEAR: &[&str] = &["2012", "2026", "1999", "2099", "20"];
+        const NUM: &[&str] = &["01", "02", "12", "13", "00", "1", "29", "30", "31"];
+        const SEP: &[&str] = &["-", "/", ".", ":"];
+        const BETWEEN: &[&str] = &[" ", "T", "  ", "t", "_"];
+        const SUFFIX: &[&str] = &[
+            "",
+            " srv sshd[1]: x",
+            ".123 x",
+            ",5 x",
+            " 2005 x",
+            " 2005",
+            " 20",
+            "x",
+            "_",
+            ":",
+            ": x",
+            "é",
+            " é",
+            ",",
+            "\t",
+            "  ",
+            " Z",
+            "Z",
+            " +01:00",
+            "+0100",
+            "-05",
+            " UTC",
+            " GMT x",
+            " U x",
+            "\tZ",
+            " \u{85}Z",
+            " \u{a0}x",
+            "]",
+            "] x",
+        ];
+        const OTHER: &[&str] = &[
+            "2012/04/09 11:53:29 [error]",
+            "[Sun Sep 14 21:44:43.008606 2014] [authz_core:error]",
+            "08/03/2005:07:56:53 x",
+            "1124013600 epoch",
+            "Jan 01, 2005 07:56:53 PM x",
+            "CET Jan  1 00:00:00 x",
+            "Mon Jan  1 00:00:00 x",
+            "20050803 07:56:53 x",
+            "no date here",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut pick = |v: &[&'static str]| -> &'static str {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v[(seed % v.len() as u64) as usize]
+        };
+        (0..n)
+            .map(|i| match i % 5 {
+                0 | 1 => format!(
+                    "{}{} {} {}:{}:{}{}",
+                    pick(PREFIX),
+                    pick(MONTH),
+                    pick(DAY),
+                    pick(HOUR),
+                    pick(MINSEC),
+                    pick(MINSEC),
+                    pick(SUFFIX)
+                ),
+                2 | 3 => {
+                    let sep = pick(SEP);
+                    format!(
+                        "{}{}{sep}{}{sep}{}{}{}:{}:{}{}",
+                        pick(PREFIX),
+                        pick(YEAR),
+                        pick(NUM),
+                        pick(NUM),
+                        pick(BETWEEN),
+                        pick(HOUR),
+                        pick(MINSEC),
+                        pick(MINSEC),
+                        pick(SUFFIX)
+                    )
+                }
+                _ => pick(OTHER).to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hand_reader_agrees_with_templates() {
+        let tz = Tz::parse_posix("CET-01CEST-02,M3.5.0,M10.5.0").unwrap();
+        let lines = date_lines(60_000);
+        for pattern in [Some("{^LN-BEG}"), Some("{DEFAULT}"), None] {
+            let mut fast = DateDetector::new(pattern).unwrap();
+            assert!(fast.fast.is_some());
+            let mut slow = DateDetector::new(pattern).unwrap();
+            slow.fast = None;
+            let mut taken = 0;
+            // New Year's Eve and a summer day: the year of year-less dates differs.
+            for (i, line) in lines.iter().enumerate() {
+                let now = [1_767_225_599, 1_124_013_600][i % 2];
+                taken += usize::from(
+                    fast.fast
+                        .is_some_and(|_| syslog_date(line).is_some() || iso_date(line).is_some()),
+                );
+                let a = fast.find(line, now, &tz);
+                let b = slow.find(line, now, &tz);
+                assert_eq!(a, b, "{pattern:?} {line:?}");
+                assert_eq!(fast.last, slow.last, "{pattern:?} {line:?}");
+            }
+            // The random lines reach both the hand reader and the templates.
+            assert!(taken > lines.len() / 40, "{taken}");
+            assert!(taken < lines.len() / 2, "{taken}");
+        }
+        // Any other datepattern is left to the templates.
+        assert!(DateDetector::new(Some("{^LN-BEG}\n{DEFAULT}"))
+            .unwrap()
+            .fast
+            .is_none());
+        assert!(DateDetector::new(Some("^%b %d %H:%M:%S"))
+            .unwrap()
+            .fast
+            .is_none());
+    }
+
+    #[test]
+    fn default_templates_compile() {
+        let d = DateDetector::new(None).unwrap();
+        assert!(d.templates.iter().all(|t| t.matcher().is_some()));
+        // A filter's own template fails the filter at once.
+        assert!(DateDetector::new(Some("^%H:%M:%S(")).is_err());
+    }
+
+    #[test]
+    fn hand_reader_forms() {
+        for line in [
+            "Jan  1 00:00:02 srv sshd[1]: x",
+            "Dec 31 23:59:59",
+            "jun 1 12:00:00 x",
+            "[Sep 09 01:02:03] x",
+        ] {
+            assert!(syslog_date(line).is_some(), "{line}");
+        }
+        for line in [
+            "2026-01-01 00:00:02 x",
+            "2026-01-01T00:00:02",
+            "[2012/02/13 17:21:54] x",
+            "2012.02.13 17:21:54 x",
+        ] {
+            assert!(iso_date(line).is_some(), "{line}");
+        }
+        // A fraction, a year or a zone after the time, an hour past 23, day 32, three
+        // characters before the date, a letter or a non-ASCII character right after it.
+        for line in [
+            "Jan  1 00:00:02.5 x",
+            "Jan  1 00:00:02 2005 x",
+            "Jan  1 24:00:02 x",
+            "Jan 32 00:00:02 x",
+            "[[[Jan  1 00:00:02 x",
+            "Jan  1 00:00:02x",
+            "Jan  1 00:00:02é",
+            "Sun Jan  1 00:00:02 x",
+        ] {
+            assert_eq!(syslog_date(line), None, "{line}");
+        }
+        for line in [
+            "2026-01-01 00:00:02.5 x",
+            "2026-01-01 00:00:02 +01:00 x",
+            "2026-01-01 00:00:02Z",
+            "2026-01-01 00:00:02 UTC",
+            "1999-01-01 00:00:02 x",
+            "2026-13-01 00:00:02 x",
+            "2026-01-01  00:00:02 x",
+            "2026-01/01 00:00:02 x",
+        ] {
+            assert_eq!(iso_date(line), None, "{line}");
+        }
+    }
 
     fn zurich() -> Tz {
         Tz::parse_posix("CET-01CEST-02,M3.5.0,M10.5.0").unwrap()

@@ -32,6 +32,7 @@ mod date;
 mod ini;
 pub(crate) mod pyre;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 
@@ -275,6 +276,10 @@ impl Failure {
 struct Compiled {
     re: Re,
     names: Vec<(String, usize)>,
+    /// Whether a group is an `alt_<name>` one.
+    has_alt: bool,
+    /// The index of the one `content` group, when no `alt_` group may stand for it.
+    content: Option<usize>,
 }
 
 impl Compiled {
@@ -284,16 +289,71 @@ impl Compiled {
             error,
         })?;
         let names = re.names();
-        Ok(Self { re, names })
+        let has_alt = names.iter().any(|(n, _)| n.starts_with("alt_"));
+        let mut content = names
+            .iter()
+            .filter(|(n, _)| n == "content")
+            .map(|(_, i)| *i);
+        let content = match (content.next(), content.next()) {
+            (Some(i), None) if !has_alt => Some(i),
+            _ => None,
+        };
+        Ok(Self {
+            re,
+            names,
+            has_alt,
+            content,
+        })
     }
 
-    fn groups(&self, text: &str) -> Option<BTreeMap<String, String>> {
-        let caps = self.re.captures(text, &self.names)?;
+    /// The named groups of the first match in `text` but `content`, and what the
+    /// `failregex`es see: the `content` group when it is not empty, else all of `text`.
+    fn groups_but_content<'t>(
+        &self,
+        text: &'t str,
+        spans: &mut pyre::Spans,
+    ) -> Option<(BTreeMap<String, String>, Cow<'t, str>)> {
+        let Some(c) = self.content else {
+            // An `alt_` group may stand for `content`: the general way.
+            let mut g = self.groups(text, spans)?;
+            let buf = match g.remove("content").filter(|c| !c.is_empty()) {
+                Some(c) => Cow::Owned(c),
+                None => Cow::Borrowed(text),
+            };
+            return Some((g, buf));
+        };
+        if !self.re.all_spans(text, spans) {
+            return None;
+        }
         let mut m = BTreeMap::new();
-        for ((n, _), v) in self.names.iter().zip(caps) {
-            if let Some(v) = v {
-                m.insert(n.clone(), v.to_owned());
+        for (n, i) in &self.names {
+            if *i == c {
+                continue;
             }
+            if let Some(Some((a, b))) = spans.get(*i) {
+                m.insert(n.clone(), text[*a..*b].to_owned());
+            }
+        }
+        let buf = match spans.get(c) {
+            Some(Some((a, b))) if b > a => &text[*a..*b],
+            _ => text,
+        };
+        Some((m, Cow::Borrowed(buf)))
+    }
+
+    /// The named groups of the first match in `text`; `spans` is scratch space.
+    fn groups(&self, text: &str, spans: &mut pyre::Spans) -> Option<BTreeMap<String, String>> {
+        if !self.re.all_spans(text, spans) {
+            return None;
+        }
+        let mut m = BTreeMap::new();
+        for (n, i) in &self.names {
+            if let Some(Some((a, b))) = spans.get(*i) {
+                m.insert(n.clone(), text[*a..*b].to_owned());
+            }
+        }
+        if !self.has_alt {
+            return Some(m);
         }
         // `alt_<name>` fills `<name>` when that one is empty (fail2ban's alternatives).
         let alts: Vec<(String, String)> = m
@@ -441,6 +501,9 @@ pub struct Filter {
     last_date: Option<i64>,
     check_all: bool,
     ignored: bool,
+    /// Scratch space kept between lines: the line without its date, group spans.
+    text: String,
+    spans: pyre::Spans,
 }
 
 impl Filter {
@@ -483,6 +546,8 @@ impl Filter {
             last_date: None,
             check_all,
             ignored: false,
+            text: String::new(),
+            spans: Vec::new(),
         })
     }
 
@@ -541,20 +606,27 @@ impl Filter {
                 return Vec::new();
             }
         }
-        let (text, date) = match self.dates.find(line, now, tz) {
+        // The line without its date, in a buffer kept between lines.
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let date = match self.dates.find(line, now, tz) {
             Some(f) => {
-                let mut t = String::with_capacity(line.len());
-                t.push_str(&line[..f.start]);
-                t.push_str(&line[f.end..]);
+                text.push_str(&line[..f.start]);
+                text.push_str(&line[f.end..]);
                 if f.time.is_some() {
                     self.last_date = f.time;
                 }
-                (t, f.time)
+                f.time
             }
-            None => (line.to_owned(), None),
+            None => {
+                text.push_str(line);
+                None
+            }
         };
         let date = date.or(self.last_date.filter(|d| *d > now - 60));
-        self.find_failure(&text, line, date)
+        let out = self.find_failure(&text, line, date);
+        self.text = text;
+        out
     }
 
     /// Processes a line whose time is known from elsewhere (a journal entry): no date is
@@ -576,6 +648,20 @@ impl Filter {
 
     /// fail2ban's `Filter.findFailure` for one line.
     fn find_failure(&mut self, text: &str, orig: &str, date: Option<i64>) -> Vec<Failure> {
+        let mut spans = std::mem::take(&mut self.spans);
+        let out = self.find_failure_with(text, orig, date, &mut spans);
+        self.spans = spans;
+        out
+    }
+
+    /// [`Filter::find_failure`] with scratch space for the group spans.
+    fn find_failure_with(
+        &mut self,
+        text: &str,
+        orig: &str,
+        date: Option<i64>,
+        spans: &mut pyre::Spans,
+    ) -> Vec<Failure> {
         let mut out = Vec::new();
         if !self.ignore.is_empty()
             && self.ignore.len() + 2 < self.fail.len()
@@ -585,34 +671,36 @@ impl Filter {
             return out;
         }
         let mut pre = BTreeMap::new();
-        let mut buf = text.to_owned();
+        let mut content = Cow::Borrowed(text);
         if let Some(p) = &self.pref {
-            let Some(mut g) = p.groups(text) else {
+            let Some(g) = p.groups_but_content(text, spans) else {
                 return out;
             };
-            if let Some(content) = g.remove("content") {
-                if !content.is_empty() {
-                    buf = content;
-                }
-            }
-            pre = g;
+            (pre, content) = g;
         }
+        let buf: &str = &content;
         for i in 0..self.fail.len() {
             // A regex whose literals are not in the line cannot match it.
             if !self.candidates[i] {
                 continue;
             }
-            let Some(groups) = self.fail[i].groups(&buf) else {
+            let Some(groups) = self.fail[i].groups(buf, spans) else {
                 continue;
             };
-            if !self.ignore.is_empty() && self.is_ignored(&buf) {
+            if !self.ignore.is_empty() && self.is_ignored(buf) {
                 self.ignored = true;
                 if !self.check_all {
                     break;
                 }
                 continue;
             }
-            let mut merged = pre.clone();
+            // The prefregex's groups go to every match; the last one can have them.
+            let last = !self.candidates[i + 1..].contains(&true);
+            let mut merged = if last {
+                std::mem::take(&mut pre)
+            } else {
+                pre.clone()
+            };
             merged.extend(groups);
             let mut ticket = Ticket {
                 groups: merged,
@@ -804,12 +892,14 @@ impl Filter {
 /// even for its date.
 #[derive(Debug)]
 struct Prefilter {
-    ac: aho_corasick::AhoCorasick,
-    /// The same literals, leftmost-first: only these semantics get the SIMD (Teddy)
-    /// searcher, which is what scanning a whole block needs.
+    /// The literals, leftmost-first: only these semantics get the SIMD (Teddy) searcher,
+    /// for whole blocks and for single lines alike.
     scan: aho_corasick::AhoCorasick,
     /// Per automaton pattern: the literal and the `failregex` it stands for.
     literals: Vec<(String, usize)>,
+    /// Per pattern, the other patterns that may match where it does (one is a prefix of
+    /// the other, or they are equal): a leftmost-first search reports only one of them.
+    same_start: Vec<Vec<usize>>,
 }
 
 impl Prefilter {
@@ -825,29 +915,61 @@ impl Prefilter {
         if literals.is_empty() {
             return None;
         }
-        // Standard semantics: overlapping matches report every literal present.
-        let ac = aho_corasick::AhoCorasick::builder()
-            .match_kind(aho_corasick::MatchKind::Standard)
-            .build(literals.iter().map(|(l, _)| l))
-            .ok()?;
         let scan = aho_corasick::AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::LeftmostFirst)
             .build(literals.iter().map(|(l, _)| l))
             .ok()?;
-        Some(Self { ac, scan, literals })
+        let same_start = literals
+            .iter()
+            .enumerate()
+            .map(|(p, (a, _))| {
+                literals
+                    .iter()
+                    .enumerate()
+                    .filter(|(q, (b, _))| {
+                        *q != p && (a.starts_with(b.as_str()) || b.starts_with(a.as_str()))
+                    })
+                    .map(|(q, _)| q)
+                    .collect()
+            })
+            .collect();
+        Some(Self {
+            scan,
+            literals,
+            same_start,
+        })
     }
 
     /// Marks the regexes whose literals occur in `line`; whether any does.
+    ///
+    /// Each search from one past the last match's start finds the next position where a
+    /// literal starts, so every such position is visited; of the literals starting there
+    /// the search reports one, and the others are among its `same_start`.
     fn mark(&self, line: &str, candidates: &mut [bool]) -> bool {
         candidates.fill(false);
+        let hay = line.as_bytes();
         let mut any = false;
-        for m in self.ac.find_overlapping_iter(line) {
-            if let Some((_, r)) = self.literals.get(m.pattern().as_usize()) {
-                if let Some(c) = candidates.get_mut(*r) {
-                    *c = true;
-                    any = true;
+        let mut at = 0;
+        while at < hay.len() {
+            let input = aho_corasick::Input::new(hay).span(at..hay.len());
+            let Some(m) = self.scan.find(input) else {
+                break;
+            };
+            let p = m.pattern().as_usize();
+            let rest = &hay[m.start()..];
+            let same = self.same_start.get(p).map_or(&[][..], Vec::as_slice);
+            for q in std::iter::once(p).chain(same.iter().copied()) {
+                let Some((lit, r)) = self.literals.get(q) else {
+                    continue;
+                };
+                if q == p || rest.starts_with(lit.as_bytes()) {
+                    if let Some(c) = candidates.get_mut(*r) {
+                        *c = true;
+                        any = true;
+                    }
                 }
             }
+            at = m.start() + 1;
         }
         any
     }
@@ -856,6 +978,175 @@ impl Prefilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The faster forms of the regexes (ASCII, head) give what the patterns alone give, on
+    /// every regex of the conformance filters under each option set the samples use, and
+    /// on every sample line (whole, without its date, the prefregex's content) as written
+    /// and with non-ASCII characters in it.
+    #[test]
+    fn regex_forms_agree() {
+        let Some(dir) = std::env::var_os("STG_CONFORMANCE_DIR") else {
+            panic!("STG_CONFORMANCE_DIR is not set (export STG_CONFORMANCE_DIR=/work/shared/conformance)");
+        };
+        let dir = std::path::PathBuf::from(dir).join("fail2ban");
+        let mut texts: Vec<String> = Vec::new();
+        for e in std::fs::read_dir(dir.join("logs")).unwrap() {
+            let log = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            for (i, l) in log.lines().filter(|l| !l.starts_with('#')).enumerate() {
+                texts.push(l.to_owned());
+                // Non-ASCII where the classes look: a space, a word, the end.
+                texts.push(match i % 3 {
+                    0 => l.replacen(' ', "\u{a0}", 1),
+                    1 => l.replace("from", "frém"),
+                    _ => format!("{l} é"),
+                });
+            }
+        }
+        let tz = Tz::UTC;
+        let mut regexes: BTreeSet<String> = BTreeSet::new();
+        let mut prefs: BTreeSet<String> = BTreeSet::new();
+        for e in std::fs::read_dir(dir.join("filter.d")).unwrap() {
+            let path = e.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "common.conf") {
+                continue;
+            }
+            for mode in [
+                "",
+                "normal",
+                "aggressive",
+                "ddos",
+                "extra",
+                "auth",
+                "fallback",
+            ] {
+                for logtype in ["", "journal", "rfc5424", "short"] {
+                    let mut opts = Vec::new();
+                    if !mode.is_empty() {
+                        opts.push(("mode".to_owned(), mode.to_owned()));
+                    }
+                    if !logtype.is_empty() {
+                        opts.push(("logtype".to_owned(), logtype.to_owned()));
+                    }
+                    let spec = FilterSpec::load(&path, &opts).unwrap();
+                    prefs.extend(spec.prefregex.clone());
+                    regexes.extend(
+                        spec.prefregex
+                            .iter()
+                            .chain(&spec.failregex)
+                            .chain(&spec.ignoreregex)
+                            .map(|r| resolve_host_tags(r)),
+                    );
+                }
+            }
+        }
+        // What the regexes see: lines, lines without their date, prefregex contents.
+        let mut dates = DateDetector::new(None).unwrap();
+        let mut inputs: BTreeSet<String> = BTreeSet::new();
+        for t in &texts {
+            inputs.insert(t.clone());
+            if let Some(f) = dates.find(t, 1_124_013_600, &tz) {
+                let cut = format!("{}{}", &t[..f.start], &t[f.end..]);
+                for p in &prefs {
+                    let p = Compiled::new(p, String::new).unwrap();
+                    if let Some(g) = p.groups(&cut, &mut Vec::new()) {
+                        inputs.extend(g.get("content").cloned());
+                    }
+                }
+                inputs.insert(cut);
+            }
+        }
+        let (mut checked, mut heads, mut ascii) = (0, 0, 0);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for r in &regexes {
+            let fast = Re::new(r).unwrap();
+            let plain = Re::plain(r).unwrap();
+            let (a, h) = fast.forms();
+            ascii += usize::from(a);
+            heads += usize::from(h);
+            if !a && !h {
+                continue;
+            }
+            for t in &inputs {
+                let m = fast.all_spans(t, &mut x);
+                assert_eq!(m, plain.all_spans(t, &mut y), "{r} on {t:?}");
+                if m {
+                    assert_eq!(x, y, "{r} on {t:?}");
+                }
+                assert_eq!(fast.is_match(t), m, "{r} on {t:?}");
+                checked += 1;
+            }
+        }
+        assert!(heads > 0 && ascii > 0, "{heads} {ascii}");
+        assert!(checked > 50_000, "{checked}");
+        println!(
+            "{} regexes ({ascii} with an ASCII form, {heads} with a head), {} inputs",
+            regexes.len(),
+            inputs.len()
+        );
+    }
+
+    /// The prefilter marks what an overlapping search for every literal finds, on
+    /// literals that overlap, nest and repeat.
+    #[test]
+    fn prefilter_marks_every_literal() {
+        let failregex: Vec<String> = [
+            "^Connection from <HOST>",
+            "^Connection closed by <HOST>",
+            "Disconnect(?:ed|ing) from <HOST>",
+            "^Disconnecting: Too many authentication failures",
+            "^Failed \\S+ for <HOST>",
+            "^Failed publickey for invalid user x from <HOST>",
+            "nnection reset <HOST>",
+            "aaab <HOST>",
+            "aab <HOST>",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let p = Prefilter::new(&failregex).unwrap();
+        let all = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(p.literals.iter().map(|(l, _)| l))
+            .unwrap();
+        const PIECES: &[&str] = &[
+            "Connection ",
+            "from ",
+            "closed by ",
+            "Disconnect",
+            "ing",
+            "ed",
+            ": Too many authentication failures",
+            "Failed ",
+            "publickey for invalid user ",
+            "reset ",
+            "aa",
+            "a",
+            "b",
+            "é",
+            " ",
+            "Conn",
+        ];
+        let mut seed = 7u64;
+        let mut marked = 0;
+        for _ in 0..20_000 {
+            let mut line = String::new();
+            for _ in 0..6 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                line.push_str(PIECES[(seed % PIECES.len() as u64) as usize]);
+            }
+            let mut want = vec![false; failregex.len()];
+            for m in all.find_overlapping_iter(&line) {
+                want[p.literals[m.pattern().as_usize()].1] = true;
+            }
+            let mut got = vec![true; failregex.len()];
+            assert_eq!(p.mark(&line, &mut got), want.contains(&true), "{line:?}");
+            assert_eq!(got, want, "{line:?}");
+            marked += got.iter().filter(|c| **c).count();
+        }
+        assert!(marked > 5_000, "{marked}");
+    }
 
     #[test]
     fn filter_arg_options() {
