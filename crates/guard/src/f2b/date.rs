@@ -1024,7 +1024,7 @@ mod tests {
     #[test]
     fn hand_reader_agrees_with_templates() {
         let tz = Tz::parse_posix("CET-01CEST-02,M3.5.0,M10.5.0").unwrap();
-        let lines = date_lines(60_000);
+        let lines = date_lines(40_000);
         for pattern in [Some("{^LN-BEG}"), Some("{DEFAULT}"), None] {
             let mut fast = DateDetector::new(pattern).unwrap();
             assert!(fast.fast.is_some());
